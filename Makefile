@@ -1,0 +1,55 @@
+# The commands the README shows. Each one sets up what it needs first: a project-local virtual environment with
+# requirements.txt installed (redone when requirements.txt changes) and the Debian packages below.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := ffmpeg
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: help setup system-packages test test-fast lint format demo clean-outputs
+
+help:
+	@echo "make demo     the whole pipeline on CPU with a tiny model (train, checkpoints, MMAU-style scoring)"
+	@echo "make test     the test suite (CPU, tiny model, real files from ../shared/data)"
+	@echo "make lint     ruff check + format check"
+	@echo "make setup    only create $(VENV) and install requirements.txt + $(DEBIAN_PACKAGES)"
+
+setup: $(VENV)/.installed system-packages
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+# ffmpeg extracts AVQA soundtracks (r1aqa.prepare_avqa). Installed with apt when we can, else we say what to do.
+system-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing Debian packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "Missing system packages:$$missing. Install them (e.g. sudo apt-get install$$missing) and rerun."; \
+			exit 1; \
+		fi; \
+	fi
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: setup
+	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests
+
+demo: setup
+	bash run_grpo.sh

@@ -1,0 +1,28 @@
+"""Session-wide fixtures: the tiny Qwen2-Audio is built once per test session (imports cost seconds)."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # deepspeed warns on import without CUDA otherwise
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random Qwen2-Audio (30 s window, the real Qwen2-Audio processor layout) saved to disk."""
+    from r1aqa.tiny import write_tiny_model
+
+    return write_tiny_model(str(tmp_path_factory.mktemp("tiny-qwen2-audio")), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_processor(tiny_model_dir):
+    """The tiny model (eval mode, fp32) and its processor, loaded once. Tests must not modify the model."""
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    processor.tokenizer.padding_side = "left"
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
+    return model, processor
