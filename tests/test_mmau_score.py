@@ -1,0 +1,284 @@
+"""MMAU scoring (SPEC §7): the official rule, the real test-mini files, robustness and the CLI."""
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shared_paths import MMAU_2025_03, MMAU_2025_05
+
+from r1aqa.mmau import format_report, is_match, load_items, main, score
+from r1aqa.prompts import extract_answer
+
+MMAU_FILES = {"2025-03-25": MMAU_2025_03, "v05.15.25": MMAU_2025_05}
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def real_items(version):
+    path = MMAU_FILES[version]
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set R1AQA_SHARED_DATA)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def with_predictions(items, predict, key="model_output"):
+    items = copy.deepcopy(items)
+    for item in items:
+        item[key] = predict(item)
+    return items
+
+
+# ---- the official evaluation.py, re-implemented literally as an independent reference ----
+def official_string_match(answer, prediction, choices):
+    def tokenize(text):
+        return set(re.findall(r"\b\w+\b", text.lower()))
+
+    prediction_tokens = tokenize(prediction)
+    answer_tokens = tokenize(answer)
+    if not prediction_tokens:
+        return False
+    incorrect_tokens = set()
+    for choice in choices:
+        choice_tokens = tokenize(choice)
+        if choice_tokens != answer_tokens:
+            incorrect_tokens.update(choice_tokens - answer_tokens)
+    cond1 = answer_tokens.issubset(prediction_tokens)
+    cond2 = prediction_tokens.isdisjoint(incorrect_tokens)
+    return cond1 and cond2
+
+
+def official_report(data):
+    """The official script's loop and printout, as lines (every item here carries `model_output`)."""
+    corr, total = 0, 0
+    task_metrics = {"sound": [0, 0], "music": [0, 0], "speech": [0, 0]}
+    diff_metrics = {"easy": [0, 0], "hard": [0, 0], "medium": [0, 0]}
+    subcat_metrics = {}
+    for sample in data:
+        subcat = sample.get("sub-category", None)
+        if subcat is not None and subcat not in subcat_metrics:
+            subcat_metrics[subcat] = [0, 0]
+        if official_string_match(sample["answer"], sample["model_output"], sample["choices"]):
+            task_metrics[sample["task"]][0] += 1
+            diff_metrics[sample["difficulty"]][0] += 1
+            if subcat is not None:
+                subcat_metrics[subcat][0] += 1
+            corr += 1
+        total += 1
+        task_metrics[sample["task"]][1] += 1
+        diff_metrics[sample["difficulty"]][1] += 1
+        if subcat is not None:
+            subcat_metrics[subcat][1] += 1
+    lines = []
+    for title, metrics in (("Task", task_metrics), ("Difficulty", diff_metrics), ("Sub-category", subcat_metrics)):
+        lines += ["*" * 30, f"{title}-wise Accuracy:"]
+        for name, (n_correct, n_total) in metrics.items():
+            acc = (n_correct / n_total) * 100 if n_total > 0 else 0
+            lines.append(f"{name} : {acc:.2f}% over {n_total} samples")
+    lines += ["*" * 30, f"Total Accuracy: {(corr / total) * 100:.2f}% over {total} samples", "*" * 30]
+    return lines, corr
+
+
+# ---- the real test-mini files ----
+@pytest.mark.parametrize("version", MMAU_FILES)
+def test_answers_as_predictions_score_100_everywhere(version):
+    items = real_items(version)
+    summary = score(with_predictions(items, lambda item: item["answer"]))
+    assert summary["total"] == {"accuracy": 100.0, "correct": 1000, "total": 1000}
+    for group in ("task", "difficulty", "sub-category"):
+        for name, row in summary[group].items():
+            assert row["accuracy"] == 100.0, (group, name)
+            assert row["correct"] == row["total"] > 0
+    assert sum(row["total"] for row in summary["task"].values()) == 1000
+    assert sum(row["total"] for row in summary["sub-category"].values()) == 1000
+    assert summary["no_prediction"] == {"missing": 0, "none": 0, "non_string": 0}
+    assert summary["answer_not_in_choices"] == []
+
+
+# Measured once with the official rule; pinned so a change to the scorer or the data shows up.
+FIRST_CHOICE_TOTAL = {"2025-03-25": 37.80, "v05.15.25": 39.80}
+
+
+@pytest.mark.parametrize("version", MMAU_FILES)
+def test_first_choice_scores_what_the_official_script_counts(version):
+    items = with_predictions(real_items(version), lambda item: item["choices"][0])
+    summary = score(items)
+    expected_lines, expected_correct = official_report(items)
+
+    assert summary["total"]["correct"] == expected_correct
+    assert summary["total"]["accuracy"] == FIRST_CHOICE_TOTAL[version]
+    # the same numbers, printed in the same layout, line for line
+    report = format_report(summary).splitlines()
+    assert report[: len(expected_lines)] == expected_lines
+    for group, key in (("task", "task"), ("difficulty", "difficulty"), ("sub-category", "sub-category")):
+        for name, row in summary[group].items():
+            members = [item for item in items if item[key] == name]
+            hits = sum(official_string_match(i["answer"], i["model_output"], i["choices"]) for i in members)
+            assert (row["correct"], row["total"]) == (hits, len(members)), (group, name)
+            assert row["accuracy"] == round(100 * hits / len(members), 2)
+
+
+@pytest.mark.parametrize("version", MMAU_FILES)
+def test_both_prediction_keys_accepted_and_model_output_preferred(version):
+    items = real_items(version)[:50]
+    first = lambda item: item["choices"][0]  # noqa: E731
+    by_output = score(with_predictions(items, first, "model_output"))
+    by_prediction = score(with_predictions(items, first, "model_prediction"))
+    assert by_output == by_prediction
+    both = with_predictions(with_predictions(items, lambda i: "", "model_prediction"), lambda i: i["answer"])
+    assert score(both)["total"]["accuracy"] == 100.0
+
+
+def test_raw_tagged_outputs_score_as_their_extracted_answer():
+    items = real_items("2025-03-25")[:100]
+    raw = with_predictions(items, lambda i: f"<think>{' '.join(i['choices'])}</think>\n<answer>{i['answer']}</answer>")
+    assert score(raw)["total"]["accuracy"] == 100.0
+
+
+# ---- the official rule's corner cases ----
+MAN_WOMAN = ["Man", "Woman", "Child", "Robot"]
+RULE_CASES = [
+    # (prediction, answer, choices, expected)
+    ("Man", "Man", MAN_WOMAN, True),
+    ("man.", "Man", MAN_WOMAN, True),  # punctuation and case do not matter
+    ("  MAN!\n", "Man", MAN_WOMAN, True),
+    ("It is a man speaking", "Man", MAN_WOMAN, True),  # extra words that no wrong option has are fine
+    ("Man or woman", "Man", MAN_WOMAN, False),  # a distractor word present
+    ("Woman", "Man", MAN_WOMAN, False),  # `\b` keeps "man" out of "woman"
+    ("", "Man", MAN_WOMAN, False),  # empty prediction
+    ("   ", "Man", MAN_WOMAN, False),
+    ("?!", "Man", MAN_WOMAN, False),  # no word tokens at all
+    ("barking dog", "Dog barking", ["Dog barking", "Cat meowing"], True),  # a set: order does not matter
+    ("dog", "Dog barking", ["Dog barking", "Cat meowing"], False),  # answer tokens must all be present
+    ("dog barking", "Dog barking", ["Dog barking", "Dog growling"], True),  # shared words are not distractors
+    ("dog growling", "Dog barking", ["Dog barking", "Dog growling"], False),
+    ("dog_barking", "Dog barking", ["Dog barking", "Cat meowing"], False),  # `_` is a word character
+    ("rock", "Rock", ["Rock", "rock!", "Jazz"], True),  # a choice with the answer's tokens is no distractor
+    ("3", "3", ["3", "4"], True),
+    ("3 or 4", "3", ["3", "4"], False),
+    ("café", "Café", ["Café", "Tea"], True),  # `\w` is Unicode
+    ("cafe", "Café", ["Café", "Tea"], False),
+    ("maybe", "?", ["?", "Yes"], True),  # quirk kept: an answer without words is a subset of anything
+    ("<answer>Man</answer>", "Man", MAN_WOMAN, True),  # the rule sees words, tags add only "answer"
+]
+
+
+@pytest.mark.parametrize(("prediction", "answer", "choices", "expected"), RULE_CASES)
+def test_official_rule(prediction, answer, choices, expected):
+    assert is_match(prediction, answer, choices) is expected
+    assert official_string_match(answer, prediction, choices) is expected
+
+
+# ---- what the official script skips or crashes on ----
+def test_missing_none_and_non_string_predictions_count_wrong_and_are_reported():
+    items = copy.deepcopy(real_items("2025-03-25")[:6])
+    items[0]["model_output"] = items[0]["answer"]
+    items[1]["model_prediction"] = items[1]["answer"]
+    items[2]["model_output"] = None
+    items[3]["model_output"] = 42
+    items[4]["model_output"] = [items[4]["answer"]]
+    # items[5] has no prediction key
+    summary = score(items)
+    assert summary["total"] == {"accuracy": round(100 * 2 / 6, 2), "correct": 2, "total": 6}
+    assert summary["no_prediction"] == {"missing": 1, "none": 1, "non_string": 2}
+    report = format_report(summary)
+    assert "No prediction count: 4" in report
+    assert "missing: 1, None: 1, non-string: 2" in report
+
+
+def test_answer_not_among_choices_is_reported():
+    items = with_predictions(real_items("2025-03-25")[:3], lambda item: item["answer"])
+    items[1]["answer"] = "Submarine"
+    summary = score(items)
+    assert summary["answer_not_in_choices"] == [items[1]["id"]]
+    assert summary["total"]["correct"] == 2  # the rule still applies: the old answer lacks "submarine"
+    assert f"Answer not among choices: 1 ['{items[1]['id']}']" in format_report(summary)
+
+
+def test_empty_list_and_malformed_items():
+    assert score([])["total"] == {"accuracy": 0.0, "correct": 0, "total": 0}
+    with pytest.raises(ValueError, match=r"item 0 \(id 'x'\): missing key\(s\) \['task'\]"):
+        score([{"id": "x", "answer": "a", "choices": ["a"], "difficulty": "easy"}])
+    with pytest.raises(ValueError, match="item 1: expected a JSON object"):
+        score([{"answer": "a", "choices": ["a"], "task": "sound", "difficulty": "easy"}, "oops"])
+    with pytest.raises(ValueError, match="answer and choices must be strings"):
+        score([{"answer": 1, "choices": [1, 2], "task": "sound", "difficulty": "easy"}])
+
+
+def test_unknown_groups_follow_the_official_ones():
+    item = {"answer": "a", "choices": ["a", "b"], "model_output": "a"}
+    summary = score([{**item, "task": "mix", "difficulty": "expert"}, {**item, "task": "sound", "difficulty": "easy"}])
+    assert list(summary["task"]) == ["sound", "music", "speech", "mix"]
+    assert list(summary["difficulty"]) == ["easy", "hard", "medium", "expert"]
+    assert summary["task"]["music"] == {"accuracy": 0.0, "correct": 0, "total": 0}
+    assert summary["sub-category"] == {}
+
+
+# ---- files and the CLI ----
+def test_load_items_names_the_file_on_bad_input(tmp_path):
+    not_json = tmp_path / "broken.json"
+    not_json.write_text("[{", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken\.json: not valid JSON"):
+        load_items(not_json)
+    not_list = tmp_path / "object.json"
+    not_list.write_text('{"id": 1}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"object\.json: expected a JSON list"):
+        load_items(str(not_list))
+    assert load_items(MMAU_2025_03) == real_items("2025-03-25")
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    items = with_predictions(real_items("v05.15.25"), lambda item: item["answer"])
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps(items), encoding="utf-8")
+    summary_path = tmp_path / "summary.json"
+    main(["--input", str(predictions), "--json", str(summary_path)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:5] == [
+        "*" * 30,
+        "Task-wise Accuracy:",
+        "sound : 100.00% over 333 samples",
+        "music : 100.00% over 334 samples",
+        "speech : 100.00% over 333 samples",
+    ]
+    assert "Total Accuracy: 100.00% over 1000 samples" in printed
+    assert json.loads(summary_path.read_text(encoding="utf-8")) == score(items)
+
+
+def test_cli_module_entry_point_reports_bad_files(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("not json", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "r1aqa.mmau", "--input", str(broken)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC)},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{broken}: not valid JSON" in result.stderr
+    assert result.stdout == ""
+
+
+# ---- properties ----
+SAMPLE_ITEMS = [
+    {"id": "m", "answer": "Man", "choices": MAN_WOMAN, "task": "sound", "difficulty": "easy", "sub-category": "s"},
+    {"id": "d", "answer": "Dog barking", "choices": ["Dog barking", "Dog growling", "Cat"], "task": "music"},
+]
+
+
+@settings(max_examples=300)
+@given(st.text(), st.sampled_from(SAMPLE_ITEMS))
+def test_scorer_never_raises_and_agrees_with_the_official_rule(text, item):
+    item = {"difficulty": "hard", **item, "model_output": text}
+    summary = score([item])
+    expected = official_string_match(item["answer"], extract_answer(text), item["choices"])
+    assert summary["total"]["correct"] == int(expected)
+    assert is_match(text, item["answer"], item["choices"]) is official_string_match(
+        item["answer"], text, item["choices"]
+    )
+    assert format_report(summary)
