@@ -1,0 +1,200 @@
+"""AudioGRPOTrainer: the audio reaches every log-prob pass, row by row, and training changes the weights."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from shared_paths import AVQA_AUDIO_DIR
+from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+from trl import GRPOConfig
+
+from r1aqa.audio import load_audio
+from r1aqa.prompts import format_question, solution_text, user_turn
+from r1aqa.trainer import AudioGRPOTrainer
+
+CLIPS = sorted(str(p) for p in AVQA_AUDIO_DIR.glob("*.wav"))
+G = 4  # completions per prompt
+
+
+def varied_reward(completions, **kwargs):
+    """Rewards that differ within a group (random text from a random model), so advantages are non-zero."""
+    return [float(len(set(c[0]["content"])) % 2) for c in completions]
+
+
+def rows(paths: list[str]) -> list[dict]:
+    return [
+        {
+            "prompt": user_turn(path, format_question("What is making the sound?", ["a boat", "a dog"])),
+            "solution": solution_text("a dog"),
+        }
+        for path in paths
+    ]
+
+
+def make_trainer(model_dir: str, output_dir: str, dataset=None, **config) -> AudioGRPOTrainer:
+    settings = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=2 * G,
+        num_generations=G,
+        max_completion_length=8,
+        max_steps=2,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        beta=0.04,
+        loss_type="grpo",
+        save_strategy="no",
+        learning_rate=1e-3,
+        logging_steps=1,
+        seed=0,
+    )
+    settings.update(config)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    processor.tokenizer.padding_side = "left"
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir)
+    return AudioGRPOTrainer(
+        model=model,
+        reward_funcs=[varied_reward],
+        args=GRPOConfig(**settings),
+        train_dataset=dataset or Dataset.from_list(rows(CLIPS)),
+        processing_class=processor,
+    )
+
+
+def plain_logps(model, processor, prompt, completion_ids: list[int], with_audio: bool) -> torch.Tensor:
+    """Log-probs of the completion tokens from one ordinary forward pass, computed independently of the trainer."""
+    path = prompt[0]["content"][0]["path"]
+    text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], audio=[load_audio(path)], return_tensors="pt")
+    ids = torch.cat([inputs["input_ids"], torch.tensor([completion_ids])], dim=1)
+    kwargs = {"input_features": inputs["input_features"], "feature_attention_mask": inputs["feature_attention_mask"]}
+    with torch.no_grad():
+        logits = model(input_ids=ids, **(kwargs if with_audio else {})).logits
+    logps = torch.log_softmax(logits[0, -len(completion_ids) - 1 : -1].float(), dim=-1)
+    return logps.gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+
+
+@pytest.fixture(scope="module")
+def scored_batch(tiny_model_dir, tmp_path_factory):
+    """One generation batch: two prompts with different real audio, G completions each, and the policy log-probs
+    the loss computes from it (captured from the trainer's own pass)."""
+    trainer = make_trainer(tiny_model_dir, str(tmp_path_factory.mktemp("grpo")))
+    inputs = [row for row in rows(CLIPS[:2]) for _ in range(G)]
+    batch = trainer._generate_and_score_completions(inputs)
+    captured = {}
+    original = trainer._get_per_token_logps_and_entropies
+
+    def capture(*args, **kwargs):
+        result = original(*args, **kwargs)
+        captured["policy"] = result[0].detach()
+        return result
+
+    trainer._get_per_token_logps_and_entropies = capture
+    trainer._compute_loss(trainer.model, batch)
+    return trainer, inputs, batch, captured["policy"]
+
+
+def completion_rows(batch):
+    for i in range(batch["completion_ids"].size(0)):
+        mask = batch["completion_mask"][i].bool()
+        yield i, batch["completion_ids"][i][mask].tolist(), mask
+
+
+@pytest.mark.parametrize("which", ["reference", "policy"])
+def test_logps_match_a_plain_forward_with_audio(scored_batch, which):
+    trainer, inputs, batch, policy_logps = scored_batch
+    model = trainer.ref_model if which == "reference" else trainer.model
+    logps = batch["ref_per_token_logps"] if which == "reference" else policy_logps
+    largest_audio_effect = 0.0
+    for i, completion, mask in completion_rows(batch):
+        with_audio = plain_logps(model, trainer.processing_class, inputs[i]["prompt"], completion, with_audio=True)
+        without = plain_logps(model, trainer.processing_class, inputs[i]["prompt"], completion, with_audio=False)
+        torch.testing.assert_close(logps[i][mask], with_audio, atol=1e-4, rtol=0)
+        largest_audio_effect = max(largest_audio_effect, (logps[i][mask] - without).abs().max().item())
+    assert largest_audio_effect > 1e-2, "log-probs should depend on the audio"
+
+
+def test_each_completion_is_scored_with_its_own_prompts_audio(scored_batch):
+    trainer, inputs, batch, _ = scored_batch
+    # Rows 0..G-1 belong to clip 0, G..2G-1 to clip 1: their features must be their own clip's, not a repeat.
+    features = batch["input_features"]
+    assert features.size(0) == 2 * G
+    assert all(torch.equal(features[i], features[0]) for i in range(G))
+    assert all(torch.equal(features[i], features[G]) for i in range(G, 2 * G))
+    assert not torch.equal(features[0], features[G])
+    # Scoring row 0's completion with the other clip's audio gives other log-probs than the trainer's.
+    _, completion, mask = next(completion_rows(batch))
+    swapped = [
+        {
+            **inputs[G]["prompt"][0],
+            "content": [inputs[G]["prompt"][0]["content"][0], inputs[0]["prompt"][0]["content"][1]],
+        }
+    ]
+    other = plain_logps(trainer.ref_model, trainer.processing_class, swapped, completion, with_audio=True)
+    assert (batch["ref_per_token_logps"][0][mask] - other).abs().max() > 1e-2
+
+
+def test_missing_audio_features_fail_loudly(scored_batch):
+    trainer, _, batch, _ = scored_batch
+    no_audio = {k: v for k, v in batch.items() if k not in ("input_features", "feature_attention_mask")}
+    with pytest.raises(KeyError):
+        trainer._compute_loss(trainer.model, no_audio)
+
+
+def test_training_changes_weights_and_logs_paper_metrics(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, str(tmp_path))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
+    assert any(name.startswith("model.audio_tower") or "audio_tower" in name for name in changed), "audio encoder"
+    assert any("multi_modal_projector" in name for name in changed), "projector"
+    assert any("language_model" in name for name in changed), "language model"
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    for key in [
+        "loss",
+        "grad_norm",
+        "learning_rate",
+        "reward",
+        "reward_std",
+        "kl",
+        "completions/mean_length",
+        "rewards/varied_reward/mean",
+    ]:
+        assert key in logged, key
+
+
+def test_reward_std_zero_means_no_update_but_audio_still_flows(tiny_model_dir, tmp_path):
+    """Sanity of the objective: with constant rewards every advantage is 0, so the policy gradient vanishes and only
+    the KL term (zero at the start, as policy == reference) remains: the weights must not move on step 1."""
+
+    def constant(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    trainer = make_trainer(tiny_model_dir, str(tmp_path), max_steps=1)
+    trainer.reward_funcs = [constant]
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert all(torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())
+
+
+def test_stereo_audio_is_read_from_its_first_channel(tmp_path):
+    import soundfile as sf
+
+    from r1aqa.trainer import prompts_with_audio
+
+    left = np.sin(np.linspace(0, 200, 16_000)).astype(np.float32)
+    path = str(tmp_path / "stereo.wav")
+    sf.write(path, np.stack([left, np.zeros_like(left)], axis=1), 16_000, subtype="FLOAT")
+    prompt = [
+        {
+            "role": "user",
+            "content": [{"type": "audio", "path": path, "text": None}, {"type": "text", "text": "Q", "path": None}],
+        }
+    ]
+    loaded = prompts_with_audio([prompt, prompt])
+    audio_part = loaded[0][0]["content"][0]
+    assert set(audio_part) == {"type", "audio"}
+    np.testing.assert_array_equal(audio_part["audio"], left)
+    assert loaded[1][0]["content"][0]["audio"] is audio_part["audio"], "decoded once per batch"
+    assert loaded[0][0]["content"][1] == {"type": "text", "text": "Q"}
