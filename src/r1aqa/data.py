@@ -1,0 +1,217 @@
+"""Training and evaluation rows: AVQA JSONL (written by `r1aqa.prepare_avqa`) and MMAU items -> conversations.
+
+Every row holds a conversational `prompt` (one user turn: the audio part with the WAV path, then SPEC §4's text),
+the gold `solution` (`<answer>{option}</answer>`) and every original key, which the reward functions receive as
+keyword arguments. Training and evaluation build prompts here and nowhere else.
+
+    from r1aqa.data import load_avqa_dataset
+    train = load_avqa_dataset("data/avqa/train.jsonl", think=False)
+
+Unusable rows (missing keys, an `answer` outside the options, empty or duplicated options, audio that is missing,
+unreadable or empty) are dropped before training, counted by reason and reported with one warning; if none is left
+`DataError` says what to do. A line that is not JSON is an error naming the file and line: the file is broken, and
+skipping lines of a broken file would hide that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+
+from r1aqa.audio import check_audio
+from r1aqa.prompts import avqa_question, format_question, solution_text, user_turn
+
+logger = logging.getLogger(__name__)
+
+# The keys of one AVQA question, in AVQA's order (SPEC §2); the converter adds the last two.
+AVQA_KEYS = (
+    "id",
+    "video_name",
+    "video_id",
+    "question_text",
+    "multi_choice",
+    "answer",
+    "question_relation",
+    "question_type",
+)
+ADDED_KEYS = ("dataset_name", "audio_path")
+# What building a prompt reads; the other keys are only passed through.
+QUESTION_KEYS = ("question_text", "multi_choice", "answer")
+BUILT_KEYS = ("prompt", "solution")
+
+
+class DataError(ValueError):
+    """A data file or record that cannot be used; the message names it and says what to do."""
+
+
+def record_problem(record: object, extra_keys: tuple[str, ...] = ("audio_path",)) -> tuple[str, str] | None:
+    """Why a question cannot be trained on, as `(reason, detail)`, or None when it can.
+
+    Checks that `question_text`, `multi_choice`, `answer` and `extra_keys` are present and that the question, options
+    and answer are sound. Shared by the converter (on AVQA's raw questions) and the loader (on JSONL rows), so both
+    skip the same things under the same names.
+
+    >>> record_problem({"question_text": "Q?", "multi_choice": ["a", "b"], "answer": 2, "audio_path": "x.wav"})
+    ('answer_out_of_range', 'answer 2 but 2 options')
+    """
+    if not isinstance(record, dict):
+        return "not_an_object", f"expected a JSON object, got {type(record).__name__}"
+    missing = [key for key in dict.fromkeys(QUESTION_KEYS + extra_keys) if key not in record]
+    if missing:
+        return "missing_keys", ", ".join(missing)
+    if not _is_text(record["question_text"]):
+        return "bad_question_text", f"question_text must be a non-empty string, got {record['question_text']!r}"
+    return choices_problem(record["multi_choice"]) or answer_problem(record["answer"], len(record["multi_choice"]))
+
+
+def choices_problem(choices: object) -> tuple[str, str] | None:
+    """Options must be a list of at least two distinct, non-empty strings (compared stripped, as the reward does)."""
+    if not isinstance(choices, list) or not all(isinstance(choice, str) for choice in choices):
+        return "bad_choices", "multi_choice must be a list of strings"
+    if len(choices) < 2 or not all(choice.strip() for choice in choices):
+        return "empty_choices", f"need at least two non-empty options, got {choices!r}"
+    stripped = [choice.strip() for choice in choices]
+    duplicated = sorted({choice for choice in stripped if stripped.count(choice) > 1})
+    if duplicated:
+        return "duplicate_choices", f"repeated option(s) {duplicated!r}: the answer would be ambiguous"
+    return None
+
+
+def answer_problem(answer: object, n_choices: int) -> tuple[str, str] | None:
+    """`answer` is a 0-based index into the options (a bool is not an index, although Python says it is an int)."""
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        return "bad_answer", f"answer must be an integer index, got {answer!r}"
+    if not 0 <= answer < n_choices:
+        return "answer_out_of_range", f"answer {answer} but {n_choices} options"
+    return None
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _record_id(record: object) -> object:
+    return record.get("id") if isinstance(record, dict) else None
+
+
+def _example(original: dict, audio_path: str, text: str, answer: str) -> dict:
+    clashes = [key for key in BUILT_KEYS if key in original]
+    if clashes:
+        raise DataError(f"record {original.get('id')!r} already has key(s) {clashes}: rename them in the input file.")
+    return {"prompt": user_turn(audio_path, text), "solution": solution_text(answer), **original}
+
+
+def avqa_example(record: dict, think: bool = False) -> dict:
+    """One JSONL record -> the training row: `prompt`, `solution`, then every original key unchanged.
+
+    The question has `video` replaced by `audio` (lowercase only, as the original); Prompt <3> when `think`.
+    """
+    problem = record_problem(record)
+    if problem:
+        raise DataError(f"record {_record_id(record)!r} cannot be used: {problem[0]} ({problem[1]}).")
+    choices = record["multi_choice"]
+    text = format_question(avqa_question(record["question_text"]), choices, think)
+    return _example(record, record["audio_path"], text, choices[record["answer"]])
+
+
+def mmau_audio_path(item: dict, audio_dir: str) -> str:
+    """MMAU's `audio_id` is `./test-mini-audios/<id>.wav`; users unpack the audio anywhere, so keep the file name."""
+    return os.path.join(audio_dir, os.path.basename(item["audio_id"]))
+
+
+def mmau_example(item: dict, audio_dir: str, think: bool = False, format_instruction: bool = True) -> dict:
+    """One MMAU item -> the same conversation as training: `prompt`, `solution`, the item's keys, `audio_path`.
+
+    MMAU's `question` is used as is (no video->audio replacement) with its `choices`; `answer` is the option text.
+    `format_instruction=False` gives Prompt <1> (the SFT baselines).
+    """
+    audio_path = mmau_audio_path(item, audio_dir)
+    text = format_question(item["question"], item["choices"], think, format_instruction)
+    return {**_example(item, audio_path, text, item["answer"]), "audio_path": audio_path}
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """One JSON object per line; blank lines are ignored. A bad line raises `DataError` naming `path:line`."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file. Create it with `python -m r1aqa.prepare_avqa` (see data/README.md).")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if line.strip():
+                records.append(_parse_line(line, path, line_number))
+    return records
+
+
+def _parse_line(line: str, path: str, line_number: int) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"{path}:{line_number}: not valid JSON ({error.msg}, column {error.colno}). Fix or delete that line, "
+            "or re-create the file with `python -m r1aqa.prepare_avqa`."
+        ) from error
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{line_number}: expected a JSON object per line, got {type(record).__name__}.")
+    return record
+
+
+def usable_records(records: list[dict], check_audio_files: bool = True) -> tuple[list[dict], Counter]:
+    """The records that can be trained on, and the count of the others by reason (`audio_missing`, ...)."""
+    usable, dropped = [], Counter()
+    for record in records:
+        reason = _unusable_reason(record, check_audio_files)
+        if reason:
+            dropped[reason] += 1
+        else:
+            usable.append(record)
+    return usable, dropped
+
+
+def _unusable_reason(record: dict, check_audio_files: bool) -> str | None:
+    problem = record_problem(record)
+    if problem:
+        return problem[0]
+    if not _is_text(record["audio_path"]):
+        return "bad_audio_path"
+    if not check_audio_files:
+        return None
+    audio_problem = check_audio(record["audio_path"])
+    return f"audio_{audio_problem}" if audio_problem else None
+
+
+def load_avqa_dataset(path: str, think: bool = False, check_audio_files: bool = True):
+    """The JSONL at `path` as a `datasets.Dataset` of training rows (see `avqa_example`).
+
+    Every audio path is checked first (exists, readable header, not empty) unless `check_audio_files=False`;
+    unusable rows are dropped and counted in one warning. Raises `DataError` when no row is usable.
+    """
+    records = read_jsonl(path)
+    usable, dropped = usable_records(records, check_audio_files)
+    _report(path, len(records), len(usable), dropped)
+    rows = [avqa_example(record, think) for record in usable]
+    return _to_dataset(rows)
+
+
+def _report(path: str, total: int, n_usable: int, dropped: Counter) -> None:
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common())
+    if n_usable == 0:
+        raise DataError(
+            f"{path}: none of its {total} rows is usable ({reasons or 'the file is empty'}). Check that the WAVs "
+            "exist where `audio_path` says, or re-create the file with `python -m r1aqa.prepare_avqa`."
+        )
+    if dropped:
+        logger.warning(
+            "%s: dropped %d of %d rows (%s); training on %d.", path, total - n_usable, total, reasons, n_usable
+        )
+    else:
+        logger.info("%s: all %d rows usable.", path, total)
+
+
+def _to_dataset(rows: list[dict]):
+    import datasets  # deferred: the converter imports this module and needs no Arrow
+
+    # `Dataset.from_list` takes its columns from the first row and silently drops keys only later rows have.
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return datasets.Dataset.from_list([{key: row.get(key) for key in columns} for row in rows])
