@@ -62,8 +62,14 @@ def test_chat_template_renders_spec_string(tiny_model_and_processor, question, c
     rendered = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     assert rendered == SPEC_RENDERING.format(prompt=prompt)
     # `datasets` gives every content item every key, missing ones as None: the rendering must not change.
-    padded = [{"role": "user", "content": [{**part, "text": part.get("text"), "path": part.get("path")}
-                                            for part in conversation[0]["content"]]}]
+    padded = [
+        {
+            "role": "user",
+            "content": [
+                {**part, "text": part.get("text"), "path": part.get("path")} for part in conversation[0]["content"]
+            ],
+        }
+    ]
     assert processor.apply_chat_template(padded, add_generation_prompt=True, tokenize=False) == rendered
 
 
@@ -83,8 +89,9 @@ def test_left_padded_batch_matches_single_prompts(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
     clips = [tone(1.0, 300), tone(3.5, 900), load_audio(REAL_WAV)]
     texts = [
-        processor.apply_chat_template(user_turn("x", format_question(q, ["yes", "no"])), add_generation_prompt=True,
-                                      tokenize=False)
+        processor.apply_chat_template(
+            user_turn("x", format_question(q, ["yes", "no"])), add_generation_prompt=True, tokenize=False
+        )
         for q in ["Short?", "A somewhat longer question about the sound?", "Is it music?"]
     ]
     batch = processor(text=texts, audio=clips, padding=True, return_tensors="pt")

@@ -155,9 +155,7 @@ def build_model(processor: Qwen2AudioProcessor, seed: int = 0, chunk_length: int
     return model.eval()
 
 
-def write_tiny_model(
-    out_dir: str, seed: int = 0, chunk_length: int = 30, extra_tokens: tuple[str, ...] = ()
-) -> str:
+def write_tiny_model(out_dir: str, seed: int = 0, chunk_length: int = 30, extra_tokens: tuple[str, ...] = ()) -> str:
     """Build and save model + processor to `out_dir`; return it. Loadable with `from_pretrained`."""
     processor = build_processor(chunk_length, extra_tokens)
     model = build_model(processor, seed, chunk_length)
@@ -174,9 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="Folder to write the model and processor to.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
     parser.add_argument("--chunk_length", type=int, default=30, help="Audio window in seconds (Qwen2-Audio: 30).")
-    parser.add_argument(
-        "--extra_tokens", nargs="*", default=[], help="Words to add to the vocabulary as whole tokens."
-    )
+    parser.add_argument("--extra_tokens", nargs="*", default=[], help="Words to add to the vocabulary as whole tokens.")
     args = parser.parse_args(argv)
     out = write_tiny_model(args.out, args.seed, args.chunk_length, tuple(args.extra_tokens))
     n_params = sum(p.numel() for p in Qwen2AudioForConditionalGeneration.from_pretrained(out).parameters())

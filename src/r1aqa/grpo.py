@@ -1,0 +1,180 @@
+"""GRPO post-training of Qwen2-Audio on AVQA questions: the paper's main experiment.
+
+    # the paper's recipe on one 8-GPU node (run_grpo.sh wraps this)
+    torchrun --nproc_per_node 8 -m r1aqa.grpo --config configs/grpo_qwen2_audio_7b.yaml \
+        --deepspeed configs/ds_zero3.json --data_file data/avqa/train.jsonl
+    # the smallest CPU run: a tiny model and a toy task
+    python -m r1aqa.grpo --config configs/grpo_tiny_cpu.yaml
+
+Every hyperparameter lives in the recipe YAML; any field can be overridden on the command line (`--max_steps 10`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from r1aqa.cpu_deepspeed import enable_cpu_deepspeed
+from r1aqa.preflight import check_model_path, check_wandb
+
+logger = logging.getLogger("r1aqa.grpo")
+
+
+@dataclass
+class ScriptArguments:
+    """What the paper's script hard-coded: the data, the prompt mode and the rewards."""
+
+    data_file: str = field(default=None, metadata={"help": "AVQA training JSONL written by r1aqa.prepare_avqa."})
+    think: bool = field(
+        default=False,
+        metadata={
+            "help": "Think mode: Prompt <3> (<think> then <answer>) and the think format reward. False is the "
+            "paper's main result (Prompt <2>, answer only)."
+        },
+    )
+    reward_funcs: list[str] = field(
+        default=None,
+        metadata={"help": "Reward names from r1aqa.rewards. Default: accuracy + the format reward of the mode."},
+    )
+    check_audio_files: bool = field(
+        default=True, metadata={"help": "Check every audio file before training and drop unusable rows (counted)."}
+    )
+    max_train_samples: int = field(default=None, metadata={"help": "Use only the first N questions (debugging)."})
+    freeze_audio_encoder: bool = field(
+        default=False, metadata={"help": "Do not train the audio encoder (not in the paper: it trained everything)."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir, if any."}
+    )
+
+    def __post_init__(self):
+        if not self.data_file:
+            raise ValueError("Set `data_file` (the AVQA JSONL from `python -m r1aqa.prepare_avqa`).")
+        if not os.path.isfile(self.data_file):
+            raise ValueError(
+                f"data_file {self.data_file!r} does not exist. Make it with `python -m r1aqa.prepare_avqa` "
+                "(see data/README.md) or pass --data_file PATH."
+            )
+        if self.reward_funcs is not None:
+            from r1aqa.rewards import get_reward_funcs
+
+            get_reward_funcs(self.reward_funcs)  # rejects unknown names now, before any model loads
+
+
+def parse_args(argv: list[str] | None = None):
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    parser = TrlParser((ScriptArguments, GRPOConfig, ModelConfig))
+    return parser.parse_args_and_config(args=argv)
+
+
+def load_model(model_args, training_args, freeze_audio_encoder: bool):
+    import torch
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    processor = AutoProcessor.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    processor.tokenizer.padding_side = "left"  # batched generation; not always saved with the tokenizer
+    if freeze_audio_encoder:
+        model.model.audio_tower.requires_grad_(False)
+    return model, processor
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint that finished saving. HF writes `trainer_state.json` last, so a checkpoint the process
+    died in the middle of has none and is skipped."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(name.split("-")[1]), name)
+        for name in os.listdir(output_dir)
+        if name.startswith("checkpoint-") and name.split("-")[1].isdigit()
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+        logger.warning("Skipping %s: it has no trainer_state.json (the run died while saving it).", path)
+    return None
+
+
+def main(script_args, training_args, model_args) -> None:
+    import datasets
+    import transformers
+    from transformers import set_seed
+    from trl import get_peft_config
+
+    from r1aqa.data import load_avqa_dataset
+    from r1aqa.rewards import default_reward_names, get_reward_funcs
+    from r1aqa.trainer import AudioGRPOTrainer
+
+    # --- seed, logging ---------------------------------------------------------------------------------------------
+    set_seed(training_args.seed)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("r1aqa").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+
+    # --- data ------------------------------------------------------------------------------------------------------
+    dataset = load_avqa_dataset(
+        script_args.data_file, think=script_args.think, check_audio_files=script_args.check_audio_files
+    )
+    if script_args.max_train_samples is not None:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    logger.info("Training on %d questions from %s (think=%s)", len(dataset), script_args.data_file, script_args.think)
+
+    # --- model -----------------------------------------------------------------------------------------------------
+    model, processor = load_model(model_args, training_args, script_args.freeze_audio_encoder)
+
+    # --- rewards ---------------------------------------------------------------------------------------------------
+    reward_names = script_args.reward_funcs or default_reward_names(script_args.think)
+    reward_funcs = get_reward_funcs(reward_names)
+    logger.info("Rewards: %s", ", ".join(reward_names))
+
+    # --- trainer ---------------------------------------------------------------------------------------------------
+    trainer = AudioGRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+    )
+
+    # --- train -----------------------------------------------------------------------------------------------------
+    checkpoint = last_checkpoint(training_args.output_dir) if script_args.resume else None
+    if script_args.resume:
+        logger.info("Resuming from %s", checkpoint or "scratch (no complete checkpoint yet)")
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    # --- save ------------------------------------------------------------------------------------------------------
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+    logger.info("Saved the final model to %s", training_args.output_dir)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    enable_cpu_deepspeed()  # before accelerate initialises; a no-op with a GPU or without a launcher
+    script_args, training_args, model_args = parse_args(argv)
+    check_model_path(model_args.model_name_or_path)
+    check_wandb(training_args)
+    main(script_args, training_args, model_args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,46 @@
+"""Checks that run before any model loads, so a bad argument costs seconds, not a queued 8-GPU job."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import re
+
+logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_path(path: str) -> None:
+    """A local folder with a config.json, or something shaped like a hub id (`org/name`)."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise SystemExit(f"Model folder {path!r} has no config.json: point --model_name_or_path at a saved model.")
+        return
+    if not _HUB_ID.match(path) or path.startswith((".", "/")):
+        raise SystemExit(
+            f"Model {path!r} is neither a local folder nor a hub id like 'Qwen/Qwen2-Audio-7B-Instruct'. "
+            "Fix --model_name_or_path (for a CPU try-out: python -m r1aqa.tiny --out DIR)."
+        )
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def check_wandb(training_args) -> None:
+    """Weights & Biases logs online when a key is configured and offline otherwise; it never stops a run."""
+    if "wandb" not in (training_args.report_to or []) or os.environ.get("WANDB_MODE"):
+        return
+    if not _has_wandb_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+        logger.warning(
+            "No W&B key found (WANDB_API_KEY or `wandb login`): logging offline to ./wandb; "
+            "upload later with `wandb sync`. Set report_to=none to turn W&B off."
+        )

@@ -1,0 +1,161 @@
+"""The training entry point and run_grpo.sh: bad arguments stop early; runs save, reload and resume, in one process,
+two processes (DDP on gloo) and two processes under DeepSpeed ZeRO-3 on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r1aqa import grpo
+from r1aqa.tiny import write_tiny_model
+from r1aqa.toy_task import write_toy_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The tiny model with the demo vocabulary and a small toy task, as run_grpo.sh builds them on CPU."""
+    root = tmp_path_factory.mktemp("toy")
+    model = write_tiny_model(str(root / "model"), extra_tokens=("<answer>", "</answer>", "low", "top"))
+    paths = write_toy_task(str(root / "data"), n_train=16, n_test=4)
+    return {"model": model, "data": paths["train_file"]}
+
+
+def run_grpo_sh(toy, output_dir, *args, **env):
+    environment = {**os.environ, "MODEL": toy["model"], "DATA_FILE": toy["data"], "OUTPUT_DIR": str(output_dir), **env}
+    result = subprocess.run(
+        ["bash", str(REPO / "run_grpo.sh"), *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def global_step(checkpoint_dir) -> int:
+    return json.loads((Path(checkpoint_dir) / "trainer_state.json").read_text())["global_step"]
+
+
+def reloads_and_generates(model_dir) -> None:
+    """Load a saved model in a fresh process (never inside a DeepSpeed-configured one) and generate with audio."""
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration\n"
+        "m = Qwen2AudioForConditionalGeneration.from_pretrained(sys.argv[1]); p = AutoProcessor.from_pretrained(sys.argv[1])\n"
+        "t = p.apply_chat_template([{'role':'user','content':[{'type':'audio'},{'type':'text','text':'Q'}]}],"
+        " add_generation_prompt=True, tokenize=False)\n"
+        "x = p(text=[t], audio=[np.zeros(16000, np.float32)], return_tensors='pt')\n"
+        "print(m.generate(**x, max_new_tokens=3, do_sample=False).shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(model_dir)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# --- arguments -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--data_file", "nowhere.jsonl"], "does not exist"),
+        (["--model_name_or_path", "./no/such/model"], "neither a local folder nor a hub id"),
+        (["--reward_funcs", "accuracy", "bleu"], "unknown reward name"),
+        (["--per_device_train_batch_size", "6"], "num_generations"),
+        (["--not_a_field", "1"], "not_a_field"),
+    ],
+)
+def test_bad_arguments_stop_before_any_model_loads(toy, monkeypatch, tmp_path, override, message):
+    monkeypatch.setattr(grpo, "main", lambda *a: pytest.fail("main() must not be reached"))
+    argv = [
+        "--config",
+        str(REPO / "configs/grpo_tiny_cpu.yaml"),
+        "--model_name_or_path",
+        toy["model"],
+        "--data_file",
+        toy["data"],
+        "--output_dir",
+        str(tmp_path),
+        *override,
+    ]
+    with pytest.raises((SystemExit, ValueError)) as error:
+        grpo.cli(argv)
+    assert message in str(error.value) or error.value.args == (2,), str(error.value)
+
+
+def test_paper_recipe_parses_to_the_paper_hyperparameters(toy, tmp_path):
+    script_args, training_args, model_args = grpo.parse_args(
+        [
+            "--config",
+            str(REPO / "configs/grpo_qwen2_audio_7b.yaml"),
+            "--data_file",
+            toy["data"],
+            "--output_dir",
+            str(tmp_path),
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+        ]
+    )
+    assert model_args.model_name_or_path == "Qwen/Qwen2-Audio-7B-Instruct"
+    assert (training_args.num_generations, training_args.per_device_train_batch_size) == (8, 8)
+    assert training_args.gradient_accumulation_steps == 2
+    assert (training_args.learning_rate, training_args.beta, training_args.loss_type) == (1e-6, 0.04, "grpo")
+    assert (training_args.temperature, training_args.top_k, training_args.top_p) == (1.0, 50, 1.0)
+    assert training_args.max_completion_length == 256 and training_args.max_steps == 1000
+    assert training_args.save_steps == 100 and training_args.seed == 42 and training_args.num_iterations == 1
+    assert training_args.scale_rewards == "group" and training_args.weight_decay == 0.0
+    assert training_args.max_grad_norm == 1.0 and training_args.lr_scheduler_type == "linear"
+    assert training_args.gradient_checkpointing is False and script_args.think is False
+    assert script_args.freeze_audio_encoder is False and model_args.use_peft is False
+
+
+def test_last_checkpoint_skips_a_half_written_one(tmp_path):
+    for step in (100, 200, 300):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (100, 200):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-300" / "model.safetensors").write_text("partial")
+    assert grpo.last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-200")
+    assert grpo.last_checkpoint(str(tmp_path / "none")) is None
+
+
+# --- runs ------------------------------------------------------------------------------------------------------------
+
+
+def test_run_grpo_sh_trains_saves_and_resumes_on_cpu(toy, tmp_path):
+    out = tmp_path / "run"
+    log = run_grpo_sh(toy, out, "--max_steps", "2", "--save_steps", "1")
+    assert "No GPU found" in log
+    assert global_step(out / "checkpoint-1") == 1 and global_step(out / "checkpoint-2") == 2
+    assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    log = run_grpo_sh(toy, out, "--max_steps", "3", "--save_steps", "1", "--resume", "true")
+    assert f"Resuming from {out / 'checkpoint-2'}" in log
+    assert global_step(out / "checkpoint-3") == 3
+    reloads_and_generates(out / "checkpoint-3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["ddp", "deepspeed_zero3"])
+def test_two_processes_train_save_reload_and_resume(toy, tmp_path, launcher):
+    env = {"CPU_PROCS": "2", "MASTER_PORT": "29517" if launcher == "ddp" else "29518"}
+    if launcher == "deepspeed_zero3":
+        env["DS_CONFIG"] = str(REPO / "configs/ds_zero3.json")
+    out = tmp_path / launcher
+    run_grpo_sh(toy, out, "--max_steps", "2", "--save_steps", "2", **env)
+    checkpoint = out / "checkpoint-2"
+    assert global_step(checkpoint) == 2
+    assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file(), "2 processes"
+    if launcher == "deepspeed_zero3":
+        assert (checkpoint / "global_step2").is_dir(), "DeepSpeed's own resumable state"
+    reloads_and_generates(checkpoint)
+    log = run_grpo_sh(toy, out, "--max_steps", "3", "--save_steps", "1", "--resume", "true", **env)
+    assert f"Resuming from {checkpoint}" in log
+    assert global_step(out / "checkpoint-3") == 3
