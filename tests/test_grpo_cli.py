@@ -3,6 +3,7 @@ two processes (DDP on gloo) and two processes under DeepSpeed ZeRO-3 on CPU."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,12 @@ def run_grpo_sh(toy, output_dir, *args, **env):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def global_step(checkpoint_dir) -> int:
@@ -145,7 +152,7 @@ def test_run_grpo_sh_trains_saves_and_resumes_on_cpu(toy, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["ddp", "deepspeed_zero3"])
 def test_two_processes_train_save_reload_and_resume(toy, tmp_path, launcher):
-    env = {"CPU_PROCS": "2", "MASTER_PORT": "29517" if launcher == "ddp" else "29518"}
+    env = {"CPU_PROCS": "2", "MASTER_PORT": str(free_port())}
     if launcher == "deepspeed_zero3":
         env["DS_CONFIG"] = str(REPO / "configs/ds_zero3.json")
     out = tmp_path / launcher

@@ -198,3 +198,51 @@ def test_stereo_audio_is_read_from_its_first_channel(tmp_path):
     np.testing.assert_array_equal(audio_part["audio"], left)
     assert loaded[1][0]["content"][0]["audio"] is audio_part["audio"], "decoded once per batch"
     assert loaded[0][0]["content"][1] == {"type": "text", "text": "Q"}
+
+
+def test_frozen_audio_encoder_stays_fixed_while_the_rest_trains(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, str(tmp_path))
+    trainer.model.model.audio_tower.requires_grad_(False)  # what `freeze_audio_encoder: true` does in r1aqa.grpo
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    for name, p in trainer.model.named_parameters():
+        if "audio_tower" in name:
+            assert torch.equal(p, before[name]), name
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if "language_model" in n)
+
+
+def test_lora_trains_adapters_only_and_scores_the_reference_with_audio(tiny_model_dir, tmp_path):
+    from peft import LoraConfig
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    processor.tokenizer.padding_side = "left"
+    config = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2 * G,
+        num_generations=G,
+        max_completion_length=8,
+        max_steps=2,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        beta=0.04,
+        loss_type="grpo",
+        save_strategy="no",
+        learning_rate=1e-2,
+        logging_steps=1,
+        seed=0,
+    )
+    trainer = AudioGRPOTrainer(
+        model=Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir),
+        reward_funcs=[varied_reward],
+        args=config,
+        train_dataset=Dataset.from_list(rows(CLIPS)),
+        processing_class=processor,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in name for name in changed)
+    assert any(entry.get("kl", 0) > 0 for entry in trainer.state.log_history), "reference = adapters disabled"
