@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Evaluate every checkpoint-N of a training run on MMAU, then print accuracy per step (best marked), write it as
+# CSV/JSON and plot it. The paper scored steps 100..1000 and reported the best (SPEC §1, §7).
+#
+#   bash test_mmau.sh                                            # every checkpoint in $RUN_DIR, in step order
+#   THINK=true RUN_DIR=outputs/grpo-think bash test_mmau.sh       # Prompt <3> (think mode)
+#   STEPS="100 500" BATCH_SIZE=8 bash test_mmau.sh --limit 50    # extra arguments go to r1aqa.test_mmau
+#
+# Checkpoints already scored with the same settings are skipped (add --force to redo them). Results go to
+# $OUT_DIR/checkpoint-N.{json,meta.json,score.json} and $OUT_DIR/checkpoints.{csv,json,png}.
+set -euo pipefail
+
+# ---- quick config (override any of these from the environment) -------------------------------------------------
+: "${RUN_DIR:=outputs/grpo-qwen2-audio-7b}"                        # output_dir of the training run
+: "${MMAU_FILE:=data/mmau/mmau-test-mini.2025-03-25.json}"          # the file version the paper used
+: "${AUDIO_DIR:=data/mmau/test-mini-audios}"
+: "${BATCH_SIZE:=32}"                                               # paper: 32
+: "${MAX_NEW_TOKENS:=256}"                                          # paper: 256
+: "${THINK:=false}"                                                 # true: Prompt <3>; false: Prompt <2>
+: "${PROMPT_STYLE:=}"                                               # answer|think|plain; default from THINK
+: "${STEPS:=}"                                                      # e.g. "100 200 300"; empty: every checkpoint
+: "${OUT_DIR:=}"                                                    # default: $RUN_DIR/mmau/<data file>.<style>
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python; fi
+fi
+export PYTHONPATH="$REPO_DIR/src${PYTHONPATH:+:$PYTHONPATH}"   # works without `pip install -e .`
+
+die() { echo "test_mmau.sh: error: $*" >&2; exit 2; }
+
+case "$THINK" in
+    true) THINK_STYLE=think ;;
+    false) THINK_STYLE=answer ;;
+    *) die "THINK must be true or false, got '$THINK'" ;;
+esac
+if [[ -z "$PROMPT_STYLE" ]]; then
+    PROMPT_STYLE="$THINK_STYLE"
+elif [[ "$THINK" == true && "$PROMPT_STYLE" != think ]]; then
+    die "THINK=true contradicts PROMPT_STYLE=$PROMPT_STYLE: set one of them"
+fi
+[[ -d "$RUN_DIR" ]] || die "RUN_DIR=$RUN_DIR is not a folder (set RUN_DIR to the training run's output_dir)"
+[[ -f "$MMAU_FILE" ]] || die "MMAU_FILE=$MMAU_FILE does not exist (see data/README.md)"
+[[ -d "$AUDIO_DIR" ]] || die "AUDIO_DIR=$AUDIO_DIR is not a folder (see data/README.md)"
+: "${OUT_DIR:=$RUN_DIR/mmau/$(basename "$MMAU_FILE" .json).$PROMPT_STYLE}"
+
+# ---- checkpoints, in numeric step order --------------------------------------------------------------------------
+if [[ -n "$STEPS" ]]; then
+    read -r -a steps <<< "$STEPS"
+    for step in "${steps[@]}"; do
+        [[ "$step" =~ ^[0-9]+$ ]] || die "STEPS must be step numbers, got '$step'"
+        [[ -d "$RUN_DIR/checkpoint-$step" ]] || die "$RUN_DIR/checkpoint-$step does not exist"
+    done
+else
+    steps=()
+    for dir in "$RUN_DIR"/checkpoint-*; do
+        if [[ -d "$dir" && "$(basename "$dir")" =~ ^checkpoint-([0-9]+)$ ]]; then steps+=("${BASH_REMATCH[1]}"); fi
+    done
+    ((${#steps[@]})) || die "no checkpoint-N folder in RUN_DIR=$RUN_DIR (training saves one every save_steps)"
+    mapfile -t steps < <(printf '%s\n' "${steps[@]}" | sort -n)
+fi
+echo "MMAU: ${#steps[@]} checkpoint(s) of $RUN_DIR (steps ${steps[*]}), $MMAU_FILE, prompt $PROMPT_STYLE -> $OUT_DIR"
+
+# ---- evaluate ----------------------------------------------------------------------------------------------------
+mkdir -p "$OUT_DIR"
+for step in "${steps[@]}"; do
+    echo "=== checkpoint-$step ==="
+    # Skips at once (no model loaded) when the checkpoint was already scored with the same settings; stops with an
+    # error when its output was made with other settings (--limit, prompt, decoding...).
+    "$PYTHON" -m r1aqa.test_mmau \
+        --model_path "$RUN_DIR/checkpoint-$step" \
+        --data_file "$MMAU_FILE" \
+        --audio_dir "$AUDIO_DIR" \
+        --out_file "$OUT_DIR/checkpoint-$step.json" \
+        --batch_size "$BATCH_SIZE" \
+        --max_new_tokens "$MAX_NEW_TOKENS" \
+        --prompt_style "$PROMPT_STYLE" \
+        "$@"
+done
+
+# ---- table and plot ----------------------------------------------------------------------------------------------
+if compgen -G "$OUT_DIR/checkpoint-*.score.json" >/dev/null; then
+    "$PYTHON" -m r1aqa.checkpoint_table --score_dir "$OUT_DIR"
+else
+    echo "No scores (the data file has no answers): predictions are in $OUT_DIR."
+fi

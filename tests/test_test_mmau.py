@@ -1,0 +1,385 @@
+"""MMAU inference (r1aqa.test_mmau), the per-checkpoint table (r1aqa.checkpoint_table) and test_mmau.sh.
+
+Six items of the real test-mini file (2025-03-25): the one item whose audio ships with the data
+(`MMAU_REAL_ITEM_ID`, its real WAV) plus sound, music and speech items. Their audio is not available here, so for
+those this file writes its own clips of 2-7 s (sine tones, chirps and noise made with numpy, one stereo 44.1 kHz)
+into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.tiny), so accuracies are meaningless: the tests check
+files, keys, batching, skipping, resuming and failure handling.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from shared_paths import MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+
+from r1aqa import checkpoint_table
+from r1aqa import test_mmau as evaluator
+from r1aqa.data import mmau_example
+from r1aqa.mmau import score
+from r1aqa.prompts import extract_answer, format_question
+from r1aqa.tiny import build_model, build_processor, write_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_NEW_TOKENS = "12"  # the tiny model babbles until the limit; 12 tokens keep each run to seconds
+PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output")
+
+
+def _select_items() -> list[dict]:
+    """The real-audio item first, then one more sound item, two music and two speech items (file order)."""
+    items = json.loads(MMAU_2025_03.read_text())
+    chosen = [item for item in items if item["id"] == MMAU_REAL_ITEM_ID]
+    for task, count in (("sound", 1), ("music", 2), ("speech", 2)):
+        chosen += [item for item in items if item["task"] == task and item["id"] != MMAU_REAL_ITEM_ID][:count]
+    return chosen
+
+
+def _made_clip(index: int) -> tuple[np.ndarray, int]:
+    """A locally made clip (not MMAU audio): a different length and kind of sound per item."""
+    seconds = (3.0, 5.0, 2.0, 7.0, 4.0)[index % 5]
+    rate = 44_100 if index == 2 else 16_000
+    t = np.arange(int(rate * seconds)) / rate
+    rng = np.random.default_rng(index)
+    if index % 3 == 0:
+        samples = 0.3 * np.sin(2 * np.pi * (200 + 150 * index) * t)  # tone
+    elif index % 3 == 1:
+        samples = 0.3 * np.sin(2 * np.pi * (100 + 400 * t) * t)  # chirp
+    else:
+        samples = 0.1 * rng.standard_normal(len(t))  # noise
+    samples = samples.astype(np.float32)
+    if index == 2:
+        samples = np.stack([samples, np.zeros_like(samples)], axis=1)  # stereo: only the first channel is used
+    return samples, rate
+
+
+@pytest.fixture(scope="module")
+def mmau_slice(tmp_path_factory):
+    """(data_file, audio_dir, items): the six real items, the real WAV for the first, made clips for the rest."""
+    root = tmp_path_factory.mktemp("mmau")
+    audio_dir = root / "audio"
+    audio_dir.mkdir()
+    items = _select_items()
+    assert items[0]["id"] == MMAU_REAL_ITEM_ID and len(items) == 6
+    assert {item["task"] for item in items} == {"sound", "music", "speech"}
+    shutil.copy(MMAU_AUDIO_DIR / f"{MMAU_REAL_ITEM_ID}.wav", audio_dir)
+    for index, item in enumerate(items[1:]):
+        samples, rate = _made_clip(index)
+        sf.write(audio_dir / os.path.basename(item["audio_id"]), samples, rate)
+    data_file = root / "mmau-slice.json"
+    data_file.write_text(json.dumps(items, indent=2))
+    return str(data_file), str(audio_dir), items
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir):
+    """A fake training run: checkpoint-100 with its processor; checkpoint-200 (other weights) saved without one,
+    as a trainer saving weights only would, the processor being in the run folder."""
+    run = tmp_path_factory.mktemp("run")
+    shutil.copytree(tiny_model_dir, run / "checkpoint-100")
+    processor = build_processor()
+    build_model(processor, seed=1).save_pretrained(run / "checkpoint-200")
+    processor.save_pretrained(run)
+    return run
+
+
+def _run(model_dir, data_file, audio_dir, out_file, *extra) -> int:
+    argv = ["--model_path", str(model_dir), "--data_file", str(data_file), "--audio_dir", str(audio_dir)]
+    argv += ["--out_file", str(out_file), "--max_new_tokens", MAX_NEW_TOKENS, *map(str, extra)]
+    return evaluator.main(argv)
+
+
+def _read(path) -> list[dict] | dict:
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def scored_run(run_dir, mmau_slice):
+    """Both checkpoints evaluated with batch size 4 (6 items: a full batch and a partial one)."""
+    data_file, audio_dir, _ = mmau_slice
+    score_dir = run_dir / "mmau"
+    for step in (100, 200):
+        assert _run(run_dir / f"checkpoint-{step}", data_file, audio_dir, score_dir / f"checkpoint-{step}.json",
+                    "--batch_size", 4) == 0  # fmt: skip
+    return score_dir
+
+
+def test_predictions_file_has_both_keys_and_raw_output(scored_run, mmau_slice):
+    _, _, items = mmau_slice
+    predictions = _read(scored_run / "checkpoint-100.json")
+    assert isinstance(predictions, list) and len(predictions) == len(items)
+    for item, predicted in zip(items, predictions, strict=True):
+        assert {key: predicted[key] for key in item} == item  # input keys unchanged, same order of items
+        assert set(predicted) == set(item) | set(PREDICTION_KEYS)
+        assert (
+            predicted["model_output"] == predicted["model_prediction"] == extract_answer(predicted["model_raw_output"])
+        )
+    assert any(predicted["model_raw_output"] for predicted in predictions)
+    # the two checkpoints have different weights, so they must say different things
+    assert [p["model_raw_output"] for p in predictions] != [
+        p["model_raw_output"] for p in _read(scored_run / "checkpoint-200.json")
+    ]
+
+
+def test_meta_records_decoding_and_processor_fallback(scored_run, run_dir):
+    meta = _read(scored_run / "checkpoint-100.meta.json")
+    assert meta["settings"]["decoding"] == {"do_sample": False, "max_new_tokens": 12, "num_beams": 1}
+    assert meta["settings"]["prompt_style"] == "answer"
+    assert meta["settings"]["processor_path"] == str(run_dir / "checkpoint-100")
+    assert (meta["device"], meta["dtype"], meta["n_items"], meta["n_audio_errors"]) == ("cpu", "float32", 6, 0)
+    # checkpoint-200 has no processor files: the run folder's processor is used
+    assert _read(scored_run / "checkpoint-200.meta.json")["settings"]["processor_path"] == str(run_dir)
+    assert not list(scored_run.glob("*.partial.jsonl")) and not list(scored_run.glob("*.tmp"))
+
+
+def test_score_file_is_the_official_rule(scored_run):
+    predictions = _read(scored_run / "checkpoint-100.json")
+    summary = _read(scored_run / "checkpoint-100.score.json")
+    assert summary == {**score(predictions), "audio_errors": 0}
+    assert summary["total"]["total"] == 6
+    assert {task: row["total"] for task, row in summary["task"].items()} == {"sound": 2, "music": 2, "speech": 2}
+
+
+def test_table_csv_json_and_plot(scored_run, capsys):
+    assert checkpoint_table.main(["--score_dir", str(scored_run)]) == 0
+    printed = capsys.readouterr().out
+    rows = _read(scored_run / "checkpoints.json")["rows"]
+    assert [row["step"] for row in rows] == [100, 200]
+    for row, step in zip(rows, (100, 200), strict=True):
+        summary = _read(scored_run / f"checkpoint-{step}.score.json")
+        assert row["total"] == summary["total"]["accuracy"]
+        assert row["music"] == summary["task"]["music"]["accuracy"]
+    assert sum(row["best"] for row in rows) == 1
+    best = next(row["step"] for row in rows if row["best"])
+    assert any(line.startswith("*") and f" {best} " in line for line in printed.splitlines())
+    csv_lines = (scored_run / "checkpoints.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("step,sound,music,speech,total,best") and len(csv_lines) == 3
+    assert (scored_run / "checkpoints.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_score(folder: Path, step: int, correct: dict[str, int]) -> None:
+    """A score file from `r1aqa.mmau.score` on made-up predictions: `correct[task]` of 4 items right per task."""
+    items = []
+    for task, n_right in correct.items():
+        for i in range(4):
+            answer = "yes" if i < n_right else "no"
+            items.append({"answer": "yes", "choices": ["yes", "no"], "task": task, "difficulty": "easy",
+                          "model_output": answer})  # fmt: skip
+    folder.joinpath(f"checkpoint-{step}.score.json").write_text(json.dumps(score(items)))
+
+
+def test_table_orders_steps_numerically_and_marks_best(tmp_path, capsys):
+    _write_score(tmp_path, 1000, {"sound": 1, "music": 1})  # 2 of 8 right
+    _write_score(tmp_path, 200, {"sound": 3, "music": 2})  # 5 of 8
+    _write_score(tmp_path, 100, {"sound": 2, "music": 3})  # 5 of 8 as well: the tie goes to the earliest step
+    (tmp_path / "checkpoint-300.json").write_text("[]")  # predictions without a score: not a row
+    assert checkpoint_table.main(["--score_dir", str(tmp_path), "--out_prefix", str(tmp_path / "t" / "table")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line[2:8].strip().isdigit()]
+    assert [int(line[2:8]) for line in rows] == [100, 200, 1000]
+    assert rows[0].startswith("*") and not rows[1].startswith("*")
+    assert rows[0].split()[1:] == ["100", "50.00", "75.00", "-", "62.50"]  # no speech items: "-"
+    data = _read(tmp_path / "t" / "table.json")
+    assert data["best_step"] == 100 and data["rows"][0]["speech"] is None
+    assert (tmp_path / "t" / "table.png").exists() and (tmp_path / "t" / "table.csv").exists()
+
+
+def test_table_without_scores_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        checkpoint_table.main(["--score_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "no checkpoint-N.score.json" in capsys.readouterr().err
+
+
+def test_batch_size_4_gives_the_same_predictions_as_batch_size_1(scored_run, run_dir, mmau_slice, tmp_path):
+    data_file, audio_dir, _ = mmau_slice
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "b1.json", "--batch_size", 1) == 0
+    single = [item["model_raw_output"] for item in _read(tmp_path / "b1.json")]
+    batched = [item["model_raw_output"] for item in _read(scored_run / "checkpoint-100.json")]
+    assert batched == single
+
+
+def test_rerun_skips_and_force_redoes(scored_run, run_dir, mmau_slice, capsys):
+    data_file, audio_dir, _ = mmau_slice
+    out = scored_run / "checkpoint-100.json"
+    before, content = out.stat().st_mtime_ns, out.read_text()
+    scored = scored_run / "checkpoint-100.score.json"
+    scored_before = scored.stat().st_mtime_ns
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 4) == 0
+    assert f"Skipping {out}: done with the same settings (scored, total accuracy" in capsys.readouterr().out
+    assert out.stat().st_mtime_ns == before and scored.stat().st_mtime_ns == scored_before
+    scored.unlink()  # predictions without a score (killed while scoring): scored again, no inference
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 4) == 0
+    assert "Reusing" in capsys.readouterr().out and scored.exists() and out.stat().st_mtime_ns == before
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 4, "--force") == 0
+    printed = capsys.readouterr().out
+    assert "Skipping" not in printed and "Wrote" in printed
+    assert out.stat().st_mtime_ns > before and out.read_text() == content
+    assert (scored_run / "checkpoint-100.score.json").exists()
+
+
+def test_existing_output_from_other_settings_is_refused(scored_run, run_dir, mmau_slice, capsys):
+    data_file, audio_dir, _ = mmau_slice
+    out = scored_run / "checkpoint-100.json"
+    before = out.stat().st_mtime_ns
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--think") == 2
+    error = capsys.readouterr().err
+    assert "prompt_style: 'answer' -> 'think'" in error and "--force" in error
+    assert out.stat().st_mtime_ns == before
+
+
+def test_missing_and_unreadable_audio_get_empty_predictions(run_dir, mmau_slice, tmp_path, capsys):
+    data_file, audio_dir, items = mmau_slice
+    broken = tmp_path / "audio"
+    shutil.copytree(audio_dir, broken)
+    os.remove(broken / os.path.basename(items[1]["audio_id"]))  # missing
+    (broken / os.path.basename(items[2]["audio_id"])).write_bytes(b"not a wav at all")  # unreadable
+    out = tmp_path / "out.json"
+    assert _run(run_dir / "checkpoint-100", data_file, broken, out, "--batch_size", 4, "--limit", 3) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 3 audio files are missing or unreadable" in printed
+    predictions = _read(out)
+    assert [bool(p["model_raw_output"]) for p in predictions] == [True, False, False]
+    for predicted in predictions[1:3]:
+        assert predicted["model_prediction"] == predicted["model_output"] == ""
+    meta = _read(tmp_path / "out.meta.json")
+    assert meta["n_audio_errors"] == 2
+    assert [(error["id"], error["error"].rsplit(": ", 1)[1]) for error in meta["audio_errors"]] == [
+        (items[1]["id"], "missing"),
+        (items[2]["id"], "unreadable"),
+    ]
+    assert _read(tmp_path / "out.score.json")["audio_errors"] == 2
+    assert "Audio errors (empty prediction, counted wrong): 2" in printed
+
+
+def test_no_usable_audio_at_all_stops_before_loading_the_model(run_dir, mmau_slice, tmp_path, capsys):
+    data_file, _, _ = mmau_slice
+    assert _run(run_dir / "checkpoint-100", data_file, tmp_path, tmp_path / "out.json") == 2
+    assert "none of the 6 audio files is usable" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_killed_run_leaves_no_output_and_resumes(scored_run, run_dir, mmau_slice, tmp_path, monkeypatch, capsys):
+    data_file, audio_dir, _ = mmau_slice
+    out = tmp_path / "out.json"
+    real_generate = evaluator.generate_batch
+    calls = []
+
+    def killed_after_first_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # what Ctrl-C or a scheduler's SIGINT raises mid-run
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluator, "generate_batch", killed_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 2, "--limit", 4)
+    monkeypatch.undo()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.partial.jsonl"]  # no output, no temp file
+    with open(tmp_path / "out.partial.jsonl", "a") as f:
+        f.write('{"index": 2, "id": "cut sh')  # the last line of a run killed while writing it
+
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 2, "--limit", 4) == 0
+    assert "Resuming: 2 of 4 items already done" in capsys.readouterr().out
+    resumed = [item["model_raw_output"] for item in _read(out)]
+    assert resumed == [item["model_raw_output"] for item in _read(scored_run / "checkpoint-100.json")][:4]
+    assert _read(tmp_path / "out.meta.json")["resumed_items"] == 2
+    assert not (tmp_path / "out.partial.jsonl").exists()
+
+
+def test_crash_while_writing_the_output_leaves_no_file(run_dir, mmau_slice, tmp_path, monkeypatch):
+    data_file, audio_dir, _ = mmau_slice
+    real_predicted_items = evaluator.predicted_items
+
+    def unserialisable_last_item(items, raws):
+        return [*real_predicted_items(items, raws)[:-1], {"id": object()}]  # json.dump fails after writing most
+
+    monkeypatch.setattr(evaluator, "predicted_items", unserialisable_last_item)
+    with pytest.raises(TypeError):
+        _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--limit", 2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.partial.jsonl"]
+
+
+def test_test_split_without_answers_gives_predictions_only(run_dir, mmau_slice, tmp_path, capsys):
+    _, audio_dir, items = mmau_slice
+    data_file = tmp_path / "mmau-test.json"
+    data_file.write_text(json.dumps([{k: v for k, v in item.items() if k != "answer"} for item in items[:3]]))
+    out = tmp_path / "out.json"
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 3) == 0
+    assert "no `answer` (test split)" in capsys.readouterr().out
+    predictions = _read(out)
+    assert len(predictions) == 3 and all("answer" not in p and "model_output" in p for p in predictions)
+    assert not (tmp_path / "out.score.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags,style", [([], "answer"), (["--think"], "think"), (["--prompt_style", "plain"], "plain")]
+)
+def test_prompts_come_from_the_training_builder(run_dir, mmau_slice, tmp_path, monkeypatch, flags, style):
+    data_file, audio_dir, items = mmau_slice
+    seen = []
+
+    def record(model, processor, conversations, config):
+        seen.extend(conversations)
+        return [""] * len(conversations)
+
+    monkeypatch.setattr(evaluator, "generate_batch", record)
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--limit", 2, *flags) == 0
+    settings = evaluator.PROMPT_STYLES[style]
+    for item, conversation in zip(items[:2], seen, strict=True):
+        expected = mmau_example(item, audio_dir, **settings)["prompt"]
+        audio, text = conversation[0]["content"]
+        assert text == expected[0]["content"][1]
+        assert text["text"] == format_question(item["question"], item["choices"], **settings)
+        assert audio["type"] == "audio" and audio["audio"].dtype == np.float32 and audio["audio"].ndim == 1
+
+
+def test_think_contradicting_prompt_style_is_rejected():
+    with pytest.raises(SystemExit):
+        evaluator.parse_args(["--model_path", "m", "--data_file", "d", "--audio_dir", "a", "--out_file", "o",
+                              "--think", "--prompt_style", "plain"])  # fmt: skip
+
+
+def test_processor_path_resolution(tmp_path, run_dir):
+    assert evaluator.resolve_processor_path(str(run_dir / "checkpoint-200")) == str(run_dir)
+    assert evaluator.resolve_processor_path("Qwen/Qwen2-Audio-7B-Instruct") == "Qwen/Qwen2-Audio-7B-Instruct"
+    assert evaluator.resolve_processor_path(str(run_dir / "checkpoint-200"), "other/proc") == "other/proc"
+    # a folder that is not checkpoint-N never borrows its parent's processor
+    lone = tmp_path / "run" / "final"
+    lone.mkdir(parents=True)
+    shutil.copy(run_dir / "processor_config.json", tmp_path / "run")
+    with pytest.raises(evaluator.EvalError, match="--processor_path"):
+        evaluator.resolve_processor_path(str(lone))
+
+
+@pytest.mark.slow  # three subprocesses; ~16 s of CPU, mostly imports
+def test_shell_script_evaluates_skips_and_tabulates(tmp_path, tiny_model_dir, mmau_slice):
+    data_file, audio_dir, items = mmau_slice
+    run = tmp_path / "run"
+    write_tiny_model(str(run / "checkpoint-5"), seed=2)
+    (run / "checkpoint-notes").mkdir()  # not a checkpoint-N folder: ignored
+    small = tmp_path / "mmau-3.json"
+    small.write_text(json.dumps([items[1], items[2], items[4]]))  # sound, music, speech; 16 kHz clips: no resampling
+    env = {**os.environ, "RUN_DIR": str(run), "MMAU_FILE": str(small), "AUDIO_DIR": audio_dir, "BATCH_SIZE": "3",
+           "MAX_NEW_TOKENS": "8", "PYTHON": sys.executable}  # fmt: skip
+    script = str(REPO / "test_mmau.sh")
+
+    first = subprocess.run([script], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    score_dir = run / "mmau" / "mmau-3.answer"
+    assert (score_dir / "checkpoint-5.json").exists() and (score_dir / "checkpoint-5.score.json").exists()
+    assert "*      5" in first.stdout and (score_dir / "checkpoints.png").exists()
+
+    again = subprocess.run([script], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Skipping" in again.stdout and "done with the same settings (scored" in again.stdout
+    assert "*      5" in again.stdout  # the table again
+
+    (tmp_path / "empty").mkdir()
+    empty = subprocess.run([script], env={**env, "RUN_DIR": str(tmp_path / "empty")}, capture_output=True, text=True)
+    assert empty.returncode == 2 and "no checkpoint-N folder" in empty.stderr
