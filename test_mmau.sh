@@ -12,7 +12,7 @@ set -euo pipefail
 
 # ---- quick config (override any of these from the environment) -------------------------------------------------
 : "${RUN_DIR:=outputs/grpo-qwen2-audio-7b}"                        # output_dir of the training run
-: "${MMAU_FILE:=data/mmau/mmau-test-mini.2025-03-25.json}"          # the file version the paper used
+: "${MMAU_FILE:=data/mmau/mmau-test-mini.json}"                     # paper: the 2025-03-25 version
 : "${AUDIO_DIR:=data/mmau/test-mini-audios}"
 : "${BATCH_SIZE:=32}"                                               # paper: 32
 : "${MAX_NEW_TOKENS:=256}"                                          # paper: 256

@@ -233,6 +233,17 @@ def test_existing_output_from_other_settings_is_refused(scored_run, run_dir, mma
     assert out.stat().st_mtime_ns == before
 
 
+def test_other_file_version_under_the_same_name_is_refused(run_dir, mmau_slice, tmp_path, capsys):
+    _, audio_dir, items = mmau_slice
+    data_file = tmp_path / "mmau-test-mini.json"
+    data_file.write_text(json.dumps(items[:2]))
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--limit", 1) == 0
+    revised = [items[0], {**items[1], "answer": items[1]["choices"][-1]}]  # as the May-2025 revision changed items
+    data_file.write_text(json.dumps(revised))
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--limit", 1) == 2
+    assert "data_sha256" in capsys.readouterr().err
+
+
 def test_missing_and_unreadable_audio_get_empty_predictions(run_dir, mmau_slice, tmp_path, capsys):
     data_file, audio_dir, items = mmau_slice
     broken = tmp_path / "audio"

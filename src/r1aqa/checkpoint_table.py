@@ -1,6 +1,6 @@
 """MMAU accuracy of every checkpoint of a run: a table (best row marked), CSV, JSON and a plot against step.
 
-    python -m r1aqa.checkpoint_table --score_dir outputs/grpo-qwen2-audio-7b/mmau/mmau-test-mini.2025-03-25.answer
+    python -m r1aqa.checkpoint_table --score_dir outputs/grpo-qwen2-audio-7b/mmau/mmau-test-mini.answer
 
 Reads the `checkpoint-N.score.json` files that `python -m r1aqa.test_mmau` writes (test_mmau.sh puts them in one
 folder per run, data file and prompt style) and writes `checkpoints.csv`, `checkpoints.json` and `checkpoints.png`

@@ -1,12 +1,12 @@
 """MMAU inference for one checkpoint: batched, left-padded generation with audio, then the official scoring.
 
     python -m r1aqa.test_mmau --model_path outputs/grpo-qwen2-audio-7b/checkpoint-100 \\
-        --data_file data/mmau/mmau-test-mini.2025-03-25.json --audio_dir data/mmau/test-mini-audios \\
+        --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
         --out_file outputs/grpo-qwen2-audio-7b/mmau/checkpoint-100.json
 
     # the smallest CPU run: a tiny random model, 3 items
     python -m r1aqa.tiny --out outputs/tiny && python -m r1aqa.test_mmau --model_path outputs/tiny \\
-        --data_file data/mmau/mmau-test-mini.2025-03-25.json --audio_dir data/mmau/test-mini-audios \\
+        --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
         --out_file outputs/tiny-mmau.json --limit 3 --max_new_tokens 16
 
 `test_mmau.sh` runs this for every checkpoint of a run. Prompts come from `r1aqa.data.mmau_example` (the builder
@@ -35,6 +35,7 @@ The processor comes from `--processor_path`, else from the model folder itself, 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -437,6 +438,10 @@ def score_output(predictions: list[dict], paths: dict[str, str], n_audio_errors:
     return summary
 
 
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _total(score_file: str) -> str:
     total = json.loads(Path(score_file).read_text(encoding="utf-8"))["total"]
     return f"total accuracy {total['accuracy']:.2f}% over {total['total']} items"
@@ -499,6 +504,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "model_path": _local_or_hub(args.model_path),
         "processor_path": resolve_processor_path(args.model_path, args.processor_path),
         "data_file": os.path.abspath(args.data_file),
+        "data_sha256": _sha256(args.data_file),  # another file version under the same name is not the same data
         "audio_dir": os.path.abspath(args.audio_dir),
         "limit": args.limit,
         "prompt_style": args.prompt_style,
