@@ -99,10 +99,40 @@ def think_format_reward(completions: list, **kwargs) -> list[float]:
     return [1.0 if _is_think_format(text) else 0.0 for text in completion_texts(completions)]
 
 
+def option_format_reward(
+    completions: list, multi_choice: list[list[str]] | None = None, choices: list[list[str]] | None = None, **kwargs
+) -> list[float]:
+    """1.0 when the completion is in the answer format and its answer is one of the listed options, else 0.0.
+
+    The format is `format_reward`'s (the whole completion is `<answer>...</answer>`); the answer is what the accuracy
+    reward reads (`extract_answer`: the first pair's text, stripped); options are compared stripped.
+
+    A demo setting, not the paper's: on a tiny random model the paper's `format` reward, which also pays for
+    `<answer></answer>` or any other text in the tags, let GRPO collapse onto an empty or made-up answer (measured
+    while building the demo: see the README's demo section). The options come from the row's `multi_choice` (AVQA
+    training rows) or `choices` (MMAU items), which TRL passes as keyword arguments; a right or wrong option
+    earns the same, so this reward says nothing about accuracy.
+
+    >>> option_format_reward(["<answer>low</answer>", "<answer></answer>"], multi_choice=[["low", "top"]] * 2)
+    [1.0, 0.0]
+    """
+    texts = completion_texts(completions)
+    options = multi_choice if multi_choice is not None else choices
+    if options is None:
+        raise ValueError("option_format needs the listed options: a `multi_choice` or `choices` column.")
+    if len(options) != len(texts):
+        raise ValueError(f"got {len(texts)} completions but {len(options)} option lists")
+    return [
+        1.0 if _is_answer_format(text) and extract_answer(text) in {option.strip() for option in row} else 0.0
+        for text, row in zip(texts, options, strict=True)
+    ]
+
+
 REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {
     "accuracy": accuracy_reward,
     "format": format_reward,
     "think_format": think_format_reward,
+    "option_format": option_format_reward,  # demo only (configs/grpo_demo_cpu.yaml), not the paper's
 }
 
 
