@@ -103,16 +103,17 @@ def _example(original: dict, audio_path: str, text: str, answer: str) -> dict:
     return {"prompt": user_turn(audio_path, text), "solution": solution_text(answer), **original}
 
 
-def avqa_example(record: dict, think: bool = False) -> dict:
+def avqa_example(record: dict, think: bool = False, format_instruction: bool = True) -> dict:
     """One JSONL record -> the training row: `prompt`, `solution`, then every original key unchanged.
 
-    The question has `video` replaced by `audio` (lowercase only, as the original); Prompt <3> when `think`.
+    The question has `video` replaced by `audio` (lowercase only, as the original); Prompt <3> when `think`;
+    `format_instruction=False` gives Prompt <1> (the SFT baselines).
     """
     problem = record_problem(record)
     if problem:
         raise DataError(f"record {_record_id(record)!r} cannot be used: {problem[0]} ({problem[1]}).")
     choices = record["multi_choice"]
-    text = format_question(avqa_question(record["question_text"]), choices, think)
+    text = format_question(avqa_question(record["question_text"]), choices, think, format_instruction)
     return _example(record, record["audio_path"], text, choices[record["answer"]])
 
 
@@ -181,7 +182,7 @@ def _unusable_reason(record: dict, check_audio_files: bool) -> str | None:
     return f"audio_{audio_problem}" if audio_problem else None
 
 
-def load_avqa_dataset(path: str, think: bool = False, check_audio_files: bool = True):
+def load_avqa_dataset(path: str, think: bool = False, check_audio_files: bool = True, format_instruction: bool = True):
     """The JSONL at `path` as a `datasets.Dataset` of training rows (see `avqa_example`).
 
     Every audio path is checked first (exists, readable header, not empty) unless `check_audio_files=False`;
@@ -190,7 +191,7 @@ def load_avqa_dataset(path: str, think: bool = False, check_audio_files: bool = 
     records = read_jsonl(path)
     usable, dropped = usable_records(records, check_audio_files)
     _report(path, len(records), len(usable), dropped)
-    rows = [avqa_example(record, think) for record in usable]
+    rows = [avqa_example(record, think, format_instruction) for record in usable]
     return _to_dataset(rows)
 
 
