@@ -1,0 +1,190 @@
+"""Runs survive faults: a SIGKILLed training run resumes to the same result, secrets stay out of every file, and audio
+of any rate, channel count or length is read the way training expects."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from r1aqa.audio import load_audio
+from r1aqa.tiny import write_tiny_model
+from r1aqa.toy_task import write_toy_task
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "wandb-secret-1234567890abcdef"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    return {
+        "model": write_tiny_model(str(root / "model"), extra_tokens=("<answer>", "</answer>", "low", "top")),
+        "data": write_toy_task(str(root / "data"), n_train=16, n_test=4)["train_file"],
+    }
+
+
+def grpo_command(toy, output_dir, *args):
+    return [
+        sys.executable,
+        str(REPO / "tests/grpo_with_varied_reward.py"),
+        "--reward_funcs",
+        "varied",
+        "--config",
+        str(REPO / "configs/grpo_tiny_cpu.yaml"),
+        "--model_name_or_path",
+        toy["model"],
+        "--data_file",
+        toy["data"],
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "1",
+        "--learning_rate",
+        "1e-2",
+        *args,
+    ]
+
+
+def environment(**extra):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), **extra}
+
+
+def run(toy, output_dir, *args, **env):
+    result = subprocess.run(
+        grpo_command(toy, output_dir, *args), env=environment(**env), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def order(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, tmp_path):
+    straight = tmp_path / "straight"
+    run(toy, straight, R1AQA_ORDER_LOG=str(tmp_path / "straight.log"))
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        grpo_command(toy, killed),
+        env=environment(R1AQA_ORDER_LOG=str(tmp_path / "killed.log")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-2" / "trainer_state.json").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before checkpoint-2"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "checkpoint-4").exists()
+    # A checkpoint the kill interrupted mid-save (no trainer_state.json) must not be resumed from.
+    (killed / "checkpoint-3").mkdir(exist_ok=True)
+    (killed / "checkpoint-3" / "trainer_state.json").unlink(missing_ok=True)
+
+    log = run(toy, killed, "--resume", "true", R1AQA_ORDER_LOG=str(tmp_path / "resumed.log"))
+    assert f"Resuming from {killed / 'checkpoint-2'}" in log
+    for step in (1, 2, 3, 4):
+        state = json.loads((killed / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        assert state["global_step"] == step
+    # Same questions at every step: steps 3-4 of the resumed run are steps 3-4 of the uninterrupted one.
+    assert order(tmp_path / "killed.log")[:2] == order(tmp_path / "straight.log")[:2]
+    assert order(tmp_path / "resumed.log") == order(tmp_path / "straight.log")[2:]
+    # Training really ran: the weights moved. (They are not bit-identical to the uninterrupted run: HF's Trainer
+    # restores the RNG before the data loader draws its seed, so sampling differs after a resume.)
+    initial = load_file(Path(toy["model"]) / "model.safetensors")
+    final = load_file(killed / "model.safetensors")
+    assert any(not torch.equal(final[k], initial[k]) for k in final)
+
+
+def test_wandb_key_never_reaches_logs_or_checkpoints(toy, tmp_path):
+    out = tmp_path / "run"
+    log = run(
+        toy,
+        out,
+        "--max_steps",
+        "1",
+        "--report_to",
+        "wandb",
+        WANDB_API_KEY=SECRET,
+        WANDB_MODE="offline",
+        WANDB_DIR=str(tmp_path),
+    )
+    assert SECRET not in log
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_missing_wandb_key_logs_offline_instead_of_crashing(toy, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"), HOME=str(tmp_path), WANDB_DIR=str(tmp_path))
+    result = subprocess.run(
+        grpo_command(toy, tmp_path / "run", "--max_steps", "1", "--report_to", "wandb"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "logging offline" in result.stderr
+    assert any(tmp_path.glob("wandb/offline-run-*")), "an offline run to `wandb sync` later"
+
+
+@pytest.mark.parametrize("rate", [8_000, 16_000, 32_000, 44_100, 48_000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_any_rate_and_channel_count_reads_as_first_channel_16k(tmp_path, rate, channels):
+    t = np.arange(rate) / rate
+    first = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    samples = np.stack([first, np.zeros_like(first)], axis=1) if channels == 2 else first
+    path = tmp_path / f"clip-{rate}-{channels}.wav"
+    sf.write(path, samples, rate, subtype="FLOAT")
+    audio = load_audio(str(path))
+    assert audio.dtype == np.float32 and audio.ndim == 1 and len(audio) == 16_000
+    expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)
+    assert np.corrcoef(audio[100:-100], expected[100:-100])[0, 1] > 0.999
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "corrupt", "not_audio"])
+def test_unusable_audio_files_give_a_clear_error(tmp_path, kind):
+    from r1aqa.audio import AudioError, check_audio
+
+    path = tmp_path / "clip.wav"
+    if kind == "empty":
+        sf.write(path, np.zeros(0, np.float32), 16_000)
+    elif kind == "corrupt":
+        path.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+    elif kind == "not_audio":
+        path.write_text("this is a text file")
+    expected = {"missing": "missing", "empty": "empty", "corrupt": "unreadable", "not_audio": "unreadable"}[kind]
+    assert check_audio(str(path)) == expected
+    with pytest.raises((AudioError, FileNotFoundError)) as error:
+        load_audio(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_audio_longer_than_30_s_fills_the_window_without_error(tiny_model_and_processor):
+    """Qwen2-Audio sees at most 30 s: longer audio is cut to the window (750 audio tokens), never an error, and the
+    prompt text around it is never truncated (the original's max_prompt_length=512 did that)."""
+    _, processor = tiny_model_and_processor
+    conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Q"}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], audio=[np.zeros(16_000 * 45, np.float32)], return_tensors="pt")
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    assert int((inputs["input_ids"] == audio_id).sum()) == 750
+    assert inputs["input_features"].shape[-1] == 3000
+    assert processor.tokenizer.decode(inputs["input_ids"][0][-8:]).endswith("<|im_start|>assistant\n")
