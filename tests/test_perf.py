@@ -1,0 +1,233 @@
+"""Sharing the audio encoding within a group: same log-probs and gradients as per-completion encoding, G times fewer
+encoder rows."""
+
+import pytest
+import torch
+from datasets import Dataset
+from shared_paths import AVQA_AUDIO_DIR
+from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
+
+from r1aqa.prompts import format_question, solution_text, user_turn
+from r1aqa.trainer import AudioGRPOConfig, AudioGRPOTrainer, audio_groups, find_audio_tower
+
+CLIPS = sorted(str(p) for p in AVQA_AUDIO_DIR.glob("*.wav"))
+G = 4  # completions per prompt
+
+
+def varied_reward(completions, **kwargs):
+    return [float(len(set(c[0]["content"])) % 2) for c in completions]
+
+
+def rows(paths: list[str]) -> list[dict]:
+    question = format_question("What is making the sound?", ["a boat", "a dog"])
+    return [{"prompt": user_turn(path, question), "solution": solution_text("a dog")} for path in paths]
+
+
+def make_trainer(model_dir: str, output_dir: str, model=None, **config) -> AudioGRPOTrainer:
+    settings = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=2 * G,
+        num_generations=G,
+        max_completion_length=8,
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        beta=0.04,
+        loss_type="grpo",
+        save_strategy="no",
+        learning_rate=1e-3,
+        logging_steps=1,
+        seed=0,
+    )
+    settings.update(config)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    processor.tokenizer.padding_side = "left"
+    return AudioGRPOTrainer(
+        model=model or Qwen2AudioForConditionalGeneration.from_pretrained(model_dir),
+        reward_funcs=[varied_reward],
+        args=AudioGRPOConfig(**settings),
+        train_dataset=Dataset.from_list(rows(CLIPS)),
+        processing_class=processor,
+    )
+
+
+class EncoderRows:
+    """Counts the audio rows the encoder actually encodes (a forward hook sees the inputs after any pre-hook)."""
+
+    def __init__(self, model):
+        self.rows = 0
+        self.handle = find_audio_tower(model).register_forward_hook(self.count)
+
+    def count(self, module, args, output):
+        self.rows += args[0].size(0)
+
+
+@pytest.fixture(scope="module")
+def batch_and_trainer(tiny_model_dir, tmp_path_factory):
+    """Two prompts with different real audio, G completions each, scored with sharing on and off."""
+    trainer = make_trainer(tiny_model_dir, str(tmp_path_factory.mktemp("perf")))
+    inputs = [row for row in rows(CLIPS[:2]) for _ in range(G)]
+    policy, reference = EncoderRows(trainer.model), EncoderRows(trainer.ref_model)
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions(inputs)
+    encoded = {"generation": policy.rows, "reference": reference.rows}
+    policy.handle.remove(), reference.handle.remove()
+    # Fixed non-zero advantages: random rewards can tie within a group, and a zero advantage means a zero gradient.
+    batch["advantages"] = torch.linspace(-1.0, 1.0, batch["advantages"].numel()).reshape(batch["advantages"].shape)
+    return trainer, inputs, batch, encoded
+
+
+PARAMETERS = [
+    "model.audio_tower.conv1.weight",
+    "model.audio_tower.layers.0.self_attn.q_proj.weight",
+    "model.multi_modal_projector.linear.weight",
+    "model.language_model.layers.0.mlp.up_proj.weight",
+    "lm_head.weight",
+]
+
+
+def loss_logps_and_grads(trainer, micro_batches, share: bool, parameters=PARAMETERS):
+    """The policy loss over `micro_batches` (gradients accumulated like gradient accumulation), its per-token
+    log-probs per micro-batch, a few parameters' gradients and the number of encoded audio rows."""
+    trainer.share_audio_encoding = share
+    trainer.model.zero_grad(set_to_none=True)
+    captured = []
+    original = trainer._get_per_token_logps_and_entropies
+
+    def capture(*args, **kwargs):
+        result = original(*args, **kwargs)
+        captured.append(result[0].detach())
+        return result
+
+    trainer._get_per_token_logps_and_entropies = capture
+    counter = EncoderRows(trainer.model)
+    try:
+        for micro_batch in micro_batches:
+            trainer._compute_loss(trainer.model, micro_batch).backward()
+    finally:
+        del trainer._get_per_token_logps_and_entropies
+        counter.handle.remove()
+        trainer.share_audio_encoding = True
+    params = dict(trainer.model.named_parameters())
+    grads = {name: params[name].grad.detach().clone() for name in parameters}
+    trainer.model.zero_grad(set_to_none=True)
+    return captured, grads, counter.rows
+
+
+def assert_same(shared, separate, parameters=PARAMETERS):
+    (logps_a, grads_a, _), (logps_b, grads_b, _) = shared, separate
+    for a, b in zip(logps_a, logps_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for name in parameters:
+        assert grads_b[name].abs().max() > 0, f"{name} gets no gradient: the comparison would be vacuous"
+        torch.testing.assert_close(
+            grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
+
+
+def test_audio_groups_follow_the_audio_path():
+    prompts = [r["prompt"] for r in rows([CLIPS[0], CLIPS[0], CLIPS[1], CLIPS[0], CLIPS[1]])]
+    assert audio_groups(prompts).tolist() == [0, 0, 1, 0, 1]
+
+
+def test_batch_carries_one_audio_group_per_completion(batch_and_trainer):
+    _, _, batch, _ = batch_and_trainer
+    assert batch["audio_group"].tolist() == [0] * G + [1] * G
+
+
+def test_whole_groups_same_logps_and_gradients_and_one_encoding_per_prompt(batch_and_trainer):
+    trainer, _, batch, _ = batch_and_trainer
+    shared = loss_logps_and_grads(trainer, [batch], share=True)
+    separate = loss_logps_and_grads(trainer, [batch], share=False)
+    assert_same(shared, separate)
+    assert shared[2] == 2, "one encoder row per distinct prompt"
+    assert separate[2] == 2 * G
+
+
+def test_groups_split_across_shuffled_micro_batches(batch_and_trainer):
+    """TRL shuffles the generation batch and splits it for gradient accumulation: a group lands in several
+    micro-batches. Each micro-batch encodes each of its distinct clips once; the result is still exact."""
+    trainer, _, batch, _ = batch_and_trainer
+    torch.manual_seed(3)
+    micro_batches = split_tensor_dict(shuffle_sequence_dict(batch), 2)
+    assert all(len(set(mb["audio_group"].tolist())) == 2 for mb in micro_batches), "want split groups"
+    shared = loss_logps_and_grads(trainer, micro_batches, share=True)
+    separate = loss_logps_and_grads(trainer, micro_batches, share=False)
+    assert_same(shared, separate)
+    assert shared[2] == sum(len(set(mb["audio_group"].tolist())) for mb in micro_batches) == 4
+    assert separate[2] == 2 * G
+
+
+def test_reference_logps_are_the_same_and_generation_encodes_each_prompt_once(batch_and_trainer):
+    trainer, _, batch, encoded = batch_and_trainer
+    assert encoded == {"generation": 2, "reference": 2}, "one encoder row per distinct prompt in each pass"
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    audio = {key: batch[key] for key in ("input_features", "feature_attention_mask", "audio_group")}
+    results = {}
+    for share in (True, False):
+        trainer.share_audio_encoding = share
+        with torch.no_grad(), trainer._audio_for_forward(audio):
+            results[share] = trainer._get_per_token_logps_and_entropies(
+                trainer.ref_model, ids, mask, batch["completion_ids"].size(1), batch_size=3
+            )[0]
+    trainer.share_audio_encoding = True
+    torch.testing.assert_close(results[True], results[False], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[True], batch["ref_per_token_logps"], atol=1e-5, rtol=1e-5)
+
+
+def test_generation_encodes_every_completion_when_sharing_is_off(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, str(tmp_path), share_audio_encoding=False)
+    policy, reference = EncoderRows(trainer.model), EncoderRows(trainer.ref_model)
+    trainer._generate_and_score_completions([row for row in rows(CLIPS[:2]) for _ in range(G)])
+    assert (policy.rows, reference.rows) == (2 * G, 2 * G)  # generation prefill, reference: every completion
+
+
+def test_sharing_refuses_an_encoder_with_dropout(tiny_model_dir, tmp_path):
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir)
+    model.config.audio_config.dropout = 0.1
+    with pytest.raises(ValueError, match="share_audio_encoding"):
+        make_trainer(tiny_model_dir, str(tmp_path), model=model)
+    make_trainer(tiny_model_dir, str(tmp_path), model=model, share_audio_encoding=False)  # allowed
+
+
+def test_lora_model_shares_the_encoding_with_the_adapters_in_it(tiny_model_dir, tmp_path):
+    """PEFT wraps the model: the encoder is found through the wrapper, LoRA layers inside it included."""
+    from peft import LoraConfig
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    processor.tokenizer.padding_side = "left"
+    trainer = AudioGRPOTrainer(
+        model=Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir),
+        reward_funcs=[varied_reward],
+        args=AudioGRPOConfig(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=2 * G,
+            num_generations=G,
+            max_completion_length=8,
+            max_steps=1,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            beta=0.04,
+            loss_type="grpo",
+            save_strategy="no",
+        ),
+        train_dataset=Dataset.from_list(rows(CLIPS)),
+        processing_class=processor,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    trainer.current_gradient_accumulation_steps = 1  # set by train(); the loss reads it
+    tower = find_audio_tower(trainer.model)
+    lora = [name for name, _ in trainer.model.named_parameters() if "lora_A" in name]
+    parameters = [next(n for n in lora if "audio_tower" in n), next(n for n in lora if "language_model" in n)]
+    batch = trainer._generate_and_score_completions([row for row in rows(CLIPS[:2]) for _ in range(G)])
+    batch["advantages"] = torch.linspace(-1.0, 1.0, batch["advantages"].numel()).reshape(batch["advantages"].shape)
+    shared = loss_logps_and_grads(trainer, [batch], share=True, parameters=parameters)
+    separate = loss_logps_and_grads(trainer, [batch], share=False, parameters=parameters)
+    assert_same(shared, separate, parameters)
+    assert any("lora_" in name for name, _ in tower.named_parameters()), "LoRA reaches the encoder's q_proj"
+    assert (shared[2], separate[2]) == (2, 2 * G)
