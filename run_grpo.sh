@@ -20,7 +20,7 @@ if [ "$GPUS" -gt 0 ]; then
   : "${DATA_FILE:=data/avqa/train.jsonl}"
   : "${OUTPUT_DIR:=outputs/grpo-qwen2-audio-7b}"
   : "${RECIPE:=configs/grpo_qwen2_audio_7b.yaml}"
-  : "${DS_CONFIG:=configs/ds_zero3.json}"          # empty: plain DDP
+  : "${DS_CONFIG=configs/ds_zero3.json}"           # set it empty for plain DDP
   : "${NPROC_PER_NODE:=$GPUS}"
 else
   : "${MODEL:=outputs/tiny-qwen2-audio}"

@@ -16,7 +16,8 @@ set -euo pipefail
 : "${AUDIO_DIR:=data/mmau/test-mini-audios}"
 : "${BATCH_SIZE:=32}"                                               # paper: 32
 : "${MAX_NEW_TOKENS:=256}"                                          # paper: 256
-: "${THINK:=false}"                                                 # true: Prompt <3>; false: Prompt <2>
+: "${THINK:=}"                                                      # true: Prompt <3>; false: Prompt <2>;
+                                                                    # empty: as the run was trained (r1aqa_run.json)
 : "${PROMPT_STYLE:=}"                                               # answer|think|plain; default from THINK
 : "${STEPS:=}"                                                      # e.g. "100 200 300"; empty: every checkpoint
 : "${OUT_DIR:=}"                                                    # default: $RUN_DIR/mmau/<data file>.<style>
@@ -28,6 +29,11 @@ export PYTHONPATH="$REPO_DIR/src${PYTHONPATH:+:$PYTHONPATH}"   # works without `
 
 die() { echo "test_mmau.sh: error: $*" >&2; exit 2; }
 
+if [[ -z "$THINK" ]]; then
+    # The training run records its mode; evaluating with the prompt it was trained with needs no second setting.
+    THINK=$("$PYTHON" -c 'import json, sys; print(str(json.load(open(sys.argv[1]))["think"]).lower())' \
+        "$RUN_DIR/r1aqa_run.json" 2>/dev/null || echo false)
+fi
 case "$THINK" in
     true) THINK_STYLE=think ;;
     false) THINK_STYLE=answer ;;
@@ -53,7 +59,14 @@ if [[ -n "$STEPS" ]]; then
 else
     steps=()
     for dir in "$RUN_DIR"/checkpoint-*; do
-        if [[ -d "$dir" && "$(basename "$dir")" =~ ^checkpoint-([0-9]+)$ ]]; then steps+=("${BASH_REMATCH[1]}"); fi
+        [[ -d "$dir" && "$(basename "$dir")" =~ ^checkpoint-([0-9]+)$ ]] || continue
+        # A training checkpoint is complete once trainer_state.json exists (HF writes it last): skip one that a
+        # running or killed job is still writing. (Folders made by merge_lora have no training_args.bin.)
+        if [[ -f "$dir/training_args.bin" && ! -f "$dir/trainer_state.json" ]]; then
+            echo "Skipping $dir: no trainer_state.json yet (still being written, or the run died while saving)."
+            continue
+        fi
+        steps+=("${BASH_REMATCH[1]}")
     done
     ((${#steps[@]})) || die "no checkpoint-N folder in RUN_DIR=$RUN_DIR (training saves one every save_steps)"
     mapfile -t steps < <(printf '%s\n' "${steps[@]}" | sort -n)

@@ -143,6 +143,7 @@ def test_run_grpo_sh_trains_saves_and_resumes_on_cpu(toy, tmp_path):
     assert "No GPU found" in log
     assert global_step(out / "checkpoint-1") == 1 and global_step(out / "checkpoint-2") == 2
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    assert json.loads((out / "r1aqa_run.json").read_text())["think"] is False  # read by test_mmau.sh
     log = run_grpo_sh(toy, out, "--max_steps", "3", "--save_steps", "1", "--resume", "true")
     assert f"Resuming from {out / 'checkpoint-2'}" in log
     assert global_step(out / "checkpoint-3") == 3

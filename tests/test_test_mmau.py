@@ -374,6 +374,8 @@ def test_shell_script_evaluates_skips_and_tabulates(tmp_path, tiny_model_dir, mm
     run = tmp_path / "run"
     write_tiny_model(str(run / "checkpoint-5"), seed=2)
     (run / "checkpoint-notes").mkdir()  # not a checkpoint-N folder: ignored
+    (run / "checkpoint-7").mkdir()  # a training checkpoint still being written: no trainer_state.json yet
+    (run / "checkpoint-7" / "training_args.bin").write_bytes(b"")
     small = tmp_path / "mmau-3.json"
     small.write_text(json.dumps([items[1], items[2], items[4]]))  # sound, music, speech; 16 kHz clips: no resampling
     env = {**os.environ, "RUN_DIR": str(run), "MMAU_FILE": str(small), "AUDIO_DIR": audio_dir, "BATCH_SIZE": "3",
@@ -385,11 +387,20 @@ def test_shell_script_evaluates_skips_and_tabulates(tmp_path, tiny_model_dir, mm
     score_dir = run / "mmau" / "mmau-3.answer"
     assert (score_dir / "checkpoint-5.json").exists() and (score_dir / "checkpoint-5.score.json").exists()
     assert "*      5" in first.stdout and (score_dir / "checkpoints.png").exists()
+    assert (
+        "Skipping" in first.stdout and "checkpoint-7" in first.stdout and not (score_dir / "checkpoint-7.json").exists()
+    )
 
     again = subprocess.run([script], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Skipping" in again.stdout and "done with the same settings (scored" in again.stdout
     assert "*      5" in again.stdout  # the table again
+
+    # Think mode is one setting: a run trained with think=true is evaluated with Prompt <3> unless told otherwise.
+    (run / "r1aqa_run.json").write_text(json.dumps({"think": True}))
+    think = subprocess.run([script, "--limit", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert think.returncode == 0, think.stderr[-3000:]
+    assert "prompt think" in think.stdout and (run / "mmau" / "mmau-3.think" / "checkpoint-5.json").exists()
 
     (tmp_path / "empty").mkdir()
     empty = subprocess.run([script], env={**env, "RUN_DIR": str(tmp_path / "empty")}, capture_output=True, text=True)

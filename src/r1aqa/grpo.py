@@ -11,6 +11,7 @@ Every hyperparameter lives in the recipe YAML; any field can be overridden on th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -153,6 +154,12 @@ def main(script_args, training_args, model_args) -> None:
         processing_class=processor,
         peft_config=get_peft_config(model_args),
     )
+
+    # The run's mode, read by test_mmau.sh so evaluation uses the prompt the model was trained with.
+    if trainer.accelerator.is_main_process:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "r1aqa_run.json"), "w") as f:
+            json.dump({"think": script_args.think, "reward_funcs": reward_names}, f, indent=1)
 
     # --- train -----------------------------------------------------------------------------------------------------
     checkpoint = last_checkpoint(training_args.output_dir) if script_args.resume else None
