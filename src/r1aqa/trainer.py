@@ -232,7 +232,8 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     @contextmanager
     def _timed(self, phase: str):
-        """Add the wall time of the block to `phase` of the current optimizer step (training only)."""
+        """Add the wall time of the block to `phase` of the current optimizer step (training only: `training_step`
+        puts the model in train mode before it prepares its inputs)."""
         if not self.model.training:
             yield
             return
@@ -266,8 +267,6 @@ class AudioGRPOTrainer(GRPOTrainer):
             return super()._prepare_inputs(generation_batch)
 
     def training_step(self, model, inputs, num_items_in_batch):
-        if not self.model.training:
-            return super().training_step(model, inputs, num_items_in_batch)
         self._sync_device()
         start = time.perf_counter()
         prepare_before = self._profile["prepare"]
