@@ -133,10 +133,17 @@ def test_both_prediction_keys_accepted_and_model_output_preferred(version):
     assert score(both)["total"]["accuracy"] == 100.0
 
 
-def test_raw_tagged_outputs_score_as_their_extracted_answer():
+def test_predictions_are_scored_as_they_are_like_the_official_script():
+    """No extraction in the scorer: a raw output that names every option is wrong, as in MMAU's evaluation.py.
+    r1aqa.test_mmau stores the extracted answer, which scores 100 here."""
     items = real_items("2025-03-25")[:100]
     raw = with_predictions(items, lambda i: f"<think>{' '.join(i['choices'])}</think>\n<answer>{i['answer']}</answer>")
-    assert score(raw)["total"]["accuracy"] == 100.0
+    assert score(raw)["total"]["correct"] == sum(
+        official_string_match(i["answer"], i["model_output"], i["choices"]) for i in raw
+    )
+    assert score(raw)["total"]["accuracy"] < 50
+    extracted = with_predictions(items, lambda i: extract_answer(f"<think>x</think>\n<answer>{i['answer']}</answer>"))
+    assert score(extracted)["total"]["accuracy"] == 100.0
 
 
 # ---- the official rule's corner cases ----
@@ -276,7 +283,7 @@ SAMPLE_ITEMS = [
 def test_scorer_never_raises_and_agrees_with_the_official_rule(text, item):
     item = {"difficulty": "hard", **item, "model_output": text}
     summary = score([item])
-    expected = official_string_match(item["answer"], extract_answer(text), item["choices"])
+    expected = official_string_match(item["answer"], text, item["choices"])
     assert summary["total"]["correct"] == int(expected)
     assert is_match(text, item["answer"], item["choices"]) is official_string_match(
         item["answer"], text, item["choices"]

@@ -5,8 +5,9 @@
 The input is a JSON list of MMAU items carrying the prediction under `model_output` (preferred) or
 `model_prediction`. Unlike the official script this never skips an item or crashes on one: a missing, None or
 non-string prediction counts as wrong and is counted, and items whose answer is not among their choices are listed.
-Each prediction goes through `extract_answer`, the accuracy reward's extraction; it leaves already extracted
-answers unchanged, so on our inference output the scores equal the official script's.
+Predictions are scored as they are, exactly as the official script does: `r1aqa.test_mmau` has already reduced each
+output to its answer with `extract_answer`, the accuracy reward's extraction (the raw output is kept under
+`model_raw_output`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import json
 import re
 import sys
 from pathlib import Path
-
-from r1aqa.prompts import extract_answer
 
 PREDICTION_KEYS = ("model_output", "model_prediction")  # official evaluation.py reads the first
 # The official script prints these groups in this order, empty or not; other values follow in order of appearance.
@@ -99,7 +98,7 @@ def score(items: list[dict]) -> dict:
             no_prediction[problem] += 1
         if item["answer"] not in item["choices"]:
             answer_not_in_choices.append(item.get("id"))
-        hit = prediction is not None and is_match(extract_answer(prediction), item["answer"], item["choices"])
+        hit = prediction is not None and is_match(prediction, item["answer"], item["choices"])
         correct += hit
         groups = [by_task.setdefault(item["task"], [0, 0]), by_difficulty.setdefault(item["difficulty"], [0, 0])]
         if item.get("sub-category") is not None:  # as the official script: items without one join no sub-category
