@@ -65,9 +65,11 @@ class ScriptArguments:
 
 
 def parse_args(argv: list[str] | None = None):
-    from trl import GRPOConfig, ModelConfig, TrlParser
+    from trl import ModelConfig, TrlParser
 
-    parser = TrlParser((ScriptArguments, GRPOConfig, ModelConfig))
+    from r1aqa.trainer import AudioGRPOConfig  # GRPOConfig + share_audio_encoding
+
+    parser = TrlParser((ScriptArguments, AudioGRPOConfig, ModelConfig))
     return parser.parse_args_and_config(args=argv)
 
 
