@@ -1,0 +1,53 @@
+"""r1aqa.plan: the real Qwen2-Audio-7B-Instruct architecture on the meta device, and the memory/time table."""
+
+from pathlib import Path
+
+import pytest
+
+from r1aqa import plan
+
+RECIPE = str(Path(__file__).resolve().parents[1] / "configs" / "grpo_qwen2_audio_7b.yaml")
+
+
+@pytest.fixture(scope="module")
+def size():
+    return plan.count_parameters(plan.build_meta_model())
+
+
+def test_parameter_counts_match_the_architecture_arithmetic(size):
+    """SPEC.md §9: ~7.76B language model (embeddings and head included), ~0.64B encoder, ~5M projector, ~8.4B."""
+    h, layers, inter, vocab = 4096, 32, 11008, 156032
+    per_layer = 3 * (h * h + h) + h * h + 3 * h * inter + 2 * h  # q/k/v with bias, o, SwiGLU MLP, two RMSNorms
+    assert size.language_model == vocab * h + layers * per_layer + h
+    assert size.lm_head == vocab * h
+    assert size.language_model + size.lm_head == pytest.approx(7.76e9, rel=0.01)
+    assert size.audio_encoder == pytest.approx(0.64e9, rel=0.01)
+    assert size.projector == 1280 * 4096 + 4096
+    assert size.total == pytest.approx(8.4e9, rel=0.02)
+    assert size.largest_layer == vocab * h  # the embedding / LM head
+
+
+def test_table_prints_every_setup_and_a_recommendation(capsys):
+    report = plan.main(["--recipe", RECIPE])
+    assert report == capsys.readouterr().out.strip()
+    lines = report.splitlines()
+    rows = [line for line in lines if line.strip()[:1].isdigit() and "|" in line]
+    assert len(rows) == 4 * 2 * 2  # GPUs x offload x checkpointing
+    for gpus in plan.GPU_COUNTS:
+        assert sum(line.split()[0] == str(gpus) for line in rows) == 4
+    recommendation = lines[-1]
+    assert recommendation.startswith("Recommendation")
+    assert "configs/ds_zero3" in recommendation
+    assert "total" in report and "host RAM" in report and "s/step" in report
+
+
+def test_more_gpus_need_less_memory_and_time_per_gpu(size):
+    args = plan.parse_args(["--recipe", RECIPE])
+    work = plan.Workload(8, 8, 750, 100, 256, share_audio_encoding=True)
+    rows = {(r.gpus, r.offload, r.checkpointing): r for r in plan.plan(size, work, args)}
+    assert rows[(8, False, False)].per_gpu < rows[(1, False, False)].per_gpu
+    assert rows[(8, False, False)].step_seconds == pytest.approx(rows[(1, False, False)].step_seconds / 8)
+    assert rows[(1, True, False)].per_gpu < rows[(1, False, False)].per_gpu, "offload moves model states to the host"
+    assert rows[(1, False, True)].activations < rows[(1, False, False)].activations, "checkpointing"
+    separate = plan.Workload(8, 8, 750, 100, 256, share_audio_encoding=False)
+    assert plan.activation_bytes(size, separate, False, 40) > plan.activation_bytes(size, work, False, 40)
