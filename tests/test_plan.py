@@ -46,7 +46,7 @@ def test_more_gpus_need_less_memory_and_time_per_gpu(size):
     work = plan.Workload(8, 8, 750, 100, 256, share_audio_encoding=True)
     rows = {(r.gpus, r.offload, r.checkpointing): r for r in plan.plan(size, work, args)}
     assert rows[(8, False, False)].per_gpu < rows[(1, False, False)].per_gpu
-    assert rows[(8, False, False)].step_seconds == pytest.approx(rows[(1, False, False)].step_seconds / 8)
+    assert rows[(8, False, False)].step_seconds < rows[(1, False, False)].step_seconds / 7
     assert rows[(1, True, False)].per_gpu < rows[(1, False, False)].per_gpu, "offload moves model states to the host"
     assert rows[(1, False, True)].activations < rows[(1, False, False)].activations, "checkpointing"
     separate = plan.Workload(8, 8, 750, 100, 256, share_audio_encoding=False)

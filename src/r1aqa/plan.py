@@ -21,19 +21,22 @@ decoder layer keeps ~`--bytes_per_token_hidden` (40) bytes per token per hidden 
 for a 4h-MLP transformer with memory-efficient attention, plus Qwen2's wider SwiGLU MLP); with checkpointing it keeps
 its 2-byte input per hidden unit, plus one layer's full activations during recompute. The audio encoder always sees 1500
 positions (30 s) at ~34 bytes per position per unit; `share_audio_encoding` (the default) keeps one clip's encoder
-activations per prompt in the micro-batch instead of one per completion. The fused LM head never materialises logits.
+activations per distinct prompt in the micro-batch instead of one per completion (TRL shuffles the generation batch
+before splitting it, so a micro-batch holds about min(micro-batch, prompts per GPU per step) prompts). The fused LM
+head never materialises logits.
 
 Step time lower bound: FLOPs / (GPUs x `--tflops`). Language model: 6 x params x tokens for the policy forward and
 backward (8 x with checkpointing: one more forward), 2 x params x tokens for the reference pass and for generation
 (prefill + decode). Audio encoder: 2 x its params x 1500 positions per encoded clip and pass (x3 for forward +
-backward, x4 with checkpointing). Computed for the paper's global batch (16 prompts x G = 128 completions per step).
+backward, x4 with checkpointing). Computed for the paper's global batch (16 prompts x G = 128 completions per step),
+reached on fewer GPUs by gradient accumulation (the `grad_acc` column).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -110,6 +113,7 @@ class Workload:
     text_tokens: int
     completion_tokens: int
     share_audio_encoding: bool
+    grad_accum: int = 1  # micro-batches per generation batch (TRL: steps_per_generation = gradient_accumulation_steps)
 
     @property
     def prompt_tokens(self) -> int:
@@ -120,9 +124,17 @@ class Workload:
         return self.prompt_tokens + self.completion_tokens
 
     @property
+    def prompts_per_generation_batch(self) -> int:
+        return max(1, self.micro_batch * self.grad_accum // self.num_generations)
+
+    @property
     def clips_per_micro_batch(self) -> int:
-        """Encoder runs per micro-batch: one per prompt when shared (whole groups), else one per completion."""
-        return -(-self.micro_batch // self.num_generations) if self.share_audio_encoding else self.micro_batch
+        """Clips the encoder sees per policy micro-batch. Shared: one per distinct prompt in the micro-batch. TRL
+        shuffles the generation batch before splitting it into micro-batches, so a micro-batch holds completions of
+        (nearly) every prompt of the generation batch: min(micro-batch, prompts per generation batch)."""
+        if not self.share_audio_encoding:
+            return self.micro_batch
+        return min(self.micro_batch, self.prompts_per_generation_batch)
 
 
 def activation_bytes(size: ModelSize, work: Workload, checkpointing: bool, bytes_per_token_hidden: float) -> float:
@@ -149,9 +161,12 @@ def step_flops(size: ModelSize, work: Workload, completions: int, checkpointing:
     policy = (8 if checkpointing else 6) * size.text_params * tokens
     reference = 2 * size.text_params * tokens
     generation = 2 * size.text_params * tokens
-    clips = completions // work.num_generations if work.share_audio_encoding else completions
-    encoder_pass = 2 * size.audio_encoder * size.encoder_positions * clips
-    encoder = encoder_pass * ((4 if checkpointing else 3) + 1 + 1)  # policy fwd+bwd, reference, generation prefill
+    prompts = completions // work.num_generations
+    clips = prompts if work.share_audio_encoding else completions  # generation prefill, reference pass
+    micro_batches = completions // work.micro_batch
+    policy_clips = micro_batches * work.clips_per_micro_batch  # a group split across micro-batches: once in each
+    encoder_pass = 2 * size.audio_encoder * size.encoder_positions
+    encoder = encoder_pass * ((4 if checkpointing else 3) * policy_clips + 2 * clips)
     return policy + reference + generation + encoder
 
 
@@ -168,6 +183,7 @@ class Row:
     host: float
     step_seconds: float
     grad_accum: int
+    clips: int  # audio clips the encoder holds activations for in one policy micro-batch
 
     @property
     def per_gpu(self) -> float:
@@ -179,6 +195,8 @@ def plan(size: ModelSize, work: Workload, args) -> list[Row]:
 
     rows = []
     for gpus in GPU_COUNTS:
+        grad_accum = max(1, PAPER_COMPLETIONS_PER_STEP // (gpus * work.micro_batch))
+        gpu_work = replace(work, grad_accum=grad_accum)  # the paper's global batch on `gpus` GPUs
         for offload in (False, True):
             host_states, gpu_states, _ = estimate_zero3_model_states_mem_needs(
                 total_params=size.total,
@@ -192,7 +210,7 @@ def plan(size: ModelSize, work: Workload, args) -> list[Row]:
             reference_gpu = 0.0 if offload else 2 * size.total / gpus
             reference_host = 2 * size.total if offload else 0.0
             for checkpointing in (False, True):
-                flops = step_flops(size, work, PAPER_COMPLETIONS_PER_STEP, checkpointing)
+                flops = step_flops(size, gpu_work, PAPER_COMPLETIONS_PER_STEP, checkpointing)
                 rows.append(
                     Row(
                         gpus=gpus,
@@ -200,12 +218,13 @@ def plan(size: ModelSize, work: Workload, args) -> list[Row]:
                         checkpointing=checkpointing,
                         model_states=gpu_states,
                         reference=reference_gpu,
-                        activations=activation_bytes(size, work, checkpointing, args.bytes_per_token_hidden),
-                        generation=generation_bytes(size, work),
+                        activations=activation_bytes(size, gpu_work, checkpointing, args.bytes_per_token_hidden),
+                        generation=generation_bytes(size, gpu_work),
                         overhead=args.overhead_gb * GB,
                         host=host_states + reference_host,
                         step_seconds=flops / (gpus * args.tflops * 1e12),
-                        grad_accum=max(1, PAPER_COMPLETIONS_PER_STEP // (gpus * work.micro_batch)),
+                        grad_accum=grad_accum,
+                        clips=gpu_work.clips_per_micro_batch,
                     )
                 )
     return rows
@@ -242,18 +261,19 @@ def format_report(size: ModelSize, work: Workload, rows: list[Row], args, recipe
         f"G = {work.num_generations}, share_audio_encoding={work.share_audio_encoding}, "
         f"step = {PAPER_COMPLETIONS_PER_STEP} completions, {args.tflops:g} TFLOP/s per GPU",
         "",
-        f"GPUs offload ckpt | states    ref   activ  generate  total/GPU fits{args.gpu_memory_gb:>3.0f}GB | host RAM | grad_acc  s/step>=",
+        f"GPUs offload ckpt | states    ref   activ  generate  total/GPU fits{args.gpu_memory_gb:>3.0f}GB | host RAM | grad_acc clips  s/step>=",
     ]
     for r in rows:
         fits = "yes" if r.per_gpu <= args.gpu_memory_gb * GB else "NO"
         lines.append(
             f"{r.gpus:4d} {'cpu' if r.offload else 'no':>7} {'yes' if r.checkpointing else 'no':>4} |"
             f" {gb(r.model_states)} {gb(r.reference)} {gb(r.activations)} {gb(r.generation)}    {gb(r.per_gpu)}"
-            f"      {fits:>3}  | {gb(r.host)}   | {r.grad_accum:8d} {r.step_seconds:8.2f}"
+            f"      {fits:>3}  | {gb(r.host)}   | {r.grad_accum:8d} {r.clips:5d} {r.step_seconds:8.2f}"
         )
     lines += [
         "(GB = GiB. total/GPU = states + ref + max(activ, generate) + overhead "
-        f"{args.overhead_gb:g} GB; host RAM for the whole host; s/step is a FLOP lower bound.)",
+        f"{args.overhead_gb:g} GB; host RAM for the whole host; grad_acc reaches {PAPER_COMPLETIONS_PER_STEP} "
+        "completions per step; clips = audio encodings per policy micro-batch; s/step is a FLOP lower bound.)",
         "",
     ]
     checkpointing = bool(recipe.get("gradient_checkpointing", False))
