@@ -138,8 +138,13 @@ def test_registry():
     assert default_reward_names(think=False) == ["accuracy", "format"]
     assert default_reward_names(think=True) == ["accuracy", "think_format"]
     # TRL logs `rewards/<__name__>/mean`
-    assert [f.__name__ for f in REWARD_FUNCS.values()] == ["accuracy_reward", "format_reward", "think_format_reward"]
-    with pytest.raises(ValueError, match=r"'bleu'.*known: \['accuracy', 'format', 'think_format'\]"):
+    assert {name: f.__name__ for name, f in REWARD_FUNCS.items()} == {
+        "accuracy": "accuracy_reward",
+        "format": "format_reward",
+        "think_format": "think_format_reward",
+        "option_format": "option_format_reward",  # the CPU demo's, not the paper's
+    }
+    with pytest.raises(ValueError, match=r"'bleu'.*known: \['accuracy', 'format', 'option_format', 'think_format'\]"):
         get_reward_funcs(["accuracy", "bleu"])
 
 
