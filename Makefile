@@ -7,13 +7,18 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := ffmpeg
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: help setup system-packages test test-fast lint format demo clean-outputs
+.PHONY: help setup system-packages test test-fast lint format demo bench-learning bench-perf plan sft-smoke
 
 help:
-	@echo "make demo     the whole pipeline on CPU with a tiny model (train, checkpoints, MMAU-style scoring)"
-	@echo "make test     the test suite (CPU, tiny model, real files from ../shared/data)"
-	@echo "make lint     ruff check + format check"
-	@echo "make setup    only create $(VENV) and install requirements.txt + $(DEBIAN_PACKAGES)"
+	@echo "make demo            the whole pipeline on CPU: tiny model, toy task, warm-up, GRPO, MMAU-style table"
+	@echo "make test            the test suite (CPU, tiny model, real files from ../shared/data)"
+	@echo "make test-fast       the suite without the multi-process and subprocess tests marked slow"
+	@echo "make lint            ruff check + format check"
+	@echo "make bench-learning  proof that GRPO learns from audio: before / after / silent audio / stock TRL"
+	@echo "make bench-perf      audio encoded once per question vs once per completion: encoder calls, step time"
+	@echo "make plan            memory and step-time plan of the 7B recipe for 1-8 GPUs (no download)"
+	@echo "make sft-smoke       the SFT baselines (full, LoRA) end to end on CPU with a tiny model"
+	@echo "make setup           only create $(VENV) and install requirements.txt + $(DEBIAN_PACKAGES)"
 
 setup: $(VENV)/.installed system-packages
 
@@ -44,12 +49,25 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 format: setup
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
 
 demo: setup
-	bash run_grpo.sh
+	$(PY) -m r1aqa.demo
+
+bench-learning: setup
+	$(PY) -m r1aqa.demo --bench
+
+bench-perf: setup
+	$(PY) benchmarks/bench_perf.py
+
+plan: setup
+	$(PY) -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml
+
+sft-smoke: setup
+	bash run_sft.sh
+	SFT_TYPE=lora bash run_sft.sh
