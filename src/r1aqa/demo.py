@@ -12,8 +12,8 @@ Stages (everything under `--out`, default outputs/demo):
    JSONL for training and an MMAU-format test.json on held-out clips;
 3. `warmup/`: the format-only warm-up (`r1aqa.warmup`): random-option targets, so accuracy starts at chance;
 4. `grpo/`: `run_grpo.sh` with configs/grpo_demo_cpu.yaml from the warm-up checkpoint (checkpoints every 50 steps);
-5. evaluation of the warm-up (step 0) and every checkpoint on the held-out clips, greedy: `test_mmau.sh` (table,
-   CSV, plot under `grpo/mmau/`) when it is in the repository, else the same greedy scoring done here.
+5. `grpo/mmau/demo/`: greedy evaluation of the warm-up (as step 0, `python -m r1aqa.test_mmau`) and of every
+   checkpoint (`test_mmau.sh`) on the held-out clips: accuracy table, CSV, JSON and plot.
 
 `--bench` adds two controls from the same warm-up checkpoint and recipe, and evaluates everything here (greedy,
 official MMAU rule): the trained model on silent clips (zeros of the same length: what it gets from the text
@@ -185,7 +185,7 @@ def run_arguments(args: argparse.Namespace) -> list[str]:
     return ["--max_steps", str(args.steps), "--save_steps", str(args.save_steps), *args.grpo_args]
 
 
-def evaluate_with_test_mmau_sh(paths: dict, env: dict, max_new_tokens: int) -> None:
+def evaluate_with_test_mmau_sh(paths: dict, env: dict, max_new_tokens: int) -> str:
     """The warm-up as step 0, then `test_mmau.sh` over the run's checkpoints: one table, CSV and plot."""
     out_dir = os.path.join(paths["grpo"], "mmau", "demo")
     common = ["--data_file", paths["test_file"], "--audio_dir", paths["test_audio_dir"]]
@@ -202,6 +202,7 @@ def evaluate_with_test_mmau_sh(paths: dict, env: dict, max_new_tokens: int) -> N
     }
     wait(run_logged(["bash", str(REPO / "test_mmau.sh")], sh_env, None), "test_mmau.sh")
     print(f"Accuracy per step (step 0 = the warm-up, before GRPO): {out_dir}/checkpoints.{{csv,json,png}}")
+    return out_dir
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -253,10 +254,9 @@ def run(args: argparse.Namespace) -> dict:
 
     # --- evaluation ------------------------------------------------------------------------------------------------
     t = time.time()
-    use_sh = not args.bench and (REPO / "test_mmau.sh").is_file() and (REPO / "src/r1aqa/test_mmau.py").is_file()
     rows = []
-    if use_sh:
-        evaluate_with_test_mmau_sh(paths, env, args.max_new_tokens)
+    if not args.bench:
+        table_dir = evaluate_with_test_mmau_sh(paths, env, args.max_new_tokens)
     else:
         rows.append(("before GRPO (warm-up)", evaluate(paths["warmup"], paths["test_file"], paths["test_audio_dir"])))
         for name in runs:
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
     timings["total"] = time.time() - start
 
     # --- report ----------------------------------------------------------------------------------------------------
-    if not use_sh:
+    if args.bench:
         print("\nHeld-out greedy accuracy (official MMAU rule; valid = answers that are a listed option):")
         print(accuracy_table(rows))
     summary = {
@@ -286,10 +286,12 @@ def run(args: argparse.Namespace) -> dict:
         "timings_seconds": {key: round(value, 1) for key, value in timings.items()},
         "accuracy": {name: {"accuracy": r["accuracy"], "valid": r["valid"]} for name, r in rows},
     }
+    if not args.bench:
+        summary["accuracy_table"] = os.path.join(table_dir, "checkpoints.json")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\nWrote everything under {out}: model/, data/, warmup/, grpo/ (checkpoints)", end="")
-    print(", stock-trl/, grpo.log, stock-trl.log" if args.bench else "", end="")
+    print(", stock-trl/, grpo.log, stock-trl.log" if args.bench else ", grpo/mmau/demo/ (accuracy per step)", end="")
     print(f", summary.json. Took {timings['total'] / 60:.1f} min ", end="")
     print(
         f"(warm-up {timings['warmup']:.0f} s, GRPO {timings['grpo']:.0f} s, evaluation {timings['evaluation']:.0f} s)."
