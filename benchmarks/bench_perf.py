@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_generations", type=int, nargs="+", default=[4, 8], help="Group sizes G to compare.")
     parser.add_argument("--repetitions", type=int, default=3, help="Training runs per variant (alternating).")
     parser.add_argument("--steps", type=int, default=4, help="Steps per run; the first is dropped as warm-up.")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
