@@ -2,7 +2,9 @@
 
 TRL 1.16 handles images only. Given an audio model it feeds the audio to generation but not to the policy, old-policy
 or reference log-prob passes: training runs without error and learns from placeholder embeddings (measured: its
-reference log-probs equal a forward pass *without* audio). This subclass fixes that and changes nothing else.
+reference log-probs equal a forward pass *without* audio). This subclass fixes that; it also encodes each distinct
+audio clip once per forward pass instead of once per completion (`share_audio_encoding`, same gradients) and logs
+where each step's wall time goes (`profile/*`). The GRPO algorithm itself is TRL's, unchanged.
 """
 
 from __future__ import annotations
