@@ -173,6 +173,7 @@ def subprocess_env() -> dict:
     return {
         **os.environ,
         "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # the demo is the CPU path everywhere, also on a GPU node
         "DS_ACCELERATOR": "cpu",
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "disabled",
