@@ -1,7 +1,7 @@
 """Benchmark: GRPO steps with the audio encoded once per prompt (shared) vs once per completion (separate).
 
     make bench-perf
-    python benchmarks/bench_perf.py --num_generations 4 8 --repetitions 3 --steps 4   # the defaults
+    python benchmarks/bench_perf.py --num_generations 4 8 --repetitions 3 --steps 4 --threads 1   # the defaults
     python benchmarks/bench_perf.py --num_generations 4 --repetitions 1 --steps 2     # a quick look (~1 min)
 
 CPU, the tiny random Qwen2-Audio (30 s audio window, the real processor and trainer path), synthetic tone clips.
@@ -137,7 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_generations", type=int, nargs="+", default=[4, 8], help="Group sizes G to compare.")
     parser.add_argument("--repetitions", type=int, default=3, help="Training runs per variant (alternating).")
     parser.add_argument("--steps", type=int, default=4, help="Steps per run; the first is dropped as warm-up.")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads. 1 (default) keeps timings steady when other processes share the cores: with one "
+        "thread per core, a descheduled thread stalls every parallel region. 0: torch's choice.",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
