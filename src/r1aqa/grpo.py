@@ -24,21 +24,10 @@ logger = logging.getLogger("r1aqa.grpo")
 
 
 @dataclass
-class ScriptArguments:
-    """What the paper's script hard-coded: the data, the prompt mode and the rewards."""
+class RunArguments:
+    """What every training entry point (GRPO, SFT) takes besides the trainer's own config: data and what is trained."""
 
     data_file: str = field(default=None, metadata={"help": "AVQA training JSONL written by r1aqa.prepare_avqa."})
-    think: bool = field(
-        default=False,
-        metadata={
-            "help": "Think mode: Prompt <3> (<think> then <answer>) and the think format reward. False is the "
-            "paper's main result (Prompt <2>, answer only)."
-        },
-    )
-    reward_funcs: list[str] = field(
-        default=None,
-        metadata={"help": "Reward names from r1aqa.rewards. Default: accuracy + the format reward of the mode."},
-    )
     check_audio_files: bool = field(
         default=True, metadata={"help": "Check every audio file before training and drop unusable rows (counted)."}
     )
@@ -58,6 +47,26 @@ class ScriptArguments:
                 f"data_file {self.data_file!r} does not exist. Make it with `python -m r1aqa.prepare_avqa` "
                 "(see data/README.md) or pass --data_file PATH."
             )
+
+
+@dataclass
+class ScriptArguments(RunArguments):
+    """What the paper's script hard-coded: the data, the prompt mode and the rewards."""
+
+    think: bool = field(
+        default=False,
+        metadata={
+            "help": "Think mode: Prompt <3> (<think> then <answer>) and the think format reward. False is the "
+            "paper's main result (Prompt <2>, answer only)."
+        },
+    )
+    reward_funcs: list[str] = field(
+        default=None,
+        metadata={"help": "Reward names from r1aqa.rewards. Default: accuracy + the format reward of the mode."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.reward_funcs is not None:
             from r1aqa.rewards import get_reward_funcs
 

@@ -23,13 +23,13 @@ not audio.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from r1aqa.cpu_deepspeed import enable_cpu_deepspeed
+from r1aqa.grpo import RunArguments
 from r1aqa.preflight import check_model_path, check_wandb
 
 logger = logging.getLogger("r1aqa.sft")
@@ -43,10 +43,10 @@ PROMPT_COLUMN, COMPLETION_COLUMN = "prompt", "completion"
 
 
 @dataclass
-class ScriptArguments:
-    """The data and what is trained. Optimisation settings live in SFTConfig, LoRA settings in ModelConfig."""
+class ScriptArguments(RunArguments):
+    """The data and what is trained (shared with GRPO), and the SFT prompt. Optimisation settings live in SFTConfig,
+    LoRA settings in ModelConfig. `freeze_audio_encoder` applies to full fine-tuning; LoRA leaves it frozen anyway."""
 
-    data_file: str = field(default=None, metadata={"help": "AVQA training JSONL written by r1aqa.prepare_avqa."})
     format_instruction: bool = field(
         default=False,
         metadata={
@@ -55,26 +55,6 @@ class ScriptArguments:
             "target."
         },
     )
-    check_audio_files: bool = field(
-        default=True, metadata={"help": "Check every audio file before training and drop unusable rows (counted)."}
-    )
-    max_train_samples: int = field(default=None, metadata={"help": "Use only the first N questions (debugging)."})
-    freeze_audio_encoder: bool = field(
-        default=False,
-        metadata={"help": "Full fine-tuning only: do not train the audio encoder. (LoRA leaves it frozen anyway.)"},
-    )
-    resume: bool = field(
-        default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir, if any."}
-    )
-
-    def __post_init__(self):
-        if not self.data_file:
-            raise ValueError("Set `data_file` (the AVQA JSONL from `python -m r1aqa.prepare_avqa`).")
-        if not os.path.isfile(self.data_file):
-            raise ValueError(
-                f"data_file {self.data_file!r} does not exist. Make it with `python -m r1aqa.prepare_avqa` "
-                "(see data/README.md) or pass --data_file PATH."
-            )
 
 
 def parse_args(argv: list[str] | None = None):
