@@ -3,55 +3,11 @@ encoder rows."""
 
 import pytest
 import torch
-from datasets import Dataset
-from shared_paths import AVQA_AUDIO_DIR
-from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+from tiny_grpo import CLIPS, G, make_trainer, rows
+from transformers import Qwen2AudioForConditionalGeneration
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
-from r1aqa.prompts import format_question, solution_text, user_turn
-from r1aqa.trainer import AudioGRPOConfig, AudioGRPOTrainer, audio_groups, find_audio_tower
-
-CLIPS = sorted(str(p) for p in AVQA_AUDIO_DIR.glob("*.wav"))
-G = 4  # completions per prompt
-
-
-def varied_reward(completions, **kwargs):
-    return [float(len(set(c[0]["content"])) % 2) for c in completions]
-
-
-def rows(paths: list[str]) -> list[dict]:
-    question = format_question("What is making the sound?", ["a boat", "a dog"])
-    return [{"prompt": user_turn(path, question), "solution": solution_text("a dog")} for path in paths]
-
-
-def make_trainer(model_dir: str, output_dir: str, model=None, **config) -> AudioGRPOTrainer:
-    settings = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=2 * G,
-        num_generations=G,
-        max_completion_length=8,
-        max_steps=1,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        beta=0.04,
-        loss_type="grpo",
-        save_strategy="no",
-        learning_rate=1e-3,
-        logging_steps=1,
-        seed=0,
-    )
-    settings.update(config)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    processor.tokenizer.padding_side = "left"
-    return AudioGRPOTrainer(
-        model=model or Qwen2AudioForConditionalGeneration.from_pretrained(model_dir),
-        reward_funcs=[varied_reward],
-        args=AudioGRPOConfig(**settings),
-        train_dataset=Dataset.from_list(rows(CLIPS)),
-        processing_class=processor,
-    )
+from r1aqa.trainer import audio_groups, find_audio_tower
 
 
 class EncoderRows:
@@ -198,28 +154,8 @@ def test_lora_model_shares_the_encoding_with_the_adapters_in_it(tiny_model_dir, 
     """PEFT wraps the model: the encoder is found through the wrapper, LoRA layers inside it included."""
     from peft import LoraConfig
 
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    processor.tokenizer.padding_side = "left"
-    trainer = AudioGRPOTrainer(
-        model=Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir),
-        reward_funcs=[varied_reward],
-        args=AudioGRPOConfig(
-            output_dir=str(tmp_path),
-            per_device_train_batch_size=2 * G,
-            num_generations=G,
-            max_completion_length=8,
-            max_steps=1,
-            use_cpu=True,
-            bf16=False,
-            report_to="none",
-            beta=0.04,
-            loss_type="grpo",
-            save_strategy="no",
-        ),
-        train_dataset=Dataset.from_list(rows(CLIPS)),
-        processing_class=processor,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    trainer = make_trainer(tiny_model_dir, str(tmp_path), peft_config=lora, max_steps=1)
     trainer.current_gradient_accumulation_steps = 1  # set by train(); the loss reads it
     tower = find_audio_tower(trainer.model)
     lora = [name for name, _ in trainer.model.named_parameters() if "lora_A" in name]

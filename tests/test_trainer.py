@@ -3,63 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
-from shared_paths import AVQA_AUDIO_DIR
-from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-from trl import GRPOConfig
+from tiny_grpo import CLIPS, G, make_trainer, rows
 
 from r1aqa.audio import load_audio
-from r1aqa.prompts import format_question, solution_text, user_turn
-from r1aqa.trainer import AudioGRPOTrainer
-
-CLIPS = sorted(str(p) for p in AVQA_AUDIO_DIR.glob("*.wav"))
-G = 4  # completions per prompt
-
-
-def varied_reward(completions, **kwargs):
-    """Rewards that differ within a group (random text from a random model), so advantages are non-zero."""
-    return [float(len(set(c[0]["content"])) % 2) for c in completions]
-
-
-def rows(paths: list[str]) -> list[dict]:
-    return [
-        {
-            "prompt": user_turn(path, format_question("What is making the sound?", ["a boat", "a dog"])),
-            "solution": solution_text("a dog"),
-        }
-        for path in paths
-    ]
-
-
-def make_trainer(model_dir: str, output_dir: str, dataset=None, **config) -> AudioGRPOTrainer:
-    settings = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=2 * G,
-        num_generations=G,
-        max_completion_length=8,
-        max_steps=2,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        beta=0.04,
-        loss_type="grpo",
-        save_strategy="no",
-        learning_rate=1e-3,
-        logging_steps=1,
-        seed=0,
-    )
-    settings.update(config)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    processor.tokenizer.padding_side = "left"
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir)
-    return AudioGRPOTrainer(
-        model=model,
-        reward_funcs=[varied_reward],
-        args=GRPOConfig(**settings),
-        train_dataset=dataset or Dataset.from_list(rows(CLIPS)),
-        processing_class=processor,
-    )
 
 
 def plain_logps(model, processor, prompt, completion_ids: list[int], with_audio: bool) -> torch.Tensor:
@@ -214,33 +160,8 @@ def test_frozen_audio_encoder_stays_fixed_while_the_rest_trains(tiny_model_dir, 
 def test_lora_trains_adapters_only_and_scores_the_reference_with_audio(tiny_model_dir, tmp_path):
     from peft import LoraConfig
 
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    processor.tokenizer.padding_side = "left"
-    config = GRPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2 * G,
-        num_generations=G,
-        max_completion_length=8,
-        max_steps=2,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        beta=0.04,
-        loss_type="grpo",
-        save_strategy="no",
-        learning_rate=1e-2,
-        logging_steps=1,
-        seed=0,
-    )
-    trainer = AudioGRPOTrainer(
-        model=Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir),
-        reward_funcs=[varied_reward],
-        args=config,
-        train_dataset=Dataset.from_list(rows(CLIPS)),
-        processing_class=processor,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-    )
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    trainer = make_trainer(tiny_model_dir, str(tmp_path), peft_config=lora, learning_rate=1e-2)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
