@@ -6,6 +6,8 @@ import logging
 import netrc
 import os
 import re
+import sys
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +46,15 @@ def check_wandb(training_args) -> None:
             "No W&B key found (WANDB_API_KEY or `wandb login`): logging offline to ./wandb; "
             "upload later with `wandb sync`. Set report_to=none to turn W&B off."
         )
+
+
+def run_entry_point(parse_args: Callable, main: Callable, argv: list[str] | None = None) -> None:
+    """How every training entry point starts: DeepSpeed-on-CPU handling (before accelerate initialises; a no-op with
+    a GPU or without a launcher), parse recipe + command line, check the model path and W&B, then `main`."""
+    from r1aqa.cpu_deepspeed import enable_cpu_deepspeed
+
+    enable_cpu_deepspeed()
+    script_args, training_args, model_args = parse_args(sys.argv[1:] if argv is None else argv)
+    check_model_path(model_args.model_name_or_path)
+    check_wandb(training_args)
+    main(script_args, training_args, model_args)

@@ -23,14 +23,12 @@ not audio.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 
 import torch
 
-from r1aqa.cpu_deepspeed import enable_cpu_deepspeed
 from r1aqa.grpo import RunArguments
-from r1aqa.preflight import check_model_path, check_wandb
+from r1aqa.preflight import run_entry_point
 
 logger = logging.getLogger("r1aqa.sft")
 
@@ -284,12 +282,7 @@ def main(script_args, training_args, model_args) -> None:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    enable_cpu_deepspeed()  # before accelerate initialises; a no-op with a GPU or without a launcher
-    script_args, training_args, model_args = parse_args(argv)
-    check_model_path(model_args.model_name_or_path)
-    check_wandb(training_args)
-    main(script_args, training_args, model_args)
+    run_entry_point(parse_args, main, argv)
 
 
 if __name__ == "__main__":
