@@ -167,3 +167,10 @@ def test_two_processes_train_save_reload_and_resume(toy, tmp_path, launcher):
     log = run_grpo_sh(toy, out, "--max_steps", "3", "--save_steps", "1", "--resume", "true", **env)
     assert f"Resuming from {checkpoint}" in log
     assert global_step(out / "checkpoint-3") == 3
+
+
+def test_unknown_recipe_key_is_named(toy, tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text((REPO / "configs/grpo_tiny_cpu.yaml").read_text() + "lerning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="lerning_rate"):
+        grpo.parse_args(["--config", str(recipe), "--data_file", toy["data"], "--output_dir", str(tmp_path)])
