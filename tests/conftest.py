@@ -26,3 +26,16 @@ def tiny_model_and_processor(tiny_model_dir):
     processor.tokenizer.padding_side = "left"
     model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
     return model, processor
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory) -> dict:
+    """What run_grpo.sh builds on CPU, smaller: the tiny model with the demo vocabulary and a 16-question toy task."""
+    from r1aqa.tiny import write_tiny_model
+    from r1aqa.toy_task import write_toy_task
+
+    root = tmp_path_factory.mktemp("toy")
+    return {
+        "model": write_tiny_model(str(root / "model"), extra_tokens=("<answer>", "</answer>", "low", "top")),
+        "data": write_toy_task(str(root / "data"), n_train=16, n_test=4)["train_file"],
+    }

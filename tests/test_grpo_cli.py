@@ -11,19 +11,8 @@ from pathlib import Path
 import pytest
 
 from r1aqa import grpo
-from r1aqa.tiny import write_tiny_model
-from r1aqa.toy_task import write_toy_task
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    """The tiny model with the demo vocabulary and a small toy task, as run_grpo.sh builds them on CPU."""
-    root = tmp_path_factory.mktemp("toy")
-    model = write_tiny_model(str(root / "model"), extra_tokens=("<answer>", "</answer>", "low", "top"))
-    paths = write_toy_task(str(root / "data"), n_train=16, n_test=4)
-    return {"model": model, "data": paths["train_file"]}
 
 
 def run_grpo_sh(toy, output_dir, *args, **env):

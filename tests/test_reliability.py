@@ -16,20 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from r1aqa.audio import load_audio
-from r1aqa.tiny import write_tiny_model
-from r1aqa.toy_task import write_toy_task
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "wandb-secret-1234567890abcdef"
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    return {
-        "model": write_tiny_model(str(root / "model"), extra_tokens=("<answer>", "</answer>", "low", "top")),
-        "data": write_toy_task(str(root / "data"), n_train=16, n_test=4)["train_file"],
-    }
 
 
 def grpo_command(toy, output_dir, *args):
