@@ -137,6 +137,13 @@ def test_mmau_example_real_item_all_three_prompts():
     assert list(example) == ["prompt", "solution", *item, "audio_path"]
 
 
+def test_mmau_example_without_answer_has_no_solution():
+    item = {k: v for k, v in mmau_item(MMAU_REAL_ITEM_ID).items() if k != "answer"}
+    example = mmau_example(item, str(MMAU_AUDIO_DIR))
+    assert "solution" not in example and "answer" not in example
+    assert example["prompt"] == mmau_example(mmau_item(MMAU_REAL_ITEM_ID), str(MMAU_AUDIO_DIR))["prompt"]
+
+
 def test_mmau_example_real_item_with_quotes_and_no_video_replacement():
     item = mmau_item("b857dd9a-7f5e-4f26-acfd-de2bc8cf4f06")
     assert text_of(mmau_example(item, "audio")) == (

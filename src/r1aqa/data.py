@@ -96,11 +96,13 @@ def _record_id(record: object) -> object:
     return record.get("id") if isinstance(record, dict) else None
 
 
-def _example(original: dict, audio_path: str, text: str, answer: str) -> dict:
+def _example(original: dict, audio_path: str, text: str, answer: str | None) -> dict:
+    """The row: `prompt`, `solution` (none when the answer is withheld), then the original keys."""
     clashes = [key for key in BUILT_KEYS if key in original]
     if clashes:
         raise DataError(f"record {original.get('id')!r} already has key(s) {clashes}: rename them in the input file.")
-    return {"prompt": user_turn(audio_path, text), "solution": solution_text(answer), **original}
+    solution = {} if answer is None else {"solution": solution_text(answer)}
+    return {"prompt": user_turn(audio_path, text), **solution, **original}
 
 
 def avqa_example(record: dict, think: bool = False, format_instruction: bool = True) -> dict:
@@ -126,11 +128,12 @@ def mmau_example(item: dict, audio_dir: str, think: bool = False, format_instruc
     """One MMAU item -> the same conversation as training: `prompt`, `solution`, the item's keys, `audio_path`.
 
     MMAU's `question` is used as is (no video->audio replacement) with its `choices`; `answer` is the option text.
-    `format_instruction=False` gives Prompt <1> (the SFT baselines).
+    The full test split withholds `answer`: the row then has no `solution`. `format_instruction=False` gives
+    Prompt <1> (the SFT baselines).
     """
     audio_path = mmau_audio_path(item, audio_dir)
     text = format_question(item["question"], item["choices"], think, format_instruction)
-    return {**_example(item, audio_path, text, item["answer"]), "audio_path": audio_path}
+    return {**_example(item, audio_path, text, item.get("answer")), "audio_path": audio_path}
 
 
 def read_jsonl(path: str) -> list[dict]:

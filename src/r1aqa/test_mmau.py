@@ -139,14 +139,11 @@ def read_items(data_file: str, limit: int | None = None) -> list[dict]:
 
 
 def build_examples(items: list[dict], audio_dir: str, prompt_style: str) -> list[dict]:
-    """Each item's conversation and audio path, from the training prompt builder.
-
-    The full test split has no `answer`; the builder also makes the gold solution from it, so it gets a blank one
-    (only `prompt` and `audio_path` are used here).
-    """
+    """Each item's conversation and audio path, from the training prompt builder (items of the full test split,
+    which withholds `answer`, included)."""
     style = PROMPT_STYLES[prompt_style]
     try:
-        return [mmau_example({**item, "answer": item.get("answer", "")}, audio_dir, **style) for item in items]
+        return [mmau_example(item, audio_dir, **style) for item in items]
     except DataError as error:
         raise EvalError(str(error)) from error
 
