@@ -127,7 +127,7 @@ def test_reward_std_zero_means_no_update_but_audio_still_flows(tiny_model_dir, t
 def test_stereo_audio_is_read_from_its_first_channel(tmp_path):
     import soundfile as sf
 
-    from r1aqa.trainer import prompts_with_audio
+    from r1aqa.audio import prompts_with_audio
 
     left = np.sin(np.linspace(0, 200, 16_000)).astype(np.float32)
     path = str(tmp_path / "stereo.wav")

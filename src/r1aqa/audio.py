@@ -1,4 +1,5 @@
-"""Audio loading as the original trained on it (SPEC §3): first channel only, 16 kHz, float32, 1-D."""
+"""Audio loading as the original trained on it (SPEC §3): first channel only, 16 kHz, float32, 1-D; and the same for
+the audio parts of chat conversations, before a processor sees them."""
 
 from __future__ import annotations
 
@@ -43,3 +44,33 @@ def check_audio(path: str) -> str | None:
     if info.frames == 0:
         return "empty"
     return None
+
+
+def prompts_with_audio(prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE) -> list[list[dict]]:
+    """Replace each audio part's file path by its samples (first channel, 16 kHz) and drop None-valued keys.
+
+    `datasets` stores every content part with every key (missing ones as None); the processor would try to load
+    `audio=None`, and Qwen2-Audio's hub template, which tests `'audio' in content`, would render text parts as audio.
+    Loading here also keeps the original's first-channel rule (the processor's own loader down-mixes). A path that
+    repeats in the batch (the G completions of one prompt) is decoded once.
+    """
+    cache: dict[str, np.ndarray] = {}
+    loaded = []
+    for conversation in prompts:
+        messages = []
+        for message in conversation:
+            content = message["content"]
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    part = {key: value for key, value in part.items() if value is not None}
+                    if part.get("type") == "audio" and isinstance(part.get("path"), str):
+                        path = part.pop("path")
+                        if path not in cache:
+                            cache[path] = load_audio(path, sampling_rate)
+                        part["audio"] = cache[path]
+                    parts.append(part)
+                content = parts
+            messages.append({**message, "content": content})
+        loaded.append(messages)
+    return loaded

@@ -63,7 +63,8 @@ def stock_trl_trainer_class():
     import torch
     from trl import GRPOTrainer
 
-    from r1aqa.trainer import AUDIO_KEYS, prompts_with_audio
+    from r1aqa.audio import prompts_with_audio
+    from r1aqa.trainer import AUDIO_KEYS
 
     class StockTRLGRPOTrainer(GRPOTrainer):
         def __init__(self, model, *args, **kwargs):

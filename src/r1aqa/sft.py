@@ -114,7 +114,7 @@ class AudioSFTCollator:
             raise ValueError("The tokenizer has no pad token; set one (Qwen2-Audio uses <|endoftext|>).")
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        from r1aqa.trainer import prompts_with_audio
+        from r1aqa.audio import prompts_with_audio
 
         conversations = prompts_with_audio([row[PROMPT_COLUMN] for row in rows])
         targets = [self._target(row) for row in rows]

@@ -343,7 +343,7 @@ def run_inference(
 
     # Training's loader (imports TRL): decodes each audio file (first channel, 16 kHz) into the part's `audio` key,
     # which both the tiny template and Qwen2-Audio's hub template (it tests `'audio' in content`) render as audio.
-    from r1aqa.trainer import prompts_with_audio
+    from r1aqa.audio import prompts_with_audio
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     done = read_partial(paths["partial"], settings, items)

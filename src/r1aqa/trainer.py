@@ -18,42 +18,12 @@ import numpy as np
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from r1aqa.audio import SAMPLING_RATE, load_audio
+from r1aqa.audio import prompts_with_audio
 
 AUDIO_KEYS = ("input_features", "feature_attention_mask")
 AUDIO_GROUP_KEY = "audio_group"  # per completion: which distinct audio of the generation batch it was prompted with
 # Wall-time profile of a training step, logged as `profile/<name>_s` (rank 0) and `profile/<name>_s_max` (all ranks).
 PROFILE_PHASES = ("generation", "rewards", "ref_logps", "loss_fwd_bwd")
-
-
-def prompts_with_audio(prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE) -> list[list[dict]]:
-    """Replace each audio part's file path by its samples (first channel, 16 kHz) and drop None-valued keys.
-
-    `datasets` stores every content part with every key (missing ones as None); the processor would try to load
-    `audio=None`, and Qwen2-Audio's hub template, which tests `'audio' in content`, would render text parts as audio.
-    Loading here also keeps the original's first-channel rule (the processor's own loader down-mixes). A path that
-    repeats in the batch (the G completions of one prompt) is decoded once.
-    """
-    cache: dict[str, np.ndarray] = {}
-    loaded = []
-    for conversation in prompts:
-        messages = []
-        for message in conversation:
-            content = message["content"]
-            if isinstance(content, list):
-                parts = []
-                for part in content:
-                    part = {key: value for key, value in part.items() if value is not None}
-                    if part.get("type") == "audio" and isinstance(part.get("path"), str):
-                        path = part.pop("path")
-                        if path not in cache:
-                            cache[path] = load_audio(path, sampling_rate)
-                        part["audio"] = cache[path]
-                    parts.append(part)
-                content = parts
-            messages.append({**message, "content": content})
-        loaded.append(messages)
-    return loaded
 
 
 @dataclass
