@@ -57,10 +57,10 @@ format: setup
 	$(VENV)/bin/ruff format src tests benchmarks
 
 demo: setup
-	$(PY) -m r1aqa.demo
+	$(PY) -m r1aqa.cpu.demo
 
 bench-learning: setup
-	$(PY) -m r1aqa.demo --bench
+	$(PY) -m r1aqa.cpu.demo --bench
 
 bench-perf: setup
 	$(PY) benchmarks/bench_perf.py
@@ -69,5 +69,5 @@ plan: setup
 	$(PY) -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml
 
 sft-smoke: setup
-	bash run_sft.sh
-	SFT_TYPE=lora bash run_sft.sh
+	DEVICE=cpu bash run_sft.sh
+	DEVICE=cpu SFT_TYPE=lora bash run_sft.sh

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Evaluate every checkpoint-N of a training run on MMAU, then print accuracy per step (best marked), write it as
-# CSV/JSON and plot it. The paper scored steps 100..1000 and reported the best (SPEC §1, §7).
+# CSV/JSON and plot it. The paper scored steps 100..1000 and reported the best (paper §4, Table 1; docs/recipe.md).
 #
 #   bash test_mmau.sh                                            # every checkpoint in $RUN_DIR, in step order
 #   THINK=true RUN_DIR=outputs/grpo-think bash test_mmau.sh       # Prompt <3> (think mode)
-#   STEPS="100 500" BATCH_SIZE=8 bash test_mmau.sh --limit 50    # extra arguments go to r1aqa.test_mmau
+#   STEPS="100 500" BATCH_SIZE=8 bash test_mmau.sh --limit 50    # extra arguments go to r1aqa.evaluate
 #
 # Checkpoints already scored with the same settings are skipped (add --force to redo them). Results go to
 # $OUT_DIR/checkpoint-N.{json,meta.json,score.json} and $OUT_DIR/checkpoints.{csv,json,png}.
@@ -57,19 +57,10 @@ if [[ -n "$STEPS" ]]; then
         [[ -d "$RUN_DIR/checkpoint-$step" ]] || die "$RUN_DIR/checkpoint-$step does not exist"
     done
 else
-    steps=()
-    for dir in "$RUN_DIR"/checkpoint-*; do
-        [[ -d "$dir" && "$(basename "$dir")" =~ ^checkpoint-([0-9]+)$ ]] || continue
-        # A training checkpoint is complete once trainer_state.json exists (HF writes it last): skip one that a
-        # running or killed job is still writing. (Folders made by merge_lora have no training_args.bin.)
-        if [[ -f "$dir/training_args.bin" && ! -f "$dir/trainer_state.json" ]]; then
-            echo "Skipping $dir: no trainer_state.json yet (still being written, or the run died while saving)."
-            continue
-        fi
-        steps+=("${BASH_REMATCH[1]}")
-    done
-    ((${#steps[@]})) || die "no checkpoint-N folder in RUN_DIR=$RUN_DIR (training saves one every save_steps)"
-    mapfile -t steps < <(printf '%s\n' "${steps[@]}" | sort -n)
+    # Complete checkpoints only (r1aqa/checkpoints.py): one still being written, or cut short by a crash, is named
+    # and skipped.
+    mapfile -t steps < <("$PYTHON" -m r1aqa.checkpoints "$RUN_DIR")
+    ((${#steps[@]})) || die "no complete checkpoint-N folder in RUN_DIR=$RUN_DIR (training saves one every save_steps)"
 fi
 echo "MMAU: ${#steps[@]} checkpoint(s) of $RUN_DIR (steps ${steps[*]}), $MMAU_FILE, prompt $PROMPT_STYLE -> $OUT_DIR"
 
@@ -79,7 +70,7 @@ for step in "${steps[@]}"; do
     echo "=== checkpoint-$step ==="
     # Skips at once (no model loaded) when the checkpoint was already scored with the same settings; stops with an
     # error when its output was made with other settings (--limit, prompt, decoding...).
-    "$PYTHON" -m r1aqa.test_mmau \
+    "$PYTHON" -m r1aqa.evaluate \
         --model_path "$RUN_DIR/checkpoint-$step" \
         --data_file "$MMAU_FILE" \
         --audio_dir "$AUDIO_DIR" \
@@ -92,7 +83,7 @@ done
 
 # ---- table and plot ----------------------------------------------------------------------------------------------
 if compgen -G "$OUT_DIR/checkpoint-*.score.json" >/dev/null; then
-    "$PYTHON" -m r1aqa.checkpoint_table --score_dir "$OUT_DIR"
+    "$PYTHON" -m r1aqa.tables --score_dir "$OUT_DIR"
 else
     echo "No scores (the data file has no answers): predictions are in $OUT_DIR."
 fi

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny random Qwen2-Audio (30 s window, the real Qwen2-Audio processor layout) saved to disk."""
-    from r1aqa.tiny import write_tiny_model
+    from r1aqa.cpu.tiny import write_tiny_model
 
     return write_tiny_model(str(tmp_path_factory.mktemp("tiny-qwen2-audio")), seed=0)
 
@@ -31,8 +31,8 @@ def tiny_model_and_processor(tiny_model_dir):
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory) -> dict:
     """What run_grpo.sh builds on CPU, smaller: the tiny model with the demo vocabulary and a 16-question toy task."""
-    from r1aqa.tiny import write_tiny_model
-    from r1aqa.toy_task import write_toy_task
+    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.cpu.toy_task import write_toy_task
 
     root = tmp_path_factory.mktemp("toy")
     return {

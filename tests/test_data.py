@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from shared_paths import AVQA_AUDIO_DIR, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+from data_paths import AVQA_AUDIO_DIR, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
 
 from r1aqa.audio import check_audio, load_audio
 from r1aqa.data import DataError, avqa_example, load_avqa_dataset, mmau_example, read_jsonl, record_problem

@@ -1,5 +1,5 @@
-"""The CPU demo (r1aqa.demo): the option-only format reward, the format-only warm-up, and the pipeline's wiring on a
-very small setting. Whether GRPO learns is the bench's job (`python -m r1aqa.demo --bench`), not a test's."""
+"""The CPU demo (r1aqa.cpu.demo): the option-only format reward, the format-only warm-up, and the pipeline's wiring on a
+very small setting. Whether GRPO learns is the bench's job (`python -m r1aqa.cpu.demo --bench`), not a test's."""
 
 import json
 import os
@@ -58,10 +58,10 @@ def demo_model_and_rows(tmp_path_factory):
     """The demo's 2 s-window tiny model (processor only) and a few training rows of the tone task."""
     from transformers import AutoProcessor
 
+    from r1aqa.cpu.demo import CHUNK_LENGTH, EXTRA_TOKENS
+    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.cpu.toy_task import write_toy_task
     from r1aqa.data import load_avqa_dataset
-    from r1aqa.demo import CHUNK_LENGTH, EXTRA_TOKENS
-    from r1aqa.tiny import write_tiny_model
-    from r1aqa.toy_task import write_toy_task
 
     root = tmp_path_factory.mktemp("demo")
     model = write_tiny_model(str(root / "model"), chunk_length=CHUNK_LENGTH, extra_tokens=EXTRA_TOKENS)
@@ -71,8 +71,8 @@ def demo_model_and_rows(tmp_path_factory):
 
 
 def test_warmup_targets_are_always_listed_options_and_not_the_answer(demo_model_and_rows):
+    from r1aqa.cpu.warmup import random_targets
     from r1aqa.prompts import extract_answer
-    from r1aqa.warmup import random_targets
 
     _, rows = demo_model_and_rows
     rng = np.random.default_rng(0)
@@ -88,7 +88,7 @@ def test_warmup_targets_are_always_listed_options_and_not_the_answer(demo_model_
 
 
 def test_warmup_loss_covers_the_answer_tokens_only(demo_model_and_rows):
-    from r1aqa.warmup import IGNORE_INDEX, build_batch
+    from r1aqa.cpu.warmup import IGNORE_INDEX, build_batch
 
     processor, rows = demo_model_and_rows
     tokenizer = processor.tokenizer
@@ -113,7 +113,18 @@ def test_warmup_loss_covers_the_answer_tokens_only(demo_model_and_rows):
 def test_bench_pipeline_wiring_on_a_tiny_setting(tmp_path):
     """Warm-up, both GRPO runs (ours via run_grpo.sh, stock TRL), checkpoints, evaluation and the summary line."""
     out = tmp_path / "bench"
-    command = [sys.executable, "-m", "r1aqa.demo", "--bench", "--out", str(out), "--steps", "1", "--save_steps", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "r1aqa.cpu.demo",
+        "--bench",
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--save_steps",
+        "1",
+    ]
     command += ["--warmup_steps", "2", "--n_train", "4", "--n_test", "4"]
     command += ["--per_device_train_batch_size", "8", "--max_completion_length", "4"]  # passed to both GRPO runs
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}

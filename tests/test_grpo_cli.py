@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_grpo_sh(toy, output_dir, *args, **env):
-    environment = {**os.environ, "MODEL": toy["model"], "DATA_FILE": toy["data"], "OUTPUT_DIR": str(output_dir), **env}
+    environment = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "MODEL": toy["model"],
+        "DATA_FILE": toy["data"],
+        "OUTPUT_DIR": str(output_dir),
+        **env,
+    }
     result = subprocess.run(
         ["bash", str(REPO / "run_grpo.sh"), *args],
         cwd=REPO,
@@ -113,14 +121,31 @@ def test_paper_recipe_parses_to_the_paper_hyperparameters(toy, tmp_path):
     assert script_args.freeze_audio_encoder is False and model_args.use_peft is False
 
 
-def test_last_checkpoint_skips_a_half_written_one(tmp_path):
-    for step in (100, 200, 300):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    for step in (100, 200):
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-300" / "model.safetensors").write_text("partial")
-    assert grpo.last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-200")
-    assert grpo.last_checkpoint(str(tmp_path / "none")) is None
+@pytest.mark.parametrize("script", ["run_grpo.sh", "run_sft.sh"])
+def test_launch_script_without_a_gpu_stops_and_names_the_cpu_tryout(script, tmp_path):
+    """No silent fallback to the toy model: with no GPU visible and no DEVICE=cpu, nothing starts."""
+    environment = {k: v for k, v in os.environ.items() if k != "DEVICE"}
+    environment |= {"CUDA_VISIBLE_DEVICES": "", "OUTPUT_DIR": str(tmp_path / "out")}
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", str(REPO / script)], cwd=REPO, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no GPU is visible" in result.stderr and f"DEVICE=cpu bash {script}" in result.stderr
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "out").exists()
+
+
+def test_launch_script_rejects_an_unknown_device():
+    result = subprocess.run(
+        ["bash", str(REPO / "run_grpo.sh")],
+        cwd=REPO,
+        env={**os.environ, "DEVICE": "tpu"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "DEVICE must be gpu or cpu, got 'tpu'" in result.stderr
 
 
 # --- runs ------------------------------------------------------------------------------------------------------------
@@ -129,7 +154,7 @@ def test_last_checkpoint_skips_a_half_written_one(tmp_path):
 def test_run_grpo_sh_trains_saves_and_resumes_on_cpu(toy, tmp_path):
     out = tmp_path / "run"
     log = run_grpo_sh(toy, out, "--max_steps", "2", "--save_steps", "1")
-    assert "No GPU found" in log
+    assert "DEVICE=cpu: the CPU try-out" in log
     assert global_step(out / "checkpoint-1") == 1 and global_step(out / "checkpoint-2") == 2
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
     assert json.loads((out / "r1aqa_run.json").read_text())["think"] is False  # read by test_mmau.sh

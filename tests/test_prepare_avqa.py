@@ -1,6 +1,6 @@
 """The AVQA converter: real soundtracks, first channel kept, re-runs skip finished WAVs, every bad input reported.
 
-Real data: the two AVQA MP4s and four WAVs in ../shared/data/avqa (copied into tmp_path, never modified). Synthetic
+Real data: the two AVQA MP4s and four WAVs in tests/data/avqa (copied into tmp_path, never modified). Synthetic
 data: short tones written here, where a test needs channels that differ or a broken source.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from shared_paths import AVQA_AUDIO_DIR, AVQA_VIDEO_DIR
+from data_paths import AVQA_AUDIO_DIR, AVQA_VIDEO_DIR
 
 from r1aqa.audio import load_audio
 from r1aqa.data import AVQA_KEYS

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_paths import AVQA_AUDIO_DIR
 from datasets import Dataset
-from shared_paths import AVQA_AUDIO_DIR
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 from trl import ModelConfig, SFTConfig, get_peft_config
 
@@ -106,7 +106,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def short_model_dir(tmp_path_factory) -> str:
     """A tiny Qwen2-Audio with a 2 s audio window: the training tests run ~10x faster than with the 30 s window."""
-    from r1aqa.tiny import write_tiny_model
+    from r1aqa.cpu.tiny import write_tiny_model
 
     return write_tiny_model(str(tmp_path_factory.mktemp("tiny-2s")), seed=0, chunk_length=2)
 

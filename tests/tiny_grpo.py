@@ -1,9 +1,9 @@
 """What the trainer tests share: real AVQA clips, training rows, a reward that varies within a group, and a factory
 for an AudioGRPOTrainer on the tiny model with the paper's objective (beta 0.04, loss "grpo") at test sizes."""
 
+from data_paths import AVQA_AUDIO_DIR
 from datasets import Dataset
 from grpo_with_varied_reward import varied_reward
-from shared_paths import AVQA_AUDIO_DIR
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 from r1aqa.prompts import format_question, solution_text, user_turn

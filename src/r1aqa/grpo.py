@@ -103,30 +103,13 @@ def load_model(model_args, training_args, freeze_audio_encoder: bool):
     return model, processor
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint that finished saving. HF writes `trainer_state.json` last, so a checkpoint the process
-    died in the middle of has none and is skipped."""
-    if not os.path.isdir(output_dir):
-        return None
-    steps = sorted(
-        (int(name.split("-")[1]), name)
-        for name in os.listdir(output_dir)
-        if name.startswith("checkpoint-") and name.split("-")[1].isdigit()
-    )
-    for _, name in reversed(steps):
-        path = os.path.join(output_dir, name)
-        if os.path.isfile(os.path.join(path, "trainer_state.json")):
-            return path
-        logger.warning("Skipping %s: it has no trainer_state.json (the run died while saving it).", path)
-    return None
-
-
 def main(script_args, training_args, model_args) -> None:
     import datasets
     import transformers
     from transformers import set_seed
     from trl import get_peft_config
 
+    from r1aqa.checkpoints import resume_checkpoint
     from r1aqa.data import load_avqa_dataset
     from r1aqa.rewards import default_reward_names, get_reward_funcs
     from r1aqa.trainer import AudioGRPOTrainer
@@ -137,6 +120,11 @@ def main(script_args, training_args, model_args) -> None:
     logging.getLogger("r1aqa").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+
+    # Which checkpoint to continue from, decided before anything loads (a weights-only run stops here).
+    checkpoint = (
+        resume_checkpoint(training_args.output_dir, training_args.save_only_model) if script_args.resume else None
+    )
 
     # --- data ------------------------------------------------------------------------------------------------------
     dataset = load_avqa_dataset(
@@ -171,9 +159,6 @@ def main(script_args, training_args, model_args) -> None:
             json.dump({"think": script_args.think, "reward_funcs": reward_names}, f, indent=1)
 
     # --- train -----------------------------------------------------------------------------------------------------
-    checkpoint = last_checkpoint(training_args.output_dir) if script_args.resume else None
-    if script_args.resume:
-        logger.info("Resuming from %s", checkpoint or "scratch (no complete checkpoint yet)")
     trainer.train(resume_from_checkpoint=checkpoint)
 
     # --- save ------------------------------------------------------------------------------------------------------

@@ -228,7 +228,8 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.grpo import last_checkpoint, load_model
+    from r1aqa.checkpoints import resume_checkpoint
+    from r1aqa.grpo import load_model
 
     # --- seed, logging ---------------------------------------------------------------------------------------------
     set_seed(training_args.seed)
@@ -238,8 +239,11 @@ def main(script_args, training_args, model_args) -> None:
     transformers.utils.logging.set_verbosity(log_level)
     logger.setLevel(logging.INFO if training_args.should_log else log_level)  # our progress notes: main process
     check_sft_config(training_args)  # before any data or model loads
-    if script_args.resume and training_args.save_only_model:
-        raise ValueError("`resume: true` needs resumable checkpoints: set `save_only_model: false`.")
+
+    # Which checkpoint to continue from, decided before anything loads (a weights-only run stops here).
+    checkpoint = (
+        resume_checkpoint(training_args.output_dir, training_args.save_only_model) if script_args.resume else None
+    )
 
     # --- data ------------------------------------------------------------------------------------------------------
     dataset = load_sft_dataset(
@@ -269,9 +273,6 @@ def main(script_args, training_args, model_args) -> None:
         logger.info("Trainable parameters: %s", f"{n_trainable:,}")
 
     # --- train -----------------------------------------------------------------------------------------------------
-    checkpoint = last_checkpoint(training_args.output_dir) if script_args.resume else None
-    if script_args.resume:
-        logger.info("Resuming from %s", checkpoint or "scratch (no complete checkpoint yet)")
     trainer.train(resume_from_checkpoint=checkpoint)
 
     # --- save ------------------------------------------------------------------------------------------------------

@@ -1,18 +1,18 @@
 """The whole R1-AQA pipeline on CPU in minutes, and the proof that our GRPO trainer learns from the audio.
 
-    python -m r1aqa.demo                      # make demo: model, data, warm-up, run_grpo.sh, test_mmau.sh, table
-    python -m r1aqa.demo --bench              # make bench-learning: the same, plus two controls; ends with
+    python -m r1aqa.cpu.demo                      # make demo: model, data, warm-up, run_grpo.sh, test_mmau.sh, table
+    python -m r1aqa.cpu.demo --bench              # make bench-learning: the same, plus two controls; ends with
                                               # before=<acc%> after=<acc%> audio_blind=<acc%> stock_trl=<acc%>
-    python -m r1aqa.demo --steps 2 --warmup_steps 2 --n_train 4 --per_device_train_batch_size 16   # smoke run
+    python -m r1aqa.cpu.demo --steps 2 --warmup_steps 2 --n_train 4 --per_device_train_batch_size 16   # smoke run
 
 Stages (everything under `--out`, default outputs/demo):
-1. `model/`: a tiny random Qwen2-Audio with a 2 s audio window (`r1aqa.tiny`, chunk_length 2) whose vocabulary holds
+1. `model/`: a tiny random Qwen2-Audio with a 2 s audio window (`r1aqa.cpu.tiny`, chunk_length 2) whose vocabulary holds
    `<answer>`, `</answer>`, `low` and `top` as whole tokens;
-2. `data/`: the 2-class tone task (`r1aqa.toy_task`: 250 Hz -> "low", 2000 Hz -> "top", options shuffled), AVQA
+2. `data/`: the 2-class tone task (`r1aqa.cpu.toy_task`: 250 Hz -> "low", 2000 Hz -> "top", options shuffled), AVQA
    JSONL for training and an MMAU-format test.json on held-out clips;
-3. `warmup/`: the format-only warm-up (`r1aqa.warmup`): random-option targets, so accuracy starts at chance;
+3. `warmup/`: the format-only warm-up (`r1aqa.cpu.warmup`): random-option targets, so accuracy starts at chance;
 4. `grpo/`: `run_grpo.sh` with configs/grpo_demo_cpu.yaml from the warm-up checkpoint (checkpoints every 50 steps);
-5. `grpo/mmau/demo/`: greedy evaluation of the warm-up (as step 0, `python -m r1aqa.test_mmau`) and of every
+5. `grpo/mmau/demo/`: greedy evaluation of the warm-up (as step 0, `python -m r1aqa.evaluate`) and of every
    checkpoint (`test_mmau.sh`) on the held-out clips: accuracy table, CSV, JSON and plot.
 
 `--bench` adds two controls from the same warm-up checkpoint and recipe, and evaluates everything here (greedy,
@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from r1aqa.audio import SAMPLING_RATE, load_audio
+from r1aqa.checkpoints import complete_checkpoints
 from r1aqa.data import mmau_example
-from r1aqa.mmau import load_items, score
 from r1aqa.prompts import extract_answer
+from r1aqa.scoring import load_items, score
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 RECIPE = REPO / "configs" / "grpo_demo_cpu.yaml"
 EXTRA_TOKENS = ("<answer>", "</answer>", "low", "top")  # each option one token: a sample is a whole option or none
 CHUNK_LENGTH = 2  # seconds of audio window (Qwen2-Audio: 30); 1.5 s clips fit
@@ -96,7 +97,7 @@ def stock_trl_cli(argv: list[str] | None = None) -> None:
 def evaluate(
     model_dir: str, test_file: str, audio_dir: str, silent: bool = False, batch_size: int = 50, max_new_tokens: int = 8
 ) -> dict:
-    """Greedy answers on the MMAU-format `test_file`, scored with the official rule (`r1aqa.mmau.score`).
+    """Greedy answers on the MMAU-format `test_file`, scored with the official rule (`r1aqa.scoring.score`).
 
     Prompts come from `mmau_example` (the builder training uses). `silent` replaces every clip by zeros of the same
     length, so prompts are unchanged but the audio says nothing. Returns `accuracy` (%), `valid` (% of answers that
@@ -136,12 +137,6 @@ def evaluate(
     }
 
 
-def checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """(step, folder) of every `checkpoint-N` in `run_dir`, in step order."""
-    found = [(int(p.name.split("-")[1]), str(p)) for p in Path(run_dir).glob("checkpoint-*") if p.name[11:].isdigit()]
-    return sorted(found)
-
-
 def accuracy_table(rows: list[tuple[str, dict]]) -> str:
     lines = [f"  {'model':<34} {'accuracy':>9} {'valid':>7}"]
     lines += [f"  {name:<34} {r['accuracy']:>8.2f}% {r['valid']:>6.2f}%" for name, r in rows]
@@ -175,6 +170,7 @@ def subprocess_env() -> dict:
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",  # the demo is the CPU path everywhere, also on a GPU node
+        "DEVICE": "cpu",  # run_grpo.sh's CPU try-out (without it the script stops: no GPU)
         "DS_ACCELERATOR": "cpu",
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "disabled",
@@ -191,7 +187,7 @@ def evaluate_with_test_mmau_sh(paths: dict, env: dict, max_new_tokens: int) -> s
     """The warm-up as step 0, then `test_mmau.sh` over the run's checkpoints: one table, CSV and plot."""
     out_dir = os.path.join(paths["grpo"], "mmau", "demo")
     common = ["--data_file", paths["test_file"], "--audio_dir", paths["test_audio_dir"]]
-    step0 = [sys.executable, "-m", "r1aqa.test_mmau", "--model_path", paths["warmup"], *common]
+    step0 = [sys.executable, "-m", "r1aqa.evaluate", "--model_path", paths["warmup"], *common]
     step0 += ["--out_file", os.path.join(out_dir, "checkpoint-0.json"), "--max_new_tokens", str(max_new_tokens)]
     wait(run_logged(step0, env, None), "evaluating the warm-up checkpoint")
     sh_env = {
@@ -210,9 +206,9 @@ def evaluate_with_test_mmau_sh(paths: dict, env: dict, max_new_tokens: int) -> s
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from r1aqa.tiny import write_tiny_model
-    from r1aqa.toy_task import write_toy_task
-    from r1aqa.warmup import warmup
+    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.cpu.toy_task import write_toy_task
+    from r1aqa.cpu.warmup import warmup
 
     torch.set_num_threads(1)  # see the module docstring
     out = os.path.abspath(args.out)
@@ -237,7 +233,7 @@ def run(args: argparse.Namespace) -> dict:
     t = time.time()
     runs = {"grpo": ("bash", str(REPO / "run_grpo.sh"))}
     if args.bench:
-        runs["stock-trl"] = (sys.executable, "-c", "from r1aqa.demo import stock_trl_cli; stock_trl_cli()")
+        runs["stock-trl"] = (sys.executable, "-c", "from r1aqa.cpu.demo import stock_trl_cli; stock_trl_cli()")
     processes = {}
     for name, launcher in runs.items():
         if name == "grpo":  # run_grpo.sh takes the recipe, model, data and output folder from the environment
@@ -262,7 +258,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         rows.append(("before GRPO (warm-up)", evaluate(paths["warmup"], paths["test_file"], paths["test_audio_dir"])))
         for name in runs:
-            for step, folder in checkpoints(paths[name]):
+            for step, folder in complete_checkpoints(paths[name]):
                 rows.append((f"{name} step {step}", evaluate(folder, paths["test_file"], paths["test_audio_dir"])))
     result = {}
     if args.bench:
@@ -309,7 +305,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m r1aqa.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m r1aqa.cpu.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--out",

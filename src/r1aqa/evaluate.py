@@ -1,11 +1,11 @@
 """MMAU inference for one checkpoint: batched, left-padded generation with audio, then the official scoring.
 
-    python -m r1aqa.test_mmau --model_path outputs/grpo-qwen2-audio-7b/checkpoint-100 \\
+    python -m r1aqa.evaluate --model_path outputs/grpo-qwen2-audio-7b/checkpoint-100 \\
         --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
         --out_file outputs/grpo-qwen2-audio-7b/mmau/checkpoint-100.json
 
     # the smallest CPU run: a tiny random model, 3 items
-    python -m r1aqa.tiny --out outputs/tiny && python -m r1aqa.test_mmau --model_path outputs/tiny \\
+    python -m r1aqa.cpu.tiny --out outputs/tiny && python -m r1aqa.evaluate --model_path outputs/tiny \\
         --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
         --out_file outputs/tiny-mmau.json --limit 3 --max_new_tokens 16
 
@@ -18,7 +18,7 @@ Files, where OUT is `--out_file` without its `.json`:
   `model_prediction` and `model_output` (both the extracted answer: MMAU's `evaluation.py` reads `model_output`).
 - `OUT.meta.json`: how it was made (model, processor, data, prompt style, decoding, device, timing, versions) and the
   items whose audio was missing or unreadable (they get empty predictions and count as wrong).
-- `OUT.score.json`: `r1aqa.mmau.score` of OUT.json, plus `audio_errors`; only when every item has an `answer` (the
+- `OUT.score.json`: `r1aqa.scoring.score` of OUT.json, plus `audio_errors`; only when every item has an `answer` (the
   full test split withholds them: then predictions only).
 - `OUT.partial.jsonl`: progress while running, one line per finished item. A killed run leaves it (and never a
   half-written OUT.json); the same command resumes from it. Deleted once OUT.json is written.
@@ -47,8 +47,8 @@ from pathlib import Path
 
 from r1aqa.audio import AudioError, check_audio
 from r1aqa.data import DataError, mmau_example
-from r1aqa.mmau import format_report, load_items, score
 from r1aqa.prompts import extract_answer
+from r1aqa.scoring import format_report, load_items, score
 
 # Prompt <2> (the paper's main result), Prompt <3> (think) and Prompt <1> (question and options only: SFT baselines).
 PROMPT_STYLES = {
@@ -446,7 +446,7 @@ def _total(score_file: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m r1aqa.test_mmau", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m r1aqa.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model_path", required=True, help="Checkpoint folder or hub id (Qwen2-Audio).")
     parser.add_argument("--data_file", required=True, help="MMAU JSON list (test-mini, or the test split).")

@@ -1,8 +1,8 @@
 """MMAU accuracy of every checkpoint of a run: a table (best row marked), CSV, JSON and a plot against step.
 
-    python -m r1aqa.checkpoint_table --score_dir outputs/grpo-qwen2-audio-7b/mmau/mmau-test-mini.answer
+    python -m r1aqa.tables --score_dir outputs/grpo-qwen2-audio-7b/mmau/mmau-test-mini.answer
 
-Reads the `checkpoint-N.score.json` files that `python -m r1aqa.test_mmau` writes (test_mmau.sh puts them in one
+Reads the `checkpoint-N.score.json` files that `python -m r1aqa.evaluate` writes (test_mmau.sh puts them in one
 folder per run, data file and prompt style) and writes `checkpoints.csv`, `checkpoints.json` and `checkpoints.png`
 beside them (`--out_prefix` to change). The paper evaluated steps 100, 200, ..., 1000 and reported the best; the
 best row here is the highest total accuracy (the earliest step on a tie). A task with no items shows as `-`.
@@ -113,7 +113,7 @@ def plot(rows: list[dict], best: int, path: str, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m r1aqa.checkpoint_table",
+        prog="python -m r1aqa.tables",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

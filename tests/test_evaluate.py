@@ -1,9 +1,9 @@
-"""MMAU inference (r1aqa.test_mmau), the per-checkpoint table (r1aqa.checkpoint_table) and test_mmau.sh.
+"""MMAU inference (r1aqa.evaluate), the per-checkpoint table (r1aqa.tables) and test_mmau.sh.
 
 Six items of the real test-mini file (2025-03-25): the one item whose audio ships with the data
 (`MMAU_REAL_ITEM_ID`, its real WAV) plus sound, music and speech items. Their audio is not available here, so for
 those this file writes its own clips of 2-7 s (sine tones, chirps and noise made with numpy, one stereo 44.1 kHz)
-into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.tiny), so accuracies are meaningless: the tests check
+into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.cpu.tiny), so accuracies are meaningless: the tests check
 files, keys, batching, skipping, resuming and failure handling.
 """
 
@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from shared_paths import MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+from data_paths import MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
 
-from r1aqa import checkpoint_table
-from r1aqa import test_mmau as evaluator
+from r1aqa import evaluate as evaluator
+from r1aqa import tables
+from r1aqa.cpu.tiny import build_model, build_processor, write_tiny_model
 from r1aqa.data import mmau_example
-from r1aqa.mmau import score
 from r1aqa.prompts import extract_answer, format_question
-from r1aqa.tiny import build_model, build_processor, write_tiny_model
+from r1aqa.scoring import score
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = "12"  # the tiny model babbles until the limit; 12 tokens keep each run to seconds
@@ -146,7 +146,7 @@ def test_score_file_is_the_official_rule(scored_run):
 
 
 def test_table_csv_json_and_plot(scored_run, capsys):
-    assert checkpoint_table.main(["--score_dir", str(scored_run)]) == 0
+    assert tables.main(["--score_dir", str(scored_run)]) == 0
     printed = capsys.readouterr().out
     rows = _read(scored_run / "checkpoints.json")["rows"]
     assert [row["step"] for row in rows] == [100, 200]
@@ -163,7 +163,7 @@ def test_table_csv_json_and_plot(scored_run, capsys):
 
 
 def _write_score(folder: Path, step: int, correct: dict[str, int]) -> None:
-    """A score file from `r1aqa.mmau.score` on made-up predictions: `correct[task]` of 4 items right per task."""
+    """A score file from `r1aqa.scoring.score` on made-up predictions: `correct[task]` of 4 items right per task."""
     items = []
     for task, n_right in correct.items():
         for i in range(4):
@@ -178,7 +178,7 @@ def test_table_orders_steps_numerically_and_marks_best(tmp_path, capsys):
     _write_score(tmp_path, 200, {"sound": 3, "music": 2})  # 5 of 8
     _write_score(tmp_path, 100, {"sound": 2, "music": 3})  # 5 of 8 as well: the tie goes to the earliest step
     (tmp_path / "checkpoint-300.json").write_text("[]")  # predictions without a score: not a row
-    assert checkpoint_table.main(["--score_dir", str(tmp_path), "--out_prefix", str(tmp_path / "t" / "table")]) == 0
+    assert tables.main(["--score_dir", str(tmp_path), "--out_prefix", str(tmp_path / "t" / "table")]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line for line in lines if line[2:8].strip().isdigit()]
     assert [int(line[2:8]) for line in rows] == [100, 200, 1000]
@@ -191,7 +191,7 @@ def test_table_orders_steps_numerically_and_marks_best(tmp_path, capsys):
 
 def test_table_without_scores_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        checkpoint_table.main(["--score_dir", str(tmp_path)])
+        tables.main(["--score_dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "no checkpoint-N.score.json" in capsys.readouterr().err
 

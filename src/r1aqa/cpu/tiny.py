@@ -5,8 +5,8 @@ language model (~0.5 M parameters); the processor is the real `Qwen2AudioProcess
 extractor and a small byte-level BPE tokenizer trained here, carrying Qwen2-Audio's special tokens. Its chat template
 renders SPEC §4's string byte for byte. The same seed gives the same bytes.
 
-    python -m r1aqa.tiny --out outputs/tiny-qwen2-audio
-    python -m r1aqa.tiny --out outputs/tiny-2s --chunk_length 2      # short audio window for the demo
+    python -m r1aqa.cpu.tiny --out outputs/tiny-qwen2-audio
+    python -m r1aqa.cpu.tiny --out outputs/tiny-2s --chunk_length 2      # short audio window for the demo
 """
 
 from __future__ import annotations

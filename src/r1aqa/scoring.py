@@ -1,11 +1,11 @@
 """MMAU test-mini scoring with the official rule (SPEC §7), printed in the layout of MMAU's `evaluation.py`.
 
-    python -m r1aqa.mmau --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
+    python -m r1aqa.scoring --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
 
 The input is a JSON list of MMAU items carrying the prediction under `model_output` (preferred) or
 `model_prediction`. Unlike the official script this never skips an item or crashes on one: a missing, None or
 non-string prediction counts as wrong and is counted, and items whose answer is not among their choices are listed.
-Predictions are scored as they are, exactly as the official script does: `r1aqa.test_mmau` has already reduced each
+Predictions are scored as they are, exactly as the official script does: `r1aqa.evaluate` has already reduced each
 output to its answer with `extract_answer`, the accuracy reward's extraction (the raw output is kept under
 `model_raw_output`).
 """

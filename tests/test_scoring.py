@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from data_paths import MMAU_2025_03, MMAU_2025_05
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shared_paths import MMAU_2025_03, MMAU_2025_05
 
-from r1aqa.mmau import format_report, is_match, load_items, main, score
 from r1aqa.prompts import extract_answer
+from r1aqa.scoring import format_report, is_match, load_items, main, score
 
 MMAU_FILES = {"2025-03-25": MMAU_2025_03, "v05.15.25": MMAU_2025_05}
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -135,7 +135,7 @@ def test_both_prediction_keys_accepted_and_model_output_preferred(version):
 
 def test_predictions_are_scored_as_they_are_like_the_official_script():
     """No extraction in the scorer: a raw output that names every option is wrong, as in MMAU's evaluation.py.
-    r1aqa.test_mmau stores the extracted answer, which scores 100 here."""
+    r1aqa.evaluate stores the extracted answer, which scores 100 here."""
     items = real_items("2025-03-25")[:100]
     raw = with_predictions(items, lambda i: f"<think>{' '.join(i['choices'])}</think>\n<answer>{i['answer']}</answer>")
     assert score(raw)["total"]["correct"] == sum(
@@ -260,7 +260,7 @@ def test_cli_module_entry_point_reports_bad_files(tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text("not json", encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "r1aqa.mmau", "--input", str(broken)],
+        [sys.executable, "-m", "r1aqa.scoring", "--input", str(broken)],
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(SRC)},

@@ -1,0 +1,67 @@
+# The launcher run_grpo.sh and run_sft.sh share: which device, the CPU try-out's model and data, and how processes
+# start (one process, or torchrun over NPROC_PER_NODE x NNODES). Sourced by those scripts from the repository root;
+# not meant to be run by itself.
+#
+#   DEVICE=gpu (default)  the real run. With no GPU visible it stops at once and says why: a training job that
+#                         silently fell back to a toy model would "succeed" and train nothing.
+#   DEVICE=cpu            the CPU try-out: the same entry point with a tiny random Qwen2-Audio and a toy tone task,
+#                         both built on first use (CPU_PROCS=2 for two processes; DS_CONFIG=configs/ds_zero3.json for
+#                         DeepSpeed ZeRO-3 on CPU).
+
+: "${PYTHON:=$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}"
+: "${DEVICE:=gpu}"
+: "${NNODES:=1}"
+: "${NODE_RANK:=0}"
+: "${MASTER_ADDR:=127.0.0.1}"
+: "${MASTER_PORT:=29500}"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+SCRIPT_NAME="$(basename "$0")"
+CPU_MODEL=outputs/tiny-qwen2-audio                   # the CPU try-out's defaults (built on first use)
+CPU_DATA=outputs/toy/train.jsonl
+
+launch_die() { echo "$SCRIPT_NAME: $*" >&2; exit 2; }
+
+# Sets GPUS (the number of GPUs torch sees); stops unless DEVICE=gpu finds one or DEVICE=cpu.
+check_device() {
+  case "$DEVICE" in
+    cpu) GPUS=0; return ;;
+    gpu) ;;
+    *) launch_die "DEVICE must be gpu or cpu, got '$DEVICE'." ;;
+  esac
+  local probe
+  probe=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count(), torch.version.cuda or "none", torch.__version__)' \
+    2>&1 | tail -n 1) || launch_die "cannot import torch with $PYTHON ($probe). Run 'make setup' or set PYTHON."
+  read -r GPUS TORCH_CUDA TORCH_VERSION <<< "$probe"
+  if [ "$GPUS" -eq 0 ]; then
+    cat >&2 <<MSG
+$SCRIPT_NAME: no GPU is visible, so nothing was started.
+  torch $TORCH_VERSION (CUDA build: $TORCH_CUDA) sees 0 GPUs; CUDA_VISIBLE_DEVICES='${CUDA_VISIBLE_DEVICES-<unset>}'.
+  On a GPU node: check nvidia-smi, CUDA_VISIBLE_DEVICES and that torch is a CUDA build (torch.version.cuda).
+  To try the pipeline on CPU instead (tiny random model, toy task):  DEVICE=cpu bash $SCRIPT_NAME
+MSG
+    exit 1
+  fi
+}
+
+# The CPU try-out: build the tiny model and the toy task when their default paths are used and missing; DeepSpeed
+# on CPU (see src/r1aqa/cpu/deepspeed_patch.py) needs use_cpu=false, plain CPU runs need use_cpu=true.
+prepare_cpu_tryout() {
+  if [ "$MODEL" = "$CPU_MODEL" ] && [ ! -f "$MODEL/config.json" ]; then
+    "$PYTHON" -m r1aqa.cpu.tiny --out "$MODEL" --extra_tokens "<answer>" "</answer>" low top
+  fi
+  if [ "$DATA_FILE" = "$CPU_DATA" ] && [ ! -f "$DATA_FILE" ]; then
+    "$PYTHON" -m r1aqa.cpu.toy_task --out "$(dirname "$CPU_DATA")" > /dev/null
+  fi
+  export DS_ACCELERATOR=cpu OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+  if [ -n "$DS_CONFIG" ]; then ARGS+=(--use_cpu false); else ARGS+=(--use_cpu true); fi
+}
+
+# launch MODULE ARG...: one process, or torchrun when there are several processes or nodes.
+launch() {
+  local module="$1"; shift
+  if [ "$NPROC_PER_NODE" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
+    exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC_PER_NODE" --nnodes "$NNODES" \
+      --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m "$module" "$@"
+  fi
+  exec "$PYTHON" -m "$module" "$@"
+}
