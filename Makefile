@@ -11,7 +11,7 @@ export DS_ACCELERATOR ?= cpu
 
 help:
 	@echo "make demo            the whole pipeline on CPU: tiny model, toy task, warm-up, GRPO, MMAU-style table"
-	@echo "make test            the test suite (CPU, tiny model, real files from ../shared/data)"
+	@echo "make test            the test suite (CPU, tiny model, real AVQA/MMAU files kept in tests/data)"
 	@echo "make test-fast       the suite without the multi-process and subprocess tests marked slow"
 	@echo "make lint            ruff check + format check"
 	@echo "make bench-learning  proof that GRPO learns from audio: before / after / silent audio / stock TRL"

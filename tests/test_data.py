@@ -1,4 +1,4 @@
-"""Training/evaluation rows: prompts byte-exact against SPEC §4, JSONL errors by file:line, the dataset round trip,
+"""Training/evaluation rows: prompts byte-exact against docs/recipe.md §4, JSONL errors by file:line, the dataset round trip,
 unusable audio dropped and counted, and the first-channel 16 kHz loader on the real AVQA WAVs.
 
 Expected prompt strings are written out literally here (not rebuilt from the templates), so a changed byte fails.
@@ -23,7 +23,7 @@ MONO = AVQA_AUDIO_DIR / "009GwYB4Z7k_000030.wav"
 
 
 def avqa_record(audio_path: str | Path = STEREO, **changes) -> dict:
-    """A converted AVQA line (SPEC §2's example)."""
+    """A converted AVQA line (docs/recipe.md §2's example)."""
     record = {
         "id": 183,
         "video_name": "-HG3Omg_89c_000030",

@@ -15,7 +15,7 @@ def size():
 
 
 def test_parameter_counts_match_the_architecture_arithmetic(size):
-    """SPEC.md §9: ~7.76B language model (embeddings and head included), ~0.64B encoder, ~5M projector, ~8.4B."""
+    """docs/recipe.md §9: ~7.76B language model (embeddings and head included), ~0.64B encoder, ~5M projector, ~8.4B."""
     h, layers, inter, vocab = 4096, 32, 11008, 156032
     per_layer = 3 * (h * h + h) + h * h + 3 * h * inter + 2 * h  # q/k/v with bias, o, SwiGLU MLP, two RMSNorms
     assert size.language_model == vocab * h + layers * per_layer + h

@@ -27,7 +27,7 @@ WAV_NAMES = sorted(path.stem for path in AVQA_AUDIO_DIR.glob("*.wav"))
 
 
 def question(video_name: str, qid: int = 1, **changes) -> dict:
-    """An AVQA question in SPEC §2's format (keys in AVQA's order)."""
+    """An AVQA question in docs/recipe.md §2's format (keys in AVQA's order)."""
     base = {
         "id": qid,
         "video_name": video_name,

@@ -1,4 +1,4 @@
-"""Reward functions (SPEC §5): table-driven cases, the original's regexes as a reference, linear time, robustness."""
+"""Reward functions (docs/recipe.md §5): table-driven cases, the original's regexes as a reference, linear time, robustness."""
 
 import re
 import time

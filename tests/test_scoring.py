@@ -1,4 +1,4 @@
-"""MMAU scoring (SPEC §7): the official rule, the real test-mini files, robustness and the CLI."""
+"""MMAU scoring (docs/recipe.md §7): the official rule, the real test-mini files, robustness and the CLI."""
 
 import copy
 import json

@@ -12,7 +12,7 @@ from r1aqa.audio import load_audio
 from r1aqa.cpu.tiny import write_tiny_model
 from r1aqa.prompts import format_question, user_turn
 
-SPEC_RENDERING = (
+RECIPE_RENDERING = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
     "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 )
@@ -60,7 +60,7 @@ def test_chat_template_renders_spec_string(tiny_model_and_processor, question, c
     prompt = format_question(question, choices)
     conversation = user_turn("clip.wav", prompt)
     rendered = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    assert rendered == SPEC_RENDERING.format(prompt=prompt)
+    assert rendered == RECIPE_RENDERING.format(prompt=prompt)
     # `datasets` gives every content item every key, missing ones as None: the rendering must not change.
     padded = [
         {

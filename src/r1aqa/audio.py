@@ -1,4 +1,4 @@
-"""Audio loading as the original trained on it (SPEC §3): first channel only, 16 kHz, float32, 1-D; and the same for
+"""Audio loading as the original trained on it (docs/recipe.md §3): first channel only, 16 kHz, float32, 1-D; and the same for
 the audio parts of chat conversations, before a processor sees them."""
 
 from __future__ import annotations

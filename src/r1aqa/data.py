@@ -1,6 +1,6 @@
 """Training and evaluation rows: AVQA JSONL (written by `r1aqa.prepare_avqa`) and MMAU items -> conversations.
 
-Every row holds a conversational `prompt` (one user turn: the audio part with the WAV path, then SPEC §4's text),
+Every row holds a conversational `prompt` (one user turn: the audio part with the WAV path, then docs/recipe.md §4's text),
 the gold `solution` (`<answer>{option}</answer>`) and every original key, which the reward functions receive as
 keyword arguments. Training and evaluation build prompts here and nowhere else.
 
@@ -25,7 +25,7 @@ from r1aqa.prompts import avqa_question, format_question, solution_text, user_tu
 
 logger = logging.getLogger(__name__)
 
-# The keys of one AVQA question, in AVQA's order (SPEC §2); the converter adds the last two.
+# The keys of one AVQA question, in AVQA's order (docs/recipe.md §2); the converter adds the last two.
 AVQA_KEYS = (
     "id",
     "video_name",

@@ -5,7 +5,7 @@
         --tflops 300      # a typical AVQA clip (10 s) and answer, a slower GPU
 
 Builds the real architecture on the meta device (no weights, no download) from
-configs/qwen2_audio_7b_instruct_config.json, the published config (SPEC.md §9), and counts its parameters per module.
+configs/qwen2_audio_7b_instruct_config.json, the published config (docs/recipe.md §9), and counts its parameters per module.
 Per GPU it then adds up, for 1, 2, 4 and 8 GPUs on one host, with and without CPU offload and gradient checkpointing:
 
 - model states (bf16 parameters, fp32 master weights, Adam moments, gradients): DeepSpeed's own ZeRO-3 estimator
@@ -44,7 +44,7 @@ import yaml
 GB = 2**30
 ARCH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "qwen2_audio_7b_instruct_config.json"
 GPU_COUNTS = (1, 2, 4, 8)
-PAPER_COMPLETIONS_PER_STEP = 128  # 16 prompts x 8 completions (SPEC.md §6)
+PAPER_COMPLETIONS_PER_STEP = 128  # 16 prompts x 8 completions (docs/recipe.md §6)
 ENCODER_BYTES_PER_POSITION_HIDDEN = 34  # Whisper-style layers: 4h GELU MLP, memory-efficient attention
 
 

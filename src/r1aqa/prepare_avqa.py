@@ -1,11 +1,11 @@
-"""Convert AVQA's question list and source media into the training JSONL (SPEC §2), extracting 16 kHz WAVs.
+"""Convert AVQA's question list and source media into the training JSONL (docs/recipe.md §2), extracting 16 kHz WAVs.
 
     python -m r1aqa.prepare_avqa --qa_json train_qa.json --media_dir avqa_videos --out_file data/avqa/train.jsonl \\
         --wav_dir data/avqa/wav [--workers 8]
 
 Sources are found anywhere under `--media_dir` as `<video_name>.wav` (preferred: already extracted audio) or
 `<video_name>.mp4`. ffmpeg writes each soundtrack to `<wav_dir>/<video_name>.wav`: 16 kHz, 16-bit PCM, the source's
-first channel only (as training reads it: SPEC §3; ffmpeg's `-ac 1` would down-mix instead). A WAV is written under a
+first channel only (as training reads it: docs/recipe.md §3; ffmpeg's `-ac 1` would down-mix instead). A WAV is written under a
 temporary name and renamed when complete, so a re-run keeps every existing 16 kHz mono WAV and extracts the rest.
 
 Each usable question becomes one line: AVQA's keys unchanged and in order, then `dataset_name` ("AVQA") and
@@ -251,7 +251,7 @@ def select_valid(questions: list, report: Report) -> list[tuple[int, dict]]:
 
 
 def output_row(question: dict, wav_dir: Path) -> dict:
-    """SPEC §2: AVQA's keys as they came, then the two added by the conversion."""
+    """docs/recipe.md §2: AVQA's keys as they came, then the two added by the conversion."""
     audio_path = str((wav_dir / f"{question['video_name']}.wav").resolve())
     return {**question, "dataset_name": DATASET_NAME, "audio_path": audio_path}
 

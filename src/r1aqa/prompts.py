@@ -1,6 +1,6 @@
 """The text protocol shared by training, rewards and evaluation: prompt templates and answer extraction.
 
-Every string here is verbatim from the original release (SPEC §4): changing a byte changes the science.
+Every string here is verbatim from the original release (docs/recipe.md §4): changing a byte changes the science.
 """
 
 from __future__ import annotations
@@ -60,5 +60,5 @@ def extract_answer(text: str) -> str:
 
 
 def user_turn(audio_path: str, text: str) -> list[dict]:
-    """One user turn: the audio part, then the text part (SPEC §4). No system message: the template adds one."""
+    """One user turn: the audio part, then the text part (docs/recipe.md §4). No system message: the template adds one."""
     return [{"role": "user", "content": [{"type": "audio", "path": audio_path}, {"type": "text", "text": text}]}]

@@ -1,4 +1,4 @@
-"""GRPO reward functions (SPEC §5), a name -> function registry, and the default set per mode.
+"""GRPO reward functions (docs/recipe.md §5), a name -> function registry, and the default set per mode.
 
 Each reward has TRL's signature `(completions, **kwargs) -> list[float]` and returns 0.0 or 1.0 per completion;
 the trainer sums them with equal weight. TRL logs each one as `rewards/<function __name__>/mean`.

@@ -1,4 +1,4 @@
-"""MMAU test-mini scoring with the official rule (SPEC §7), printed in the layout of MMAU's `evaluation.py`.
+"""MMAU test-mini scoring with the official rule (docs/recipe.md §7), printed in the layout of MMAU's `evaluation.py`.
 
     python -m r1aqa.scoring --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
 

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of Qwen2-Audio on AVQA questions: the paper's SFT baselines (full and LoRA).
 
-The paper compares GRPO with SFT on the same ~38k AVQA questions (SPEC §1: full 51.80, LoRA 56.40 on MMAU test-mini).
-Its SFT code and hyperparameters were never published (SPEC §8); the recipes in configs/sft_*.yaml are ours. The model
+The paper compares GRPO with SFT on the same ~38k AVQA questions (docs/recipe.md §1: full 51.80, LoRA 56.40 on MMAU test-mini).
+Its SFT code and hyperparameters were never published (docs/recipe.md §10); the recipes in configs/sft_*.yaml are ours. The model
 hears the audio and reads Prompt <1> (question and options, no output-format instruction) and learns to answer with
 the gold option text; the loss covers the answer tokens and the `<|im_end|>` that ends the turn, nothing else.
 
@@ -32,7 +32,7 @@ from r1aqa.preflight import run_entry_point
 
 logger = logging.getLogger("r1aqa.sft")
 
-# Qwen2-Audio's chat template (ChatML) closes every turn with this token; it is also the model's eos (SPEC §9), so
+# Qwen2-Audio's chat template (ChatML) closes every turn with this token; it is also the model's eos (docs/recipe.md §9), so
 # training on it is what teaches the model to stop after the answer.
 END_OF_TURN = "<|im_end|>"
 IGNORE_INDEX = -100  # label of a position the loss skips (PyTorch's cross-entropy convention, used by TRL)

@@ -3,7 +3,7 @@
 The model is the real `Qwen2AudioForConditionalGeneration` class with a 2-layer audio encoder and a 2-layer Qwen2
 language model (~0.5 M parameters); the processor is the real `Qwen2AudioProcessor` with a 128-mel Whisper feature
 extractor and a small byte-level BPE tokenizer trained here, carrying Qwen2-Audio's special tokens. Its chat template
-renders SPEC §4's string byte for byte. The same seed gives the same bytes.
+renders docs/recipe.md §4's string byte for byte. The same seed gives the same bytes.
 
     python -m r1aqa.cpu.tiny --out outputs/tiny-qwen2-audio
     python -m r1aqa.cpu.tiny --out outputs/tiny-2s --chunk_length 2      # short audio window for the demo
@@ -32,7 +32,7 @@ from r1aqa.prompts import ANSWER_INSTRUCTION, OPTIONS_SENTENCE, THINK_INSTRUCTIO
 
 PAD_TOKEN = "<|endoftext|>"  # Qwen2's bos and pad
 EOS_TOKEN = "<|im_end|>"
-SPECIAL_TOKENS = [PAD_TOKEN, "<|im_start|>", EOS_TOKEN, "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+RESERVED_TOKENS = [PAD_TOKEN, "<|im_start|>", EOS_TOKEN, "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 
 # Qwen2-Audio-Instruct's template, except that audio parts are recognised by `type` alone: `datasets` gives every
 # content item every key (missing ones as None), and the hub template's `'audio' in content` test then renders an
@@ -84,7 +84,7 @@ def build_tokenizer(extra_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFa
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=600,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=RESERVED_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
