@@ -11,7 +11,7 @@
 # DS_CONFIG=configs/ds_zero3.json for DeepSpeed ZeRO-3 on CPU.
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/launch.sh                             # PYTHON, DEVICE, node variables, check_device, launch
+source scripts/launch.sh                             # PYTHON, DEVICE, SEEDS, node variables, launch_seeds
 check_device
 
 # --- quick config --------------------------------------------------------------------------------------------------
@@ -31,11 +31,11 @@ else
   : "${NPROC_PER_NODE:=${CPU_PROCS:-1}}"
 fi
 
-ARGS=(--config "$RECIPE" --model_name_or_path "$MODEL" --data_file "$DATA_FILE" --output_dir "$OUTPUT_DIR")
+ARGS=(--config "$RECIPE" --model_name_or_path "$MODEL" --data_file "$DATA_FILE")
 [ -n "$DS_CONFIG" ] && ARGS+=(--deepspeed "$DS_CONFIG")
 if [ "$DEVICE" = cpu ]; then
   echo "DEVICE=cpu: the CPU try-out ($MODEL, $DATA_FILE, $RECIPE). Set MODEL/DATA_FILE/RECIPE to change it."
   prepare_cpu_tryout
 fi
 
-launch r1aqa.grpo "${ARGS[@]}" "$@"
+launch_seeds r1aqa.grpo "$@"                      # SEEDS="42 43 44": one run per seed

@@ -12,7 +12,7 @@
 # (the same recipe, shrunk); it trains nothing meaningful.
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/launch.sh                             # PYTHON, DEVICE, node variables, check_device, launch
+source scripts/launch.sh                             # PYTHON, DEVICE, SEEDS, node variables, launch_seeds
 check_device
 
 # --- quick config --------------------------------------------------------------------------------------------------
@@ -37,7 +37,7 @@ else
   : "${NPROC_PER_NODE:=${CPU_PROCS:-1}}"
 fi
 
-ARGS=(--config "$RECIPE" --model_name_or_path "$MODEL" --data_file "$DATA_FILE" --output_dir "$OUTPUT_DIR")
+ARGS=(--config "$RECIPE" --model_name_or_path "$MODEL" --data_file "$DATA_FILE")
 [ -n "$DS_CONFIG" ] && ARGS+=(--deepspeed "$DS_CONFIG")
 if [ "$DEVICE" = cpu ]; then
   echo "DEVICE=cpu: the SFT SMOKE TEST ($MODEL, $DATA_FILE, a few steps): checks the path, learns nothing."
@@ -48,4 +48,4 @@ if [ "$DEVICE" = cpu ]; then
          --report_to none)
 fi
 
-launch r1aqa.sft "${ARGS[@]}" "$@"
+launch_seeds r1aqa.sft "$@"                      # SEEDS="42 43 44": one run per seed

@@ -60,8 +60,37 @@ prepare_cpu_tryout() {
 launch() {
   local module="$1"; shift
   if [ "$NPROC_PER_NODE" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
-    exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC_PER_NODE" --nnodes "$NNODES" \
+    "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC_PER_NODE" --nnodes "$NNODES" \
       --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m "$module" "$@"
+  else
+    "$PYTHON" -m "$module" "$@"
   fi
-  exec "$PYTHON" -m "$module" "$@"
+}
+
+# launch_seeds MODULE ARG...: the run, given the script's ARGS array and the user's ARG... (which win, as they come
+# last). With SEEDS="42 43 44": one complete run per seed, one after the other, each into <output dir>/seed-<seed>
+# with --seed <seed> (each resumable, each with its own r1aqa_run.json); the output dir is $OUTPUT_DIR or the user's
+# --output_dir. A --seed among ARG... contradicts SEEDS and stops.
+launch_seeds() {
+  local module="$1"; shift
+  if [ -z "${SEEDS:-}" ]; then
+    launch "$module" "${ARGS[@]}" --output_dir "$OUTPUT_DIR" "$@"
+    return
+  fi
+  local base="$OUTPUT_DIR" seed user=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --seed|--seed=*) launch_die "SEEDS=\"$SEEDS\" sets --seed per run: do not pass $1 as well." ;;
+      --output_dir) [ $# -ge 2 ] || launch_die "--output_dir needs a value."; base="$2"; shift 2 ;;
+      --output_dir=*) base="${1#--output_dir=}"; shift ;;
+      *) user+=("$1"); shift ;;
+    esac
+  done
+  for seed in $SEEDS; do
+    [[ "$seed" =~ ^[0-9]+$ ]] || launch_die "SEEDS must be integers, got '$seed'."
+  done
+  for seed in $SEEDS; do
+    echo "=== seed $seed -> $base/seed-$seed ==="
+    launch "$module" "${ARGS[@]}" --seed "$seed" --output_dir "$base/seed-$seed" "${user[@]}"
+  done
 }

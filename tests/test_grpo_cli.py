@@ -165,6 +165,30 @@ def test_run_grpo_sh_trains_saves_and_resumes_on_cpu(toy, tmp_path):
 
 
 @pytest.mark.slow
+def test_seeds_train_one_complete_run_per_seed(toy, tmp_path):
+    out = tmp_path / "runs"
+    log = run_grpo_sh(toy, out, "--max_steps", "1", "--save_steps", "1", SEEDS="3 4")
+    assert log.index("=== seed 3 ->") < log.index("=== seed 4 ->")
+    for seed in (3, 4):
+        run = out / f"seed-{seed}"
+        assert global_step(run / "checkpoint-1") == 1 and (run / "model.safetensors").is_file()
+        assert json.loads((run / "r1aqa_run.json").read_text())["seed"] == seed
+    assert sorted(p.name for p in out.iterdir()) == ["seed-3", "seed-4"]
+
+
+def test_seeds_with_a_seed_argument_stops(tmp_path):
+    result = subprocess.run(
+        ["bash", str(REPO / "run_grpo.sh"), "--seed", "1"],
+        cwd=REPO,
+        env={**os.environ, "DEVICE": "cpu", "SEEDS": "1 2", "MODEL": str(tmp_path / "m"), "DATA_FILE": "-"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "sets --seed per run: do not pass --seed" in result.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["ddp", "deepspeed_zero3"])
 def test_two_processes_train_save_reload_and_resume(toy, tmp_path, launcher):
     env = {"CPU_PROCS": "2", "MASTER_PORT": str(free_port())}
