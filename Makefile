@@ -60,7 +60,7 @@ demo: setup
 	$(PY) -m r1aqa.cpu.demo
 
 bench-learning: setup
-	$(PY) -m r1aqa.cpu.demo --bench
+	$(PY) -m r1aqa.cpu.demo --bench $(if $(SEEDS),--seeds $(SEEDS))
 
 bench-perf: setup
 	$(PY) benchmarks/bench_perf.py

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from r1aqa.cpu import demo
 from r1aqa.rewards import REWARD_FUNCS, option_format_reward
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,3 +141,27 @@ def test_bench_pipeline_wiring_on_a_tiny_setting(tmp_path):
     assert re.fullmatch(r"before=\d+\.\d\d% after=\d+\.\d\d% audio_blind=\d+\.\d\d% stock_trl=\d+\.\d\d%", last), last
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) >= {"before GRPO (warm-up)", "after GRPO, silent clips", "stock TRL GRPO (final)"}
+
+
+def test_bench_over_seeds_reports_mean_and_std_of_each_row(tmp_path, monkeypatch, capsys):
+    accuracies = {3: (50.0, 100.0, 50.0, 50.0), 4: (50.0, 90.0, 48.0, 52.0)}
+    seen = []
+
+    def fake_run(args):
+        seen.append((args.seed, args.out))
+        rows = zip(demo.BENCH_LABELS, accuracies[args.seed], strict=True)
+        return {"accuracy": {label: {"accuracy": value} for label, value in rows}}
+
+    monkeypatch.setattr(demo, "run", fake_run)
+    (tmp_path / "b").mkdir()
+    demo.main(["--bench", "--seeds", "3", "4", "--out", str(tmp_path / "b")])
+    assert seen == [(3, str(tmp_path / "b" / "seed-3")), (4, str(tmp_path / "b" / "seed-4"))]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "before=50.00±0.00% after=95.00±7.07% audio_blind=49.00±1.41% stock_trl=51.00±1.41% seeds=2"
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["accuracy_per_seed"]["after"] == [100.0, 90.0]
+
+
+def test_seeds_need_the_bench():
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--seeds", "1", "2"])

@@ -156,7 +156,9 @@ def main(script_args, training_args, model_args) -> None:
     if trainer.accelerator.is_main_process:
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, "r1aqa_run.json"), "w") as f:
-            json.dump({"think": script_args.think, "reward_funcs": reward_names, "seed": training_args.seed}, f, indent=1)
+            json.dump(
+                {"think": script_args.think, "reward_funcs": reward_names, "seed": training_args.seed}, f, indent=1
+            )
 
     # --- train -----------------------------------------------------------------------------------------------------
     trainer.train(resume_from_checkpoint=checkpoint)

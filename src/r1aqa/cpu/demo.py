@@ -3,6 +3,7 @@
     python -m r1aqa.cpu.demo                      # make demo: model, data, warm-up, run_grpo.sh, test_mmau.sh, table
     python -m r1aqa.cpu.demo --bench              # make bench-learning: the same, plus two controls; ends with
                                               # before=<acc%> after=<acc%> audio_blind=<acc%> stock_trl=<acc%>
+    python -m r1aqa.cpu.demo --bench --seeds 0 1 2  # the bench once per seed, then each row as mean ± std over seeds
     python -m r1aqa.cpu.demo --steps 2 --warmup_steps 2 --n_train 4 --per_device_train_batch_size 16   # smoke run
 
 Stages (everything under `--out`, default outputs/demo):
@@ -20,6 +21,10 @@ official MMAU rule): the trained model on silent clips (zeros of the same length
 alone), and the same GRPO run made with the stock `trl.GRPOTrainer` (`stock-trl/`), whose loss never sees the audio.
 "after" is the last step's model, not the best checkpoint: no choice is made on the test clips. Both GRPO runs go
 in parallel, one thread each (torch's default two threads on a shared 2-core machine run ~30x slower).
+
+`--seeds 0 1 2` repeats the bench with each seed (the tiny model's initialisation, the clips and the warm-up; GRPO's
+own sampling seed is the recipe's) into `--out`/seed-N, then prints each row as mean ± std over the seeds and a last
+line `before=<mean>±<std>% after=... audio_blind=... stock_trl=... seeds=N`.
 
 Other arguments (`--per_device_train_batch_size 16`, ...) go to both GRPO runs.
 """
@@ -45,6 +50,9 @@ from r1aqa.scoring import load_items, score
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPE = REPO / "configs" / "grpo_demo_cpu.yaml"
+# The bench's rows: summary-line names and table labels.
+BENCH_ROWS = ("before", "after", "audio_blind", "stock_trl")
+BENCH_LABELS = ("before GRPO (warm-up)", "after GRPO (final)", "after GRPO, silent clips", "stock TRL GRPO (final)")
 EXTRA_TOKENS = ("<answer>", "</answer>", "low", "top")  # each option one token: a sample is a whole option or none
 CHUNK_LENGTH = 2  # seconds of audio window (Qwen2-Audio: 30); 1.5 s clips fit
 
@@ -256,7 +264,7 @@ def run(args: argparse.Namespace) -> dict:
     if not args.bench:
         table_dir = evaluate_with_test_mmau_sh(paths, env, args.max_new_tokens)
     else:
-        rows.append(("before GRPO (warm-up)", evaluate(paths["warmup"], paths["test_file"], paths["test_audio_dir"])))
+        rows.append((BENCH_LABELS[0], evaluate(paths["warmup"], paths["test_file"], paths["test_audio_dir"])))
         for name in runs:
             for step, folder in complete_checkpoints(paths[name]):
                 rows.append((f"{name} step {step}", evaluate(folder, paths["test_file"], paths["test_audio_dir"])))
@@ -267,9 +275,7 @@ def run(args: argparse.Namespace) -> dict:
         result["audio_blind"] = evaluate(paths["grpo"], paths["test_file"], paths["test_audio_dir"], silent=True)
         result["stock_trl"] = evaluate(paths["stock-trl"], paths["test_file"], paths["test_audio_dir"])
         rows += [
-            ("after GRPO (final)", result["after"]),
-            ("after GRPO, silent clips", result["audio_blind"]),
-            ("stock TRL GRPO (final)", result["stock_trl"]),
+            *zip(BENCH_LABELS[1:], (result[name] for name in BENCH_ROWS[1:]), strict=True),
         ]
     timings["evaluation"] = time.time() - t
     timings["total"] = time.time() - start
@@ -303,6 +309,40 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def bench_over_seeds(args: argparse.Namespace) -> dict:
+    """The bench once per seed of `args.seeds` (into `args.out`/seed-N), then every row as mean ± std over seeds."""
+    base = args.out
+    per_seed = {}
+    for seed in args.seeds:
+        print(f"\n===== bench with seed {seed} =====", flush=True)
+        per_seed[seed] = run(
+            argparse.Namespace(**{**vars(args), "seed": seed, "out": os.path.join(base, f"seed-{seed}")})
+        )
+    rows = {
+        name: [per_seed[seed]["accuracy"][label]["accuracy"] for seed in args.seeds]
+        for name, label in zip(BENCH_ROWS, BENCH_LABELS, strict=True)
+    }
+    print(f"\nHeld-out greedy accuracy over seeds {' '.join(map(str, args.seeds))} (mean ± sample std):")
+    for name, label in zip(BENCH_ROWS, BENCH_LABELS, strict=True):
+        mean, std = mean_std(rows[name])
+        each = ", ".join(f"{value:.2f}" for value in rows[name])
+        print(f"  {label:<34} {mean:>6.2f} ± {std:5.2f}%   ({each})")
+    summary = {"seeds": args.seeds, "accuracy_per_seed": rows}
+    with open(os.path.join(base, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    line = " ".join(f"{name}={mean_std(rows[name])[0]:.2f}±{mean_std(rows[name])[1]:.2f}%" for name in BENCH_ROWS)
+    print(f"{line} seeds={len(args.seeds)}")
+    return summary
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m r1aqa.cpu.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -318,16 +358,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n_train", type=int, default=256, help="Training clips.")
     parser.add_argument("--n_test", type=int, default=100, help="Held-out test clips.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model, the clips and the warm-up.")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="With --bench: run it once per seed and report mean ± std over seeds."
+    )
     parser.add_argument("--max_new_tokens", type=int, default=8, help="Evaluation answer length (as training).")
     args, args.grpo_args = parser.parse_known_args(argv)
     args.out = args.out or ("outputs/bench-learning" if args.bench else "outputs/demo")
     if args.steps < 1 or args.save_steps < 1:
         parser.error("--steps and --save_steps must be at least 1.")
+    if args.seeds and not args.bench:
+        parser.error("--seeds repeats the learning benchmark: add --bench.")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    if args.seeds:
+        bench_over_seeds(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":
