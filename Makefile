@@ -14,7 +14,7 @@ help:
 	@echo "make test            the test suite (CPU, tiny model, real AVQA/MMAU files kept in tests/data)"
 	@echo "make test-fast       the suite without the multi-process and subprocess tests marked slow"
 	@echo "make lint            ruff check + format check"
-	@echo "make bench-learning  proof that GRPO learns from audio: before / after / silent audio / stock TRL"
+	@echo "make bench-learning  proof that GRPO learns from audio: before / after / silent audio / stock TRL (SEEDS=\"0 1 2\": mean ± std)"
 	@echo "make bench-perf      audio encoded once per question vs once per completion: encoder calls, step time"
 	@echo "make plan            memory and step-time plan of the 7B recipe for 1-8 GPUs (no download)"
 	@echo "make sft-smoke       the SFT baselines (full, LoRA) end to end on CPU with a tiny model"
