@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from data_paths import MMAR_SAMPLE, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+from tiny_stop_model import END_OF_TEXT, IM_END, steer, stop_test_model
 
 from r1aqa import evaluate as evaluator
 from r1aqa import tables
@@ -560,38 +561,6 @@ def test_several_passes_give_mean_and_std(planted_model, mmau_slice, tmp_path, c
 # ---- stop tokens ---------------------------------------------------------------------------------------------------
 
 
-def stop_test_model(folder) -> dict:
-    """The tiny model whose tokenizer's eos is `<|endoftext|>` while its generation_config.eos_token_id is
-    [`<|endoftext|>`, `<|im_end|>`] (as Qwen2-Audio-7B-Instruct's end-of-turn is not its tokenizer's eos)."""
-    from transformers import AutoProcessor
-
-    write_tiny_model(str(folder))
-    processor = AutoProcessor.from_pretrained(folder)
-    processor.tokenizer.eos_token = "<|endoftext|>"
-    processor.save_pretrained(folder)
-    ids = {name: processor.tokenizer.convert_tokens_to_ids(name) for name in ("<|endoftext|>", "<|im_end|>")}
-    config = _read(folder / "generation_config.json")
-    config["eos_token_id"] = [ids["<|endoftext|>"], ids["<|im_end|>"]]
-    (folder / "generation_config.json").write_text(json.dumps(config))
-    words = {word: processor.tokenizer.convert_tokens_to_ids(word) for word in ("yes", "no")}
-    assert processor.tokenizer.eos_token_id == ids["<|endoftext|>"] and None not in words.values()
-    return {**ids, **words}
-
-
-def steer(model, ids: dict) -> None:
-    """Bias the LM head: `yes` at the first generated position, `<|im_end|>` at the second, `no` after that."""
-    calls = []
-
-    def biased(module, args, output):
-        calls.append(1)
-        token = {1: ids["yes"], 2: ids["<|im_end|>"]}.get(len(calls), ids["no"])
-        output[..., -1, token] += 1000.0
-        return output
-
-    model.lm_head.register_forward_hook(biased)
-    return calls
-
-
 def test_evaluation_stops_at_im_end_when_the_tokenizer_eos_differs(mmau_slice, tmp_path, monkeypatch):
     data_file, audio_dir, _ = mmau_slice
     ids = stop_test_model(tmp_path / "model")
@@ -608,10 +577,10 @@ def test_evaluation_stops_at_im_end_when_the_tokenizer_eos_differs(mmau_slice, t
         out = tmp_path / f"{mode}.json"
         assert _run(tmp_path / "model", data_file, audio_dir, out, "--decoding", mode, "--limit", 1) == 0
         assert _raws(out) == ["yes"]  # not "yes" + "no" * 10: generation ended at <|im_end|>
-        assert len(steps[-1]) == 2
+        assert steps[-1][-1] == 1  # one step after the prompt: <|im_end|>, then no more
         assert _read(tmp_path / f"{mode}.meta.json")["generation_config"]["eos_token_id"] == [
-            ids["<|endoftext|>"],
-            ids["<|im_end|>"],
+            ids[END_OF_TEXT],
+            ids[IM_END],
         ]
 
 
