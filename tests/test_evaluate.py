@@ -655,3 +655,51 @@ def test_mmar_bad_line_and_wrong_benchmark_are_clear_errors(run_dir, mmar_slice,
     assert _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--benchmark", "mmau") == 2
     assert "lacks ['audio_id']" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+# ---- tables: audio vs silence, mean ± std, MMAR columns ------------------------------------------------------------
+
+
+def test_table_shows_audio_silence_and_difference(tmp_path, capsys):
+    audio, silent = tmp_path / "ck", tmp_path / "ck.silent"
+    audio.mkdir(), silent.mkdir()
+    _write_score(audio, 100, {"sound": 2, "music": 3, "speech": 4})  # 9 of 12
+    _write_score(audio, 200, {"sound": 4, "music": 4, "speech": 4})
+    _write_score(silent, 100, {"sound": 1, "music": 3, "speech": 2})  # 6 of 12
+    argv = ["--score_dir", str(audio), "--silent_score_dir", str(silent), "--out_prefix", str(silent / "checkpoints")]
+    assert tables.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Audio vs silence"))
+    assert [line.split() for line in lines[start + 2 : start + 6]] == [
+        ["100", "sound", "50.00", "25.00", "+25.00"],
+        ["music", "75.00", "75.00", "+0.00"],
+        ["speech", "100.00", "50.00", "+50.00"],
+        ["total", "75.00", "50.00", "+25.00"],
+    ]
+    assert lines[start + 6].split() == ["200", "sound", "100.00", "-", "-"]  # no silent score for step 200
+    rows = _read(silent / "checkpoints.json")["rows"]
+    assert rows[0]["silent"]["total"] == 50.0 and rows[0]["diff"] == {"sound": 25.0, "music": 0.0, "speech": 50.0,
+                                                                       "total": 25.0}  # fmt: skip
+    header = (silent / "checkpoints.csv").read_text().splitlines()[0].split(",")
+    assert {"total_silent", "total_diff", "sound_diff"} <= set(header)
+    assert (silent / "checkpoints.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_of_sampled_mmar_passes_shows_mean_and_std(tmp_path, capsys):
+    from r1aqa.scoring import aggregate
+
+    items = [json.loads(line) for line in MMAR_SAMPLE.read_text(encoding="utf-8").splitlines()]
+    passes = []
+    for n_right in (13, 26):  # half right, then all right
+        predicted = [
+            {**item, "answer_prediction": item["answer"] if i < n_right else ""} for i, item in enumerate(items)
+        ]
+        passes.append(score(predicted))
+    (tmp_path / "checkpoint-300.score.json").write_text(json.dumps(aggregate(passes)))
+    assert tables.main(["--score_dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["step", "sound", "music", "speech", "mix-sound-music", "mix-sound-speech",
+                                "mix-music-speech", "mix-sound-music-speech", "total"]  # fmt: skip
+    assert lines[2].split()[-1] == "75.00±35.36" and "mean±std over 2 sampled passes" in lines[3]
+    row = _read(tmp_path / "checkpoints.json")["rows"][0]
+    assert (row["benchmark"], row["total"], row["std"]["total"]) == ("mmar", 75.0, 35.36)
