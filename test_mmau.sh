@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
-# Evaluate every checkpoint-N of a training run on MMAU, then print accuracy per step (best marked), write it as
-# CSV/JSON and plot it. The paper scored steps 100..1000 and reported the best (paper §4, Table 1; docs/recipe.md).
+# Evaluate every checkpoint-N of a training run on MMAU (or MMAR), then print accuracy per step (best marked), write
+# it as CSV/JSON and plot it. The paper scored steps 100..1000 on MMAU test-mini and reported the best (paper §4,
+# Table 1; docs/recipe.md §7), decoding with each checkpoint's own generation config: DECODING=original (default).
 #
 #   bash test_mmau.sh                                            # every checkpoint in $RUN_DIR, in step order
 #   THINK=true RUN_DIR=outputs/grpo-think bash test_mmau.sh       # Prompt <3> (think mode)
 #   STEPS="100 500" BATCH_SIZE=8 bash test_mmau.sh --limit 50    # extra arguments go to r1aqa.evaluate
+#   DECODING=greedy bash test_mmau.sh                            # fully specified greedy decoding
+#   NUM_SAMPLES=3 bash test_mmau.sh                              # 3 seeded passes: mean ± std per task
+#   AUDIO=silent bash test_mmau.sh                               # clips replaced by silence; table: audio vs silent
+#   DATA_FILE=data/mmar/MMAR-meta.jsonl AUDIO_DIR=data/mmar/audio bash test_mmau.sh   # MMAR (docs/recipe.md §8)
 #
 # Checkpoints already scored with the same settings are skipped (add --force to redo them). Results go to
-# $OUT_DIR/checkpoint-N.{json,meta.json,score.json} and $OUT_DIR/checkpoints.{csv,json,png}.
+# $OUT_DIR/checkpoint-N.{json,meta.json,score.json} and $OUT_DIR/checkpoints.{csv,json,png}; with AUDIO=silent to
+# $OUT_DIR.silent/, whose table sets each step's silent accuracy beside the one in $OUT_DIR (when scored).
 set -euo pipefail
 
 # ---- quick config (override any of these from the environment) -------------------------------------------------
 : "${RUN_DIR:=outputs/grpo-qwen2-audio-7b}"                        # output_dir of the training run
 : "${MMAU_FILE:=data/mmau/mmau-test-mini.json}"                     # paper: the 2025-03-25 version
+: "${DATA_FILE:=$MMAU_FILE}"                                        # MMAU JSON list or MMAR-meta.jsonl
+: "${BENCHMARK:=auto}"                                              # auto|mmau|mmar (auto: from the file)
 : "${AUDIO_DIR:=data/mmau/test-mini-audios}"
+: "${DECODING:=original}"                                           # original (paper) | greedy
+: "${SEED:=42}"                                                     # seed of the first pass
+: "${NUM_SAMPLES:=1}"                                               # K seeded passes: mean ± std
+: "${AUDIO:=real}"                                                  # real | silent (audio-dependence control)
 : "${BATCH_SIZE:=32}"                                               # paper: 32
 : "${MAX_NEW_TOKENS:=256}"                                          # paper: 256
 : "${THINK:=}"                                                      # true: Prompt <3>; false: Prompt <2>;
                                                                     # empty: as the run was trained (r1aqa_run.json)
 : "${PROMPT_STYLE:=}"                                               # answer|think|plain; default from THINK
 : "${STEPS:=}"                                                      # e.g. "100 200 300"; empty: every checkpoint
-: "${OUT_DIR:=}"                                                    # default: $RUN_DIR/mmau/<data file>.<style>
+: "${OUT_DIR:=}"                                                    # default: see below
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python; fi
@@ -45,9 +57,25 @@ elif [[ "$THINK" == true && "$PROMPT_STYLE" != think ]]; then
     die "THINK=true contradicts PROMPT_STYLE=$PROMPT_STYLE: set one of them"
 fi
 [[ -d "$RUN_DIR" ]] || die "RUN_DIR=$RUN_DIR is not a folder (set RUN_DIR to the training run's output_dir)"
-[[ -f "$MMAU_FILE" ]] || die "MMAU_FILE=$MMAU_FILE does not exist (see data/README.md)"
+[[ -f "$DATA_FILE" ]] || die "DATA_FILE=$DATA_FILE does not exist (see data/README.md)"
 [[ -d "$AUDIO_DIR" ]] || die "AUDIO_DIR=$AUDIO_DIR is not a folder (see data/README.md)"
-: "${OUT_DIR:=$RUN_DIR/mmau/$(basename "$MMAU_FILE" .json).$PROMPT_STYLE}"
+case "$DECODING" in original|greedy) ;; *) die "DECODING must be original or greedy, got '$DECODING'" ;; esac
+case "$AUDIO" in real|silent) ;; *) die "AUDIO must be real or silent, got '$AUDIO'" ;; esac
+[[ "$NUM_SAMPLES" =~ ^[1-9][0-9]*$ ]] || die "NUM_SAMPLES must be a positive number, got '$NUM_SAMPLES'"
+[[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be a number, got '$SEED'"
+if [[ "$BENCHMARK" == auto ]]; then
+    BENCHMARK=$("$PYTHON" -c 'import sys; from r1aqa.scoring import detect_benchmark, load_items
+print(detect_benchmark(load_items(sys.argv[1])))' "$DATA_FILE") || die "cannot read DATA_FILE=$DATA_FILE"
+fi
+# One folder per benchmark file, prompt style and decoding (+ number of passes), so settings never mix:
+# $RUN_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K]; the silent control goes to the same name + .silent.
+DATA_NAME=$(basename "$DATA_FILE"); DATA_NAME=${DATA_NAME%.jsonl}; DATA_NAME=${DATA_NAME%.json}
+SUFFIX=""
+[[ "$DECODING" == greedy ]] && SUFFIX+=".greedy"
+((NUM_SAMPLES > 1)) && SUFFIX+=".samples-$NUM_SAMPLES"
+: "${OUT_DIR:=$RUN_DIR/$BENCHMARK/$DATA_NAME.$PROMPT_STYLE$SUFFIX}"
+EVAL_DIR="$OUT_DIR"
+[[ "$AUDIO" == silent ]] && EVAL_DIR="$OUT_DIR.silent"
 
 # ---- checkpoints, in numeric step order --------------------------------------------------------------------------
 if [[ -n "$STEPS" ]]; then
@@ -62,28 +90,39 @@ else
     mapfile -t steps < <("$PYTHON" -m r1aqa.checkpoints "$RUN_DIR")
     ((${#steps[@]})) || die "no complete checkpoint-N folder in RUN_DIR=$RUN_DIR (training saves one every save_steps)"
 fi
-echo "MMAU: ${#steps[@]} checkpoint(s) of $RUN_DIR (steps ${steps[*]}), $MMAU_FILE, prompt $PROMPT_STYLE -> $OUT_DIR"
+echo "${BENCHMARK^^}: ${#steps[@]} checkpoint(s) of $RUN_DIR (steps ${steps[*]}), $DATA_FILE, prompt $PROMPT_STYLE," \
+    "decoding $DECODING (seed $SEED, $NUM_SAMPLES pass(es)), audio $AUDIO -> $EVAL_DIR"
 
 # ---- evaluate ----------------------------------------------------------------------------------------------------
-mkdir -p "$OUT_DIR"
+mkdir -p "$EVAL_DIR"
 for step in "${steps[@]}"; do
     echo "=== checkpoint-$step ==="
     # Skips at once (no model loaded) when the checkpoint was already scored with the same settings; stops with an
     # error when its output was made with other settings (--limit, prompt, decoding...).
     "$PYTHON" -m r1aqa.evaluate \
         --model_path "$RUN_DIR/checkpoint-$step" \
-        --data_file "$MMAU_FILE" \
+        --data_file "$DATA_FILE" \
+        --benchmark "$BENCHMARK" \
         --audio_dir "$AUDIO_DIR" \
-        --out_file "$OUT_DIR/checkpoint-$step.json" \
+        --out_file "$EVAL_DIR/checkpoint-$step.json" \
         --batch_size "$BATCH_SIZE" \
         --max_new_tokens "$MAX_NEW_TOKENS" \
         --prompt_style "$PROMPT_STYLE" \
+        --decoding "$DECODING" \
+        --seed "$SEED" \
+        --num_samples "$NUM_SAMPLES" \
+        --audio "$AUDIO" \
         "$@"
 done
 
 # ---- table and plot ----------------------------------------------------------------------------------------------
-if compgen -G "$OUT_DIR/checkpoint-*.score.json" >/dev/null; then
-    "$PYTHON" -m r1aqa.tables --score_dir "$OUT_DIR"
+if ! compgen -G "$EVAL_DIR/checkpoint-*.score.json" >/dev/null; then
+    echo "No scores (the data file has no answers): predictions are in $EVAL_DIR."
+elif [[ "$AUDIO" == silent ]] && compgen -G "$OUT_DIR/checkpoint-*.score.json" >/dev/null; then
+    # With audio (scored earlier into $OUT_DIR) beside silent, per step and task; files in the silent folder.
+    "$PYTHON" -m r1aqa.tables --score_dir "$OUT_DIR" --silent_score_dir "$EVAL_DIR" \
+        --out_prefix "$EVAL_DIR/checkpoints"
 else
-    echo "No scores (the data file has no answers): predictions are in $OUT_DIR."
+    [[ "$AUDIO" == silent ]] && echo "No scores with audio in $OUT_DIR yet: the table shows silent accuracy only."
+    "$PYTHON" -m r1aqa.tables --score_dir "$EVAL_DIR"
 fi

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from data_paths import MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+from data_paths import MMAR_SAMPLE, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+from tiny_stop_model import END_OF_TEXT, IM_END, steer, stop_test_model
 
 from r1aqa import evaluate as evaluator
 from r1aqa import tables
@@ -28,7 +29,7 @@ from r1aqa.scoring import score
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = "12"  # the tiny model babbles until the limit; 12 tokens keep each run to seconds
-PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output")
+PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output", "answer_prediction")
 
 
 def _select_items() -> list[dict]:
@@ -116,9 +117,8 @@ def test_predictions_file_has_both_keys_and_raw_output(scored_run, mmau_slice):
     for item, predicted in zip(items, predictions, strict=True):
         assert {key: predicted[key] for key in item} == item  # input keys unchanged, same order of items
         assert set(predicted) == set(item) | set(PREDICTION_KEYS)
-        assert (
-            predicted["model_output"] == predicted["model_prediction"] == extract_answer(predicted["model_raw_output"])
-        )
+        answer = extract_answer(predicted["model_raw_output"])
+        assert predicted["model_output"] == predicted["model_prediction"] == predicted["answer_prediction"] == answer
     assert any(predicted["model_raw_output"] for predicted in predictions)
     # the two checkpoints have different weights, so they must say different things
     assert [p["model_raw_output"] for p in predictions] != [
@@ -128,7 +128,17 @@ def test_predictions_file_has_both_keys_and_raw_output(scored_run, mmau_slice):
 
 def test_meta_records_decoding_and_processor_fallback(scored_run, run_dir):
     meta = _read(scored_run / "checkpoint-100.meta.json")
-    assert meta["settings"]["decoding"] == {"do_sample": False, "max_new_tokens": 12, "num_beams": 1}
+    assert meta["settings"]["decoding"] == {
+        "mode": "original",
+        "max_new_tokens": 12,
+        "seed": 42,
+        "batch_size": 4,
+        "overrides": {},
+    }
+    assert (meta["settings"]["benchmark"], meta["settings"]["audio"]) == ("mmau", "real")
+    # the tiny checkpoint's generation_config.json sets no sampling: transformers' defaults (greedy) resolve it
+    used = meta["generation_config"]
+    assert (used["do_sample"], used["max_new_tokens"], used["num_beams"], used["top_k"]) == (False, 12, 1, 50)
     assert meta["settings"]["prompt_style"] == "answer"
     assert meta["settings"]["processor_path"] == str(run_dir / "checkpoint-100")
     assert (meta["device"], meta["dtype"], meta["n_items"], meta["n_audio_errors"]) == ("cpu", "float32", 6, 0)
@@ -387,9 +397,9 @@ def test_shell_script_evaluates_skips_and_tabulates(tmp_path, tiny_model_dir, mm
     score_dir = run / "mmau" / "mmau-3.answer"
     assert (score_dir / "checkpoint-5.json").exists() and (score_dir / "checkpoint-5.score.json").exists()
     assert "*      5" in first.stdout and (score_dir / "checkpoints.png").exists()
-    assert (
-        "Skipping" in first.stdout and "checkpoint-7" in first.stdout and not (score_dir / "checkpoint-7.json").exists()
-    )
+    # r1aqa.checkpoints names the incomplete checkpoint on stderr
+    assert "Skipping" in first.stderr and "checkpoint-7" in first.stderr
+    assert not (score_dir / "checkpoint-7.json").exists()
 
     again = subprocess.run([script], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -404,4 +414,321 @@ def test_shell_script_evaluates_skips_and_tabulates(tmp_path, tiny_model_dir, mm
 
     (tmp_path / "empty").mkdir()
     empty = subprocess.run([script], env={**env, "RUN_DIR": str(tmp_path / "empty")}, capture_output=True, text=True)
-    assert empty.returncode == 2 and "no checkpoint-N folder" in empty.stderr
+    assert empty.returncode == 2 and "no complete checkpoint-N folder" in empty.stderr
+
+
+@pytest.mark.slow  # three subprocesses, ~25 s of CPU
+def test_shell_script_silent_control_and_mmar(tmp_path, mmau_slice, mmar_slice):
+    data_file, audio_dir, items = mmau_slice
+    run = tmp_path / "run"
+    write_tiny_model(str(run / "checkpoint-5"), seed=2)
+    small = tmp_path / "mmau-3.json"
+    small.write_text(json.dumps([items[1], items[2], items[4]]))
+    env = {**os.environ, "RUN_DIR": str(run), "MMAU_FILE": str(small), "AUDIO_DIR": audio_dir, "BATCH_SIZE": "3",
+           "MAX_NEW_TOKENS": "8", "PYTHON": sys.executable}  # fmt: skip
+    script = str(REPO / "test_mmau.sh")
+    for audio in ("real", "silent"):
+        result = subprocess.run([script], env={**env, "AUDIO": audio}, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    with_audio, silent = run / "mmau" / "mmau-3.answer", run / "mmau" / "mmau-3.answer.silent"
+    assert _read(silent / "checkpoint-5.meta.json")["settings"]["audio"] == "silent"
+    assert "Audio vs silence" in result.stdout and (silent / "checkpoints.png").exists()
+    row = _read(silent / "checkpoints.json")["rows"][0]
+    assert row["total"] == _read(with_audio / "checkpoint-5.score.json")["total"]["accuracy"]
+    assert row["silent"]["total"] == _read(silent / "checkpoint-5.score.json")["total"]["accuracy"]
+
+    mmar_file, mmar_audio, _ = mmar_slice
+    mmar = subprocess.run([script], env={**env, "DATA_FILE": mmar_file, "AUDIO_DIR": mmar_audio, "DECODING": "greedy"},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert mmar.returncode == 0, mmar.stderr[-3000:]
+    folder = run / "mmar" / "MMAR-meta.answer.greedy"
+    assert _read(folder / "checkpoint-5.score.json")["benchmark"] == "mmar"
+    assert "mix-sound-speech" in mmar.stdout and "MMAR: 1 checkpoint(s)" in mmar.stdout
+
+
+# ---- decoding modes, seeds and passes (issue 14; docs/recipe.md §7) -------------------------------------------------
+
+# What Qwen2-Audio-7B-Instruct's generation_config.json turns on (sampling), plus fields a checkpoint may carry that
+# change greedy output: all of them must stay out of `--decoding greedy`.
+PLANTED = {
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_k": 20,
+    "top_p": 0.5,
+    "repetition_penalty": 1.1,
+    "no_repeat_ngram_size": 2,
+    "min_new_tokens": 12,
+    "suppress_tokens": list(range(10, 300)),  # "off" is None here: only keeping the file out of generate() helps
+}
+
+
+@pytest.fixture(scope="module")
+def planted_model(tmp_path_factory, tiny_model_dir):
+    """The tiny model with a generation_config.json that samples and sets greedy-changing fields."""
+    folder = tmp_path_factory.mktemp("planted") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = _read(folder / "generation_config.json")
+    (folder / "generation_config.json").write_text(json.dumps({**config, **PLANTED}))
+    return folder
+
+
+def _raws(path) -> list[str]:
+    return [item["model_raw_output"] for item in _read(path)]
+
+
+def test_greedy_ignores_a_planted_generation_config(planted_model, tiny_model_dir, mmau_slice, tmp_path):
+    data_file, audio_dir, _ = mmau_slice
+    for name, model in (("plain", tiny_model_dir), ("planted", planted_model)):
+        for mode in ("greedy", "original"):
+            out = tmp_path / f"{name}-{mode}.json"
+            assert _run(model, data_file, audio_dir, out, "--decoding", mode, "--batch_size", 3, "--limit", 3) == 0
+    assert _raws(tmp_path / "planted-greedy.json") == _raws(tmp_path / "plain-greedy.json")
+    # the planted file does matter where it should: the original protocol samples with it
+    assert _raws(tmp_path / "planted-original.json") != _raws(tmp_path / "plain-original.json")
+    # the tiny checkpoint itself sets no sampling: its original protocol is greedy decoding
+    assert _raws(tmp_path / "plain-original.json") == _raws(tmp_path / "plain-greedy.json")
+    greedy = _read(tmp_path / "planted-greedy.meta.json")["generation_config"]
+    assert {key: greedy[key] for key in PLANTED} == {key: evaluator.GREEDY[key] for key in PLANTED}
+    original = _read(tmp_path / "planted-original.meta.json")
+    assert {key: original["generation_config"][key] for key in PLANTED} == PLANTED
+    assert (
+        original["settings"]["decoding"]["mode"] == "original" and original["generation_config"]["max_new_tokens"] == 12
+    )
+
+
+def test_original_is_the_original_generate_call_seeded(planted_model, mmau_slice):
+    """`--decoding original` generates what `model.generate(**inputs, max_new_tokens=N)` does under the same seed."""
+    import torch
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from r1aqa.audio import prompts_with_audio
+
+    data_file, audio_dir, items = mmau_slice
+    processor = AutoProcessor.from_pretrained(planted_model)
+    processor.tokenizer.padding_side = "left"
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(planted_model).eval()
+    conversations = prompts_with_audio([mmau_example(item, audio_dir)["prompt"] for item in items[:3]])
+    inputs = evaluator.model_inputs(model, processor, conversations)
+    decoding = {"mode": "original", "max_new_tokens": 12, "seed": 0, "batch_size": 3, "overrides": {}}
+    config = evaluator.generation_config(model, processor, decoding)
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            literal = model.generate(**inputs, max_new_tokens=12)
+        torch.manual_seed(seed)
+        with torch.inference_mode(), evaluator.checkpoint_defaults_off(model):
+            ours = model.generate(**inputs, generation_config=config)
+        assert torch.equal(ours, literal)
+        runs.append(ours)
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])  # seeded; and it does sample
+    assert model.generation_config.do_sample is True  # the context restored the checkpoint's config
+
+
+def test_original_sampling_reruns_and_resumes_identically(planted_model, mmau_slice, tmp_path, monkeypatch, capsys):
+    data_file, audio_dir, _ = mmau_slice
+    args = ("--batch_size", 2, "--limit", 6)
+    assert _run(planted_model, data_file, audio_dir, tmp_path / "a.json", *args) == 0
+    assert _run(planted_model, data_file, audio_dir, tmp_path / "b.json", *args) == 0
+    assert _run(planted_model, data_file, audio_dir, tmp_path / "c.json", *args, "--seed", 7) == 0
+    assert _raws(tmp_path / "a.json") == _raws(tmp_path / "b.json") != _raws(tmp_path / "c.json")
+
+    real_generate = evaluator.generate_batch
+    calls = []
+
+    def killed_in_second_batch(*call_args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(*call_args, **kwargs)
+
+    monkeypatch.setattr(evaluator, "generate_batch", killed_in_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(planted_model, data_file, audio_dir, tmp_path / "d.json", *args)
+    monkeypatch.undo()
+    assert _run(planted_model, data_file, audio_dir, tmp_path / "d.json", *args) == 0
+    assert "Resuming: 2 of 6 items already done" in capsys.readouterr().out
+    assert _raws(tmp_path / "d.json") == _raws(tmp_path / "a.json")  # batches 1 and 2 drew the numbers of run a
+    assert _read(tmp_path / "a.meta.json")["seeding"].startswith("torch.manual_seed(batch_seed(seed, batch index))")
+
+
+def test_overrides_apply_on_top_of_the_mode_and_are_recorded(planted_model, mmau_slice, tmp_path):
+    data_file, audio_dir, _ = mmau_slice
+    out = tmp_path / "out.json"
+    flags = ("--decoding", "greedy", "--do_sample", "true", "--temperature", "1.5", "--limit", 2)
+    assert _run(planted_model, data_file, audio_dir, out, *flags) == 0
+    meta = _read(tmp_path / "out.meta.json")
+    assert meta["settings"]["decoding"]["overrides"] == {"do_sample": True, "temperature": 1.5}
+    used = meta["generation_config"]
+    assert (used["do_sample"], used["temperature"], used["top_k"], used["no_repeat_ngram_size"]) == (True, 1.5, 50, 0)
+
+
+def test_several_passes_give_mean_and_std(planted_model, mmau_slice, tmp_path, capsys):
+    data_file, audio_dir, _ = mmau_slice
+    flags = ("--batch_size", 3, "--max_new_tokens", 4)
+    assert _run(planted_model, data_file, audio_dir, tmp_path / "ck.json", *flags, "--num_samples", 3, "--seed", 1) == 0
+    passes = [_read(tmp_path / f"ck.sample-{k}.score.json") for k in range(3)]
+    assert [_read(tmp_path / f"ck.sample-{k}.meta.json")["settings"]["decoding"]["seed"] for k in range(3)] == [1, 2, 3]
+    combined = _read(tmp_path / "ck.score.json")
+    assert combined["seeds"] == [1, 2, 3] and combined["num_samples"] == 3
+    assert combined["total"]["per_sample"] == [p["total"]["accuracy"] for p in passes]
+    assert combined["task"]["music"]["per_sample"] == [p["task"]["music"]["accuracy"] for p in passes]
+    assert not (tmp_path / "ck.json").exists()
+    # pass k is the single-pass evaluation with seed seed + k
+    assert _run(planted_model, data_file, audio_dir, tmp_path / "one.json", *flags, "--seed", 2) == 0
+    assert _raws(tmp_path / "one.json") == _raws(tmp_path / "ck.sample-1.json")
+    assert "Total Accuracy:" in capsys.readouterr().out
+    # a rerun skips every pass and rewrites the same aggregate
+    assert _run(planted_model, data_file, audio_dir, tmp_path / "ck.json", *flags, "--num_samples", 3, "--seed", 1) == 0
+    assert capsys.readouterr().out.count("Skipping") == 3 and _read(tmp_path / "ck.score.json") == combined
+    # greedy passes would all be the same
+    with pytest.raises(SystemExit):
+        evaluator.parse_args(["--model_path", "m", "--data_file", "d", "--audio_dir", "a", "--out_file", "o",
+                              "--decoding", "greedy", "--num_samples", "2"])  # fmt: skip
+
+
+# ---- stop tokens ---------------------------------------------------------------------------------------------------
+
+
+def test_evaluation_stops_at_im_end_when_the_tokenizer_eos_differs(mmau_slice, tmp_path, monkeypatch):
+    data_file, audio_dir, _ = mmau_slice
+    ids = stop_test_model(tmp_path / "model")
+    real_load = evaluator.load_model_and_processor
+    steps = []
+
+    def load_steered(*args):
+        model, processor = real_load(*args)
+        steps.append(steer(model, ids))
+        return model, processor
+
+    monkeypatch.setattr(evaluator, "load_model_and_processor", load_steered)
+    for mode in ("original", "greedy"):
+        out = tmp_path / f"{mode}.json"
+        assert _run(tmp_path / "model", data_file, audio_dir, out, "--decoding", mode, "--limit", 1) == 0
+        assert _raws(out) == ["yes"]  # not "yes" + "no" * 10: generation ended at <|im_end|>
+        assert steps[-1][-1] == 1  # one step after the prompt: <|im_end|>, then no more
+        assert _read(tmp_path / f"{mode}.meta.json")["generation_config"]["eos_token_id"] == [
+            ids[END_OF_TEXT],
+            ids[IM_END],
+        ]
+
+
+# ---- silent audio --------------------------------------------------------------------------------------------------
+
+
+def test_silent_audio_is_silence_of_the_same_length(run_dir, mmau_slice, tmp_path):
+    import soundfile
+
+    from r1aqa.audio import load_audio
+
+    data_file, audio_dir, items = mmau_slice
+    zeros = tmp_path / "zeros"
+    zeros.mkdir()
+    for item in items:  # every clip as a 16 kHz WAV of zeros, as long as the clip once loaded
+        name = os.path.basename(item["audio_id"])
+        soundfile.write(zeros / name, np.zeros_like(load_audio(os.path.join(audio_dir, name))), 16_000)
+    model = run_dir / "checkpoint-100"
+    assert _run(model, data_file, audio_dir, tmp_path / "silent.json", "--audio", "silent", "--batch_size", 3) == 0
+    assert _run(model, data_file, zeros, tmp_path / "zeros.json", "--batch_size", 3) == 0
+    assert _run(model, data_file, audio_dir, tmp_path / "real.json", "--batch_size", 3) == 0
+    assert _raws(tmp_path / "silent.json") == _raws(tmp_path / "zeros.json") != _raws(tmp_path / "real.json")
+    assert _read(tmp_path / "silent.meta.json")["settings"]["audio"] == "silent"
+
+
+# ---- MMAR ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mmar_slice(tmp_path_factory):
+    """(data_file, audio_dir, items): the first 5 lines of the real MMAR sample, with made clips (tones, chirps,
+    noise; not MMAR audio) named as their `audio_path`s."""
+    root = tmp_path_factory.mktemp("mmar")
+    (root / "audio").mkdir()
+    lines = MMAR_SAMPLE.read_text(encoding="utf-8").splitlines()[:5]
+    items = [json.loads(line) for line in lines]
+    for index, item in enumerate(items):
+        samples, rate = _made_clip(index)
+        sf.write(root / "audio" / os.path.basename(item["audio_path"]), samples, rate)
+    data_file = root / "MMAR-meta.jsonl"
+    data_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(data_file), str(root / "audio"), items
+
+
+def test_mmar_is_detected_evaluated_and_scored_by_modality(run_dir, mmar_slice, tmp_path):
+    from test_scoring import official_mmar_report
+
+    data_file, audio_dir, items = mmar_slice
+    out = tmp_path / "mmar.json"
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 3) == 0
+    predictions = _read(out)
+    assert isinstance(predictions, list) and len(predictions) == 5
+    for item, predicted in zip(items, predictions, strict=True):
+        assert {key: predicted[key] for key in item} == item  # MMAR's keys kept, `audio_path` as in the file
+        assert predicted["answer_prediction"] == extract_answer(predicted["model_raw_output"])
+    summary = _read(tmp_path / "mmar.score.json")
+    assert summary["benchmark"] == "mmar" and _read(tmp_path / "mmar.meta.json")["settings"]["benchmark"] == "mmar"
+    assert sum(row["total"] for row in summary["modality"].values()) == 5
+    assert summary["total"]["correct"] == official_mmar_report(predictions)[1]
+    # the same predictions with each item's answer: the output's keys are what MMAR's script reads
+    answered = [{**p, "answer_prediction": p["answer"]} for p in predictions]
+    assert score(answered)["total"]["accuracy"] == 100.0
+
+
+def test_mmar_bad_line_and_wrong_benchmark_are_clear_errors(run_dir, mmar_slice, tmp_path, capsys):
+    data_file, audio_dir, _ = mmar_slice
+    lines = Path(data_file).read_text(encoding="utf-8").splitlines()
+    broken = tmp_path / "MMAR-meta.jsonl"
+    broken.write_text("\n".join([lines[0], lines[1][:40], *lines[2:]]) + "\n", encoding="utf-8")
+    assert _run(run_dir / "checkpoint-100", broken, audio_dir, tmp_path / "out.json") == 2
+    assert f"{broken}:2: not valid JSON" in capsys.readouterr().err
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--benchmark", "mmau") == 2
+    assert "lacks ['audio_id']" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
+
+
+# ---- tables: audio vs silence, mean ± std, MMAR columns ------------------------------------------------------------
+
+
+def test_table_shows_audio_silence_and_difference(tmp_path, capsys):
+    audio, silent = tmp_path / "ck", tmp_path / "ck.silent"
+    audio.mkdir(), silent.mkdir()
+    _write_score(audio, 100, {"sound": 2, "music": 3, "speech": 4})  # 9 of 12
+    _write_score(audio, 200, {"sound": 4, "music": 4, "speech": 4})
+    _write_score(silent, 100, {"sound": 1, "music": 3, "speech": 2})  # 6 of 12
+    argv = ["--score_dir", str(audio), "--silent_score_dir", str(silent), "--out_prefix", str(silent / "checkpoints")]
+    assert tables.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Audio vs silence"))
+    assert [line.split() for line in lines[start + 2 : start + 6]] == [
+        ["100", "sound", "50.00", "25.00", "+25.00"],
+        ["music", "75.00", "75.00", "+0.00"],
+        ["speech", "100.00", "50.00", "+50.00"],
+        ["total", "75.00", "50.00", "+25.00"],
+    ]
+    assert lines[start + 6].split() == ["200", "sound", "100.00", "-", "-"]  # no silent score for step 200
+    rows = _read(silent / "checkpoints.json")["rows"]
+    assert rows[0]["silent"]["total"] == 50.0 and rows[0]["diff"] == {"sound": 25.0, "music": 0.0, "speech": 50.0,
+                                                                       "total": 25.0}  # fmt: skip
+    header = (silent / "checkpoints.csv").read_text().splitlines()[0].split(",")
+    assert {"total_silent", "total_diff", "sound_diff"} <= set(header)
+    assert (silent / "checkpoints.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_of_sampled_mmar_passes_shows_mean_and_std(tmp_path, capsys):
+    from r1aqa.scoring import aggregate
+
+    items = [json.loads(line) for line in MMAR_SAMPLE.read_text(encoding="utf-8").splitlines()]
+    passes = []
+    for n_right in (13, 26):  # half right, then all right
+        predicted = [
+            {**item, "answer_prediction": item["answer"] if i < n_right else ""} for i, item in enumerate(items)
+        ]
+        passes.append(score(predicted))
+    (tmp_path / "checkpoint-300.score.json").write_text(json.dumps(aggregate(passes)))
+    assert tables.main(["--score_dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["step", "sound", "music", "speech", "mix-sound-music", "mix-sound-speech",
+                                "mix-music-speech", "mix-sound-music-speech", "total"]  # fmt: skip
+    assert lines[2].split()[-1] == "75.00±35.36" and "mean±std over 2 sampled passes" in lines[3]
+    row = _read(tmp_path / "checkpoints.json")["rows"][0]
+    assert (row["benchmark"], row["total"], row["std"]["total"]) == ("mmar", 75.0, 35.36)

@@ -1,4 +1,5 @@
-"""MMAU scoring (docs/recipe.md §7): the official rule, the real test-mini files, robustness and the CLI."""
+"""MMAU and MMAR scoring (docs/recipe.md §7, §8): the official rule, the real test-mini files and MMAR sample,
+robustness, mean ± std over passes and the CLI."""
 
 import copy
 import json
@@ -8,12 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from data_paths import MMAU_2025_03, MMAU_2025_05
+from data_paths import MMAR_SAMPLE, MMAU_2025_03, MMAU_2025_05
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1aqa.prompts import extract_answer
-from r1aqa.scoring import format_report, is_match, load_items, main, score
+from r1aqa.scoring import (
+    aggregate,
+    detect_benchmark,
+    format_aggregate,
+    format_report,
+    is_match,
+    load_items,
+    main,
+    score,
+)
 
 MMAU_FILES = {"2025-03-25": MMAU_2025_03, "v05.15.25": MMAU_2025_05}
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -289,3 +299,113 @@ def test_scorer_never_raises_and_agrees_with_the_official_rule(text, item):
         item["answer"], text, item["choices"]
     )
     assert format_report(summary)
+
+
+# ---- MMAR (docs/recipe.md §8): the same rule, its own groups and prediction key ----
+def mmar_items():
+    return load_items(MMAR_SAMPLE)
+
+
+def official_mmar_report(data):
+    """MMAR's evaluation.py loop and printout, re-implemented literally (it reads `answer_prediction` and skips
+    items without it)."""
+    corr, total = 0, 0
+    modality_metrics = {name: [0, 0] for name in MMAR_MODALITIES}
+    category_metrics = {name: [0, 0] for name in MMAR_CATEGORIES}
+    subcat_metrics = {}
+    for sample in data:
+        if "answer_prediction" not in sample:
+            continue
+        subcat = sample.get("sub-category", None)
+        if subcat is not None and subcat not in subcat_metrics:
+            subcat_metrics[subcat] = [0, 0]
+        if official_string_match(sample["answer"], sample["answer_prediction"], sample["choices"]):
+            modality_metrics[sample["modality"]][0] += 1
+            category_metrics[sample["category"]][0] += 1
+            if subcat is not None:
+                subcat_metrics[subcat][0] += 1
+            corr += 1
+        total += 1
+        modality_metrics[sample["modality"]][1] += 1
+        category_metrics[sample["category"]][1] += 1
+        if subcat is not None:
+            subcat_metrics[subcat][1] += 1
+    lines = []
+    for title, metrics in (("Modality", modality_metrics), ("Category", category_metrics),
+                           ("Sub-category", subcat_metrics)):  # fmt: skip
+        lines += ["*" * 30, f"{title}-wise Accuracy:"]
+        for name, (n_correct, n_total) in metrics.items():
+            acc = (n_correct / n_total) * 100 if n_total > 0 else 0
+            lines.append(f"{name} : {acc:.2f}% over {n_total} samples")
+    lines += ["*" * 30, f"Total Accuracy: {(corr / total) * 100:.2f}% over {total} samples", "*" * 30]
+    return lines, corr
+
+
+MMAR_MODALITIES = ("sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
+                   "mix-sound-music-speech")  # fmt: skip
+MMAR_CATEGORIES = ("Signal Layer", "Perception Layer", "Semantic Layer", "Cultural Layer")
+
+
+def test_mmar_sample_is_read_and_detected():
+    items = mmar_items()
+    assert (
+        len(items) == 26 and detect_benchmark(items) == "mmar" and detect_benchmark(real_items("v05.15.25")) == "mmau"
+    )
+    assert {item["modality"] for item in items} == set(MMAR_MODALITIES)
+    assert {item["category"] for item in items} == set(MMAR_CATEGORIES)
+
+
+@pytest.mark.parametrize("pick", [0, 1, -1])
+def test_mmar_scores_what_its_official_script_counts(pick):
+    items = with_predictions(mmar_items(), lambda item: item["choices"][pick], key="answer_prediction")
+    summary = score(items)
+    assert summary["benchmark"] == "mmar" and list(summary)[2:4] == ["modality", "category"]
+    expected_lines, expected_correct = official_mmar_report(items)
+    assert summary["total"]["correct"] == expected_correct and summary["total"]["total"] == 26
+    assert format_report(summary).splitlines()[: len(expected_lines)] == expected_lines
+    assert list(summary["modality"]) == list(MMAR_MODALITIES)
+    assert list(summary["category"]) == list(MMAR_CATEGORIES)
+
+
+def test_mmar_answers_score_100_and_answer_prediction_is_the_key_read():
+    items = with_predictions(mmar_items(), lambda item: item["answer"], key="answer_prediction")
+    items = with_predictions(items, lambda item: "", key="model_output")  # MMAR's script does not read it
+    summary = score(items, "mmar")
+    assert summary["total"] == {"accuracy": 100.0, "correct": 26, "total": 26}
+    assert all(row["accuracy"] == 100.0 for row in summary["sub-category"].values())
+
+
+def test_mmar_jsonl_with_a_bad_line_names_file_and_line(tmp_path):
+    lines = MMAR_SAMPLE.read_text(encoding="utf-8").splitlines()
+    broken = tmp_path / "MMAR-meta.jsonl"
+    broken.write_text("\n".join([*lines[:2], '{"id": "cut', *lines[2:]]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"MMAR-meta\.jsonl:3: not valid JSON"):
+        load_items(broken)
+    broken.write_text(lines[0] + "\n[1, 2]\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"MMAR-meta\.jsonl:2: expected a JSON object per line"):
+        load_items(broken)
+
+
+def test_cli_scores_an_mmar_file(tmp_path, capsys):
+    items = with_predictions(mmar_items(), lambda item: item["answer"], key="answer_prediction")
+    items[0]["answer_prediction"] = items[0]["choices"][1]  # the answer is choices[2]: one wrong
+    path = tmp_path / "mmar-predictions.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+    main(["--input", str(path)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == "Modality-wise Accuracy:" and "Total Accuracy: 96.15% over 26 samples" in printed
+
+
+def test_aggregate_is_mean_and_sample_std_over_passes():
+    base = real_items("2025-03-25")[:8]  # four right, then six, then five of eight
+    passes = [
+        with_predictions(base, lambda item, n=n: item["answer"] if base.index(item) < n else "") for n in (4, 6, 5)
+    ]
+    summaries = [score(items) for items in passes]
+    combined = aggregate(summaries)
+    assert combined["num_samples"] == 3 and combined["total"]["per_sample"] == [50.0, 75.0, 62.5]
+    assert combined["total"]["accuracy"] == 62.5 and combined["total"]["std"] == 12.5
+    assert combined["total"]["total"] == 8 and combined["no_prediction"] == {"missing": 0, "none": 0, "non_string": 0}
+    for task, row in combined["task"].items():
+        assert row["per_sample"] == [s["task"][task]["accuracy"] for s in summaries]
+    assert "62.50% ± 12.50 over 8 samples (3 passes: 50.00, 75.00, 62.50)" in format_aggregate(combined)

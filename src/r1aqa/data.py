@@ -1,4 +1,4 @@
-"""Training and evaluation rows: AVQA JSONL (written by `r1aqa.prepare_avqa`) and MMAU items -> conversations.
+"""Training and evaluation rows: AVQA JSONL (written by `r1aqa.prepare_avqa`), MMAU and MMAR items -> conversations.
 
 Every row holds a conversational `prompt` (one user turn: the audio part with the WAV path, then docs/recipe.md §4's text),
 the gold `solution` (`<answer>{option}</answer>`) and every original key, which the reward functions receive as
@@ -132,6 +132,20 @@ def mmau_example(item: dict, audio_dir: str, think: bool = False, format_instruc
     Prompt <1> (the SFT baselines).
     """
     audio_path = mmau_audio_path(item, audio_dir)
+    text = format_question(item["question"], item["choices"], think, format_instruction)
+    return {**_example(item, audio_path, text, item.get("answer")), "audio_path": audio_path}
+
+
+def mmar_audio_path(item: dict, audio_dir: str) -> str:
+    """MMAR's `audio_path` is `./audio/<name>.wav` (the name is not always the id): the file name under `audio_dir`."""
+    return os.path.join(audio_dir, os.path.basename(item["audio_path"]))
+
+
+def mmar_example(item: dict, audio_dir: str, think: bool = False, format_instruction: bool = True) -> dict:
+    """One MMAR metadata item -> the same conversation as MMAU's (`mmau_example`): its `question` and `choices` in
+    the training prompt, the audio found under `audio_dir` by the file name of `audio_path` (which the row's
+    `audio_path` then holds)."""
+    audio_path = mmar_audio_path(item, audio_dir)
     text = format_question(item["question"], item["choices"], think, format_instruction)
     return {**_example(item, audio_path, text, item.get("answer")), "audio_path": audio_path}
 

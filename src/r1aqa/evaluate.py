@@ -1,4 +1,4 @@
-"""MMAU inference for one checkpoint: batched, left-padded generation with audio, then the official scoring.
+"""MMAU or MMAR inference for one checkpoint: batched, left-padded generation with audio, then the official scoring.
 
     python -m r1aqa.evaluate --model_path outputs/grpo-qwen2-audio-7b/checkpoint-100 \\
         --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
@@ -9,17 +9,40 @@
         --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
         --out_file outputs/tiny-mmau.json --limit 3 --max_new_tokens 16
 
-`test_mmau.sh` runs this for every checkpoint of a run. Prompts come from `r1aqa.data.mmau_example` (the builder
-training uses), answers from `r1aqa.prompts.extract_answer` (the accuracy reward's extraction). Decoding is greedy
-with 256 new tokens unless told otherwise, whatever the checkpoint's generation_config.json says.
+`test_mmau.sh` runs this for every checkpoint of a run. Prompts come from `r1aqa.data` (the builder training uses),
+answers from `r1aqa.prompts.extract_answer` (the accuracy reward's extraction).
 
-Files, where OUT is `--out_file` without its `.json`:
-- `OUT.json`: a JSON list, the input items in order, each plus `model_raw_output` (decoded, special tokens skipped),
-  `model_prediction` and `model_output` (both the extracted answer: MMAU's `evaluation.py` reads `model_output`).
-- `OUT.meta.json`: how it was made (model, processor, data, prompt style, decoding, device, timing, versions) and the
-  items whose audio was missing or unreadable (they get empty predictions and count as wrong).
+Benchmarks (`--benchmark`, default `auto`: MMAR when the items have `modality`, else MMAU; a `.jsonl` file is read
+as JSON lines): MMAU, a JSON list whose `audio_id` names the clip; MMAR, the JSON lines of `MMAR-meta.jsonl`
+whose `audio_path` (`./audio/<name>.wav`) names it. Either way the clip is the file of that name in `--audio_dir`.
+
+Decoding (`--decoding`, recorded in the meta file with every generation field actually used; docs/recipe.md §7):
+- `original` (default): the paper's protocol, what the original's `model.generate(**inputs, max_new_tokens=256)`
+  did: the checkpoint's own generation_config.json decides (for Qwen2-Audio-7B-Instruct and checkpoints trained
+  from it that is sampling: temperature 0.7, top-k 20, top-p 0.5, repetition penalty 1.1), only `max_new_tokens`
+  is set. Unlike the original it is seeded: each batch draws from `torch.manual_seed(batch_seed(seed, batch index))`,
+  so a rerun, or a resumed run, gives the same predictions (for the same batch size, which is therefore recorded).
+- `greedy`: fully specified greedy decoding: every generation field set here, only the special token ids taken from
+  the checkpoint; nothing of the checkpoint's generation_config.json is merged in (see `checkpoint_defaults_off`).
+- `--do_sample/--temperature/--top_k/--top_p/--repetition_penalty` override single fields on top of either mode
+  (recorded), e.g. `--decoding greedy --do_sample true --temperature 1.0` for plain seeded sampling.
+Both modes stop at every id of the checkpoint's `generation_config.eos_token_id` plus the tokenizer's eos.
+
+`--num_samples K` makes K passes with seeds seed, seed+1, ..., each a complete evaluation with its own files
+(OUT.sample-k.*), and OUT.score.json holds the mean and standard deviation over the passes. `--audio silent`
+replaces each clip with silence of the same length (an audio-dependence control; recorded in the settings).
+
+Files, where OUT is `--out_file` without its `.json` (with K > 1 passes, each pass k has OUT.sample-k.json,
+OUT.sample-k.meta.json, OUT.sample-k.score.json, OUT.sample-k.partial.jsonl, and OUT.score.json is their
+aggregate):
+- `OUT.json`: a JSON list, the input items in order, each plus `model_raw_output` (decoded, special tokens skipped)
+  and the extracted answer under `model_prediction`, `model_output` (MMAU's `evaluation.py` reads it) and
+  `answer_prediction` (MMAR's `evaluation.py` reads it).
+- `OUT.meta.json`: how it was made (model, processor, data, benchmark, prompt style, audio, decoding settings and
+  the resolved generation config, device, timing, versions) and the items whose audio was missing or unreadable
+  (they get empty predictions and count as wrong).
 - `OUT.score.json`: `r1aqa.scoring.score` of OUT.json, plus `audio_errors`; only when every item has an `answer` (the
-  full test split withholds them: then predictions only).
+  full MMAU test split withholds them: then predictions only).
 - `OUT.partial.jsonl`: progress while running, one line per finished item. A killed run leaves it (and never a
   half-written OUT.json); the same command resumes from it. Deleted once OUT.json is written.
 
@@ -35,6 +58,7 @@ The processor comes from `--processor_path`, else from the model folder itself, 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -43,12 +67,13 @@ import re
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from r1aqa.audio import AudioError, check_audio
-from r1aqa.data import DataError, mmau_example
+from r1aqa.data import DataError, mmar_example, mmau_example
 from r1aqa.prompts import extract_answer
-from r1aqa.scoring import format_report, load_items, score
+from r1aqa.scoring import aggregate, detect_benchmark, format_aggregate, format_report, load_items, score
 
 # Prompt <2> (the paper's main result), Prompt <3> (think) and Prompt <1> (question and options only: SFT baselines).
 PROMPT_STYLES = {
@@ -56,8 +81,49 @@ PROMPT_STYLES = {
     "think": {"think": True, "format_instruction": True},
     "plain": {"think": False, "format_instruction": False},
 }
-ITEM_KEYS = ("id", "audio_id", "question", "choices")
-PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output")
+# What a prompt needs from an item, and how the item names its clip, per benchmark.
+ITEM_KEYS = {"mmau": ("id", "audio_id", "question", "choices"), "mmar": ("id", "audio_path", "question", "choices")}
+EXAMPLE_BUILDERS = {"mmau": mmau_example, "mmar": mmar_example}
+# The raw output, then the extracted answer under the key of each consumer: ours, MMAU's and MMAR's evaluation.py.
+PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output", "answer_prediction")
+DECODING_MODES = ("original", "greedy")
+# Generation fields a user may override on top of either decoding mode (recorded in the settings).
+OVERRIDES = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+# `--decoding greedy`: every field that changes which token is picked, set here. None means "off" for the fields that
+# have no other off value; `checkpoint_defaults_off` keeps transformers from filling them from the checkpoint.
+GREEDY = {
+    "do_sample": False,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "length_penalty": 1.0,
+    "early_stopping": False,
+    "min_new_tokens": 0,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "use_cache": True,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None,
+    "stop_strings": None,
+    "max_time": None,
+    "guidance_scale": None,
+    "watermarking_config": None,
+}
 CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -70,11 +136,14 @@ class EvalError(ValueError):
 # ---- paths ---------------------------------------------------------------------------------------------------------
 
 
-def output_paths(out_file: str) -> dict[str, str]:
-    """`out`, `meta`, `score` and `partial` paths: OUT.json, OUT.meta.json, OUT.score.json, OUT.partial.jsonl."""
+def output_paths(out_file: str, sample: int | None = None) -> dict[str, str]:
+    """`out`, `meta`, `score` and `partial` paths: OUT.json, OUT.meta.json, OUT.score.json, OUT.partial.jsonl, where
+    OUT is `out_file` without `.json`, followed by `.sample-k` for pass k of several (`--num_samples`)."""
     stem = out_file[: -len(".json")] if out_file.endswith(".json") else out_file
+    if sample is not None:
+        stem = f"{stem}.sample-{sample}"
     return {
-        "out": out_file,
+        "out": stem + ".json" if sample is not None or out_file.endswith(".json") else out_file,
         "meta": stem + ".meta.json",
         "score": stem + ".score.json",
         "partial": stem + ".partial.jsonl",
@@ -119,8 +188,12 @@ def resolve_processor_path(model_path: str, processor_path: str | None = None) -
 # ---- items and prompts ---------------------------------------------------------------------------------------------
 
 
-def read_items(data_file: str, limit: int | None = None) -> list[dict]:
-    """The MMAU items of `data_file` (the first `limit`), each checked for the keys a prompt needs."""
+def read_items(data_file: str, benchmark: str = "auto", limit: int | None = None) -> tuple[str, list[dict]]:
+    """`(benchmark, items)`: the items of `data_file` (the first `limit`), each checked for the keys a prompt needs.
+
+    `benchmark` `auto` tells MMAR (items with `modality`) from MMAU. A line of a `.jsonl` file that is not a JSON
+    object is an error naming `file:line`.
+    """
     try:
         items = load_items(data_file)
     except (OSError, ValueError) as error:
@@ -129,21 +202,29 @@ def read_items(data_file: str, limit: int | None = None) -> list[dict]:
         items = items[:limit]
     if not items:
         raise EvalError(f"{data_file}: no items to evaluate.")
+    if benchmark == "auto":
+        benchmark = detect_benchmark(items)
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise EvalError(f"{data_file}: item {index} is a JSON {type(item).__name__}, not an object.")
-        missing = [key for key in ITEM_KEYS if key not in item]
+        missing = [key for key in ITEM_KEYS[benchmark] if key not in item]
         if missing:
-            raise EvalError(f"{data_file}: item {index} (id {item.get('id')!r}) lacks {missing}.")
-    return items
+            raise EvalError(
+                f"{data_file}: item {index} (id {item.get('id')!r}) lacks {missing}, which a {benchmark.upper()} "
+                "item has (--benchmark says which benchmark the file holds; default: told from the items)."
+            )
+        choices = item["choices"]
+        if not (isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices)):
+            raise EvalError(f"{data_file}: item {index} (id {item['id']!r}): `choices` must be a list of strings.")
+    return benchmark, items
 
 
-def build_examples(items: list[dict], audio_dir: str, prompt_style: str) -> list[dict]:
+def build_examples(items: list[dict], audio_dir: str, prompt_style: str, benchmark: str = "mmau") -> list[dict]:
     """Each item's conversation and audio path, from the training prompt builder (items of the full test split,
     which withholds `answer`, included)."""
     style = PROMPT_STYLES[prompt_style]
     try:
-        return [mmau_example(item, audio_dir, **style) for item in items]
+        return [EXAMPLE_BUILDERS[benchmark](item, audio_dir, **style) for item in items]
     except DataError as error:
         raise EvalError(str(error)) from error
 
@@ -169,37 +250,94 @@ def load_model_and_processor(model_path: str, processor_path: str, device: str):
     return model, processor
 
 
-def decoding_settings(args: argparse.Namespace) -> dict:
-    """What decides the generated text, recorded in the meta file and compared before reusing an output."""
-    settings = {"do_sample": args.do_sample, "max_new_tokens": args.max_new_tokens, "num_beams": 1}
-    if args.do_sample:
-        settings.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    return settings
+def decoding_settings(args: argparse.Namespace, seed: int) -> dict:
+    """What decides the generated text, recorded in the meta file and compared before reusing an output.
+
+    The batch size is part of it: with sampling it decides which random numbers each item gets (and padding can
+    change low-precision greedy results too).
+    """
+    overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
+    return {
+        "mode": args.decoding,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": seed,
+        "batch_size": args.batch_size,
+        "overrides": overrides,
+    }
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id of the checkpoint's `generation_config.eos_token_id` (Qwen2-Audio-7B-Instruct: `<|endoftext|>` and
+    `<|im_end|>`), then the tokenizer's eos if it is not among them: generation ends at any of them."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
 
 
 def generation_config(model, processor, decoding: dict):
-    """A fresh GenerationConfig: only the special token ids come from the checkpoint.
+    """The GenerationConfig of `decoding["mode"]`, with every field resolved (what `generate` will use).
 
-    A checkpoint's generation_config.json may turn sampling, top-k/top-p or a repetition penalty on; evaluation
-    settings must not depend on that.
+    `original`: a copy of the checkpoint's own `model.generation_config` with `max_new_tokens` set, exactly what the
+    original's `model.generate(**inputs, max_new_tokens=256)` resolved to. `greedy`: `GREEDY`, with only the
+    special token ids from the checkpoint (pad: the checkpoint's, else the tokenizer's). Then, in both, the stop ids
+    of `stop_token_ids`, the user's overrides, and transformers' global defaults for any field still unset (what
+    `generate` would fill in; `max_length`/`min_length` stay unset: `max_new_tokens`/`min_new_tokens` decide).
     """
     from transformers import GenerationConfig
 
-    base = model.generation_config
     tokenizer = processor.tokenizer
-    return GenerationConfig(
-        **{key: value for key, value in decoding.items() if key != "seed"},
-        repetition_penalty=1.0,
-        eos_token_id=base.eos_token_id if base.eos_token_id is not None else tokenizer.eos_token_id,
-        pad_token_id=base.pad_token_id if base.pad_token_id is not None else tokenizer.pad_token_id,
-        bos_token_id=base.bos_token_id,
-    )
+    checkpoint = model.generation_config
+    if decoding["mode"] == "original":
+        config = copy.deepcopy(checkpoint)
+        config.max_new_tokens = decoding["max_new_tokens"]
+    elif decoding["mode"] == "greedy":
+        pad = checkpoint.pad_token_id if checkpoint.pad_token_id is not None else tokenizer.pad_token_id
+        config = GenerationConfig(
+            **GREEDY, max_new_tokens=decoding["max_new_tokens"], pad_token_id=pad, bos_token_id=checkpoint.bos_token_id
+        )
+    else:
+        raise EvalError(f"unknown decoding mode {decoding['mode']!r}: one of {DECODING_MODES}.")
+    config.eos_token_id = stop_token_ids(model, tokenizer)
+    if decoding["overrides"]:
+        config.update(**decoding["overrides"])
+    defaults = GenerationConfig._get_default_generation_params()
+    config.update(defaults_only=True, **{k: v for k, v in defaults.items() if k not in ("max_length", "min_length")})
+    return config
 
 
-def generate_batch(model, processor, conversations: list[list[dict]], config) -> list[str]:
-    """Generate for conversations whose audio parts hold loaded samples (`audio` key); decoded, specials skipped."""
-    import torch
+@contextmanager
+def checkpoint_defaults_off(model):
+    """While active, `model.generate` uses only the config it is given.
 
+    transformers 5.23's `generate` fills every field of the passed config that is None from `model.generation_config`
+    (the checkpoint's generation_config.json: `_prepare_generation_config`), so a planted `no_repeat_ngram_size`,
+    `min_new_tokens`, `suppress_tokens` or `do_sample` would leak into a config that leaves the field unset. An empty
+    GenerationConfig stands in for the checkpoint's during the call; `generation_config` has already copied from the
+    checkpoint what the mode takes from it.
+    """
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The torch seed of one batch: a hash of (seed, batch index), so batch b draws the same numbers whether the run
+    started at batch 0 or resumed at batch b."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0])
+
+
+def model_inputs(model, processor, conversations: list[list[dict]]):
+    """The left-padded batch (token ids, attention mask, audio features) for conversations whose audio parts hold
+    loaded samples (`audio` key), on the model's device and dtype."""
     texts = [processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
     audios = [
         part["audio"]
@@ -216,10 +354,36 @@ def generate_batch(model, processor, conversations: list[list[dict]], config) ->
         return_tensors="pt",
     ).to(model.device)
     inputs["input_features"] = inputs["input_features"].to(model.dtype)
-    with torch.inference_mode():
+    return inputs
+
+
+def generate_batch(model, processor, conversations: list[list[dict]], config) -> list[str]:
+    """Generate with `config` and nothing else; decoded, special tokens skipped."""
+    import torch
+
+    inputs = model_inputs(model, processor, conversations)
+    with torch.inference_mode(), checkpoint_defaults_off(model):
         sequences = model.generate(**inputs, generation_config=config)
     new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
     return processor.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def silenced(conversation: list[dict]) -> list[dict]:
+    """The conversation with each loaded clip replaced by zeros of the same length (and dtype)."""
+    import numpy as np
+
+    return [
+        {
+            **message,
+            "content": [
+                {**part, "audio": np.zeros_like(part["audio"])} if part.get("type") == "audio" else part
+                for part in message["content"]
+            ],
+        }
+        if isinstance(message["content"], list)
+        else message
+        for message in conversation
+    ]
 
 
 # ---- progress file -------------------------------------------------------------------------------------------------
@@ -300,7 +464,7 @@ def predicted_items(items: list[dict], raw_outputs: list[str]) -> list[dict]:
     out = []
     for item, raw in zip(items, raw_outputs, strict=True):
         answer = extract_answer(raw)
-        out.append({**item, "model_raw_output": raw, "model_prediction": answer, "model_output": answer})
+        out.append({**item, "model_raw_output": raw, **dict.fromkeys(PREDICTION_KEYS[1:], answer)})
     return out
 
 
@@ -331,12 +495,41 @@ def reusable_output(paths: dict[str, str], settings: dict, n_items: int) -> list
 # ---- the run -------------------------------------------------------------------------------------------------------
 
 
+class Model:
+    """The model and processor, loaded on first use and then shared by the passes of one evaluation."""
+
+    def __init__(self, args: argparse.Namespace, processor_path: str):
+        self.args, self.processor_path = args, processor_path
+        self.model = self.processor = None
+        self.load_seconds = 0.0
+
+    def get(self):
+        if self.model is None:
+            import torch
+
+            started = time.time()
+            self.device = self.args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.model, self.processor = load_model_and_processor(
+                self.args.model_path, self.processor_path, self.device
+            )
+            self.load_seconds = time.time() - started
+        return self.model, self.processor
+
+
 def run_inference(
-    args, items: list[dict], examples: list[dict], problems: list[str | None], settings: dict, paths: dict[str, str]
+    args,
+    items: list[dict],
+    examples: list[dict],
+    problems: list[str | None],
+    settings: dict,
+    paths: dict[str, str],
+    loaded: Model,
 ) -> dict:
     """Generate for every item not already in the progress file; write OUT.json and OUT.meta.json; return the meta.
 
-    `problems[i]` is `check_audio`'s finding for item i (None: fine); such items get an empty prediction.
+    `problems[i]` is `check_audio`'s finding for item i (None: fine); such items get an empty prediction. Batches are
+    fixed slices of the item list, each seeded from (seed, batch index): a batch of a resumed run is generated whole,
+    with the numbers it would have drawn in an uninterrupted run.
     """
     import torch
     from tqdm import tqdm
@@ -345,46 +538,49 @@ def run_inference(
     # which both the tiny template and Qwen2-Audio's hub template (it tests `'audio' in content`) render as audio.
     from r1aqa.audio import prompts_with_audio
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     done = read_partial(paths["partial"], settings, items)
     if done:
         print(f"Resuming: {len(done)} of {len(items)} items already done in {paths['partial']}.", flush=True)
-    pending = [index for index in range(len(items)) if index not in done]
+    n_resumed = len(done)
+    decoding = settings["decoding"]
+    batch_size = decoding["batch_size"]
+    batches = [list(range(start, min(start + batch_size, len(items)))) for start in range(0, len(items), batch_size)]
 
+    model, processor = loaded.get()
+    config = generation_config(model, processor, decoding)
     started = time.time()
-    model, processor = load_model_and_processor(args.model_path, settings["processor_path"], device)
-    config = generation_config(model, processor, settings["decoding"])
-    load_seconds = time.time() - started
-    torch.manual_seed(args.seed)  # only sampling uses it
-
     progress = tqdm(total=len(items), initial=len(done), unit="item", desc=os.path.basename(paths["out"]))
     partial = _open_partial(paths["partial"], settings, done, items)
     try:
-        for start in range(0, len(pending), args.batch_size):
-            batch = pending[start : start + args.batch_size]
+        for batch_index, batch in enumerate(batches):
+            if all(index in done for index in batch):
+                continue
+            new = [index for index in batch if index not in done]
             conversations, ready = [], []
             for index in batch:
                 try:
                     if problems[index]:
                         raise AudioError(f"{examples[index]['audio_path']}: {problems[index]}")
-                    conversations.append(prompts_with_audio([examples[index]["prompt"]])[0])
+                    conversation = prompts_with_audio([examples[index]["prompt"]])[0]
+                    conversations.append(silenced(conversation) if settings["audio"] == "silent" else conversation)
                     ready.append(index)
                 except AudioError as error:
                     progress.write(f"Audio error, empty prediction for item {items[index]['id']}: {error}")
                     done[index] = {"raw": "", "audio_error": str(error)}
+            torch.manual_seed(batch_seed(decoding["seed"], batch_index))
             raws = generate_batch(model, processor, conversations, config) if conversations else []
             for index, raw in zip(ready, raws, strict=True):
                 done[index] = {"raw": raw, "audio_error": None}
-            for index in batch:
+            for index in new:
                 _append(partial, index, items[index]["id"], done[index]["raw"], done[index]["audio_error"])
             partial.flush()
             os.fsync(partial.fileno())
-            progress.update(len(batch))
+            progress.update(len(new))
     finally:
         partial.close()
         progress.close()
 
-    generate_seconds = time.time() - started - load_seconds
+    generate_seconds = time.time() - started
     # OUT.json before OUT.meta.json: a meta file never vouches for an output it did not describe (the old meta and
     # score were removed before inference started).
     write_json_atomic(paths["out"], predicted_items(items, [done[index]["raw"] for index in range(len(items))]))
@@ -400,15 +596,17 @@ def run_inference(
     ]
     meta = {
         "settings": settings,
+        "generation_config": config.to_dict(),  # every field generate used (the resolved config)
+        "seeding": "torch.manual_seed(batch_seed(seed, batch index)) before each batch's generate call",
         "n_items": len(items),
         "n_audio_errors": len(audio_errors),
         "audio_errors": audio_errors,
-        "processed_this_run": len(pending),
-        "resumed_items": len(items) - len(pending),
-        "batch_size": args.batch_size,
-        "device": device,
+        "processed_this_run": len(items) - n_resumed,
+        "resumed_items": n_resumed,
+        "batch_size": batch_size,
+        "device": loaded.device,
         "dtype": str(model.dtype).removeprefix("torch."),
-        "load_seconds": round(load_seconds, 2),
+        "load_seconds": round(loaded.load_seconds, 2),
         "generate_seconds": round(generate_seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
@@ -425,9 +623,9 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def score_output(predictions: list[dict], paths: dict[str, str], n_audio_errors: int) -> dict:
+def score_output(predictions: list[dict], paths: dict[str, str], n_audio_errors: int, benchmark: str) -> dict:
     """Official-rule accuracies of OUT.json, written to OUT.score.json and printed."""
-    summary = {**score(predictions), "audio_errors": n_audio_errors}
+    summary = {**score(predictions, benchmark), "audio_errors": n_audio_errors}
     write_json_atomic(paths["score"], summary)
     print(format_report(summary))
     print(f"Audio errors (empty prediction, counted wrong): {n_audio_errors}")
@@ -444,14 +642,27 @@ def _total(score_file: str) -> str:
     return f"total accuracy {total['accuracy']:.2f}% over {total['total']} items"
 
 
+def _true_or_false(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m r1aqa.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model_path", required=True, help="Checkpoint folder or hub id (Qwen2-Audio).")
-    parser.add_argument("--data_file", required=True, help="MMAU JSON list (test-mini, or the test split).")
-    parser.add_argument("--audio_dir", required=True, help="Folder holding the items' WAVs (`audio_id`'s file name).")
+    parser.add_argument(
+        "--data_file", required=True, help="MMAU JSON list (test-mini or test) or MMAR's MMAR-meta.jsonl."
+    )
+    parser.add_argument(
+        "--audio_dir", required=True, help="Folder holding the clips (the file name of `audio_id` / `audio_path`)."
+    )
     parser.add_argument("--out_file", required=True, help="Predictions JSON; meta/score/partial files go beside it.")
+    parser.add_argument(
+        "--benchmark", choices=("auto", "mmau", "mmar"), default="auto", help="Default: MMAR if items have `modality`."
+    )
     parser.add_argument(
         "--processor_path",
         help="Processor folder or hub id. Default: the model folder, else the run directory of a checkpoint-N folder.",
@@ -465,11 +676,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "plain: Prompt <1>, question and options only (the SFT baselines).",
     )
     parser.add_argument("--think", action="store_true", help="Shorthand for --prompt_style think.")
-    parser.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
-    parser.add_argument("--temperature", type=float, default=1.0, help="With --do_sample.")
-    parser.add_argument("--top_k", type=int, default=50, help="With --do_sample.")
-    parser.add_argument("--top_p", type=float, default=1.0, help="With --do_sample.")
-    parser.add_argument("--seed", type=int, default=42, help="With --do_sample (results then depend on batching).")
+    parser.add_argument(
+        "--decoding",
+        choices=DECODING_MODES,
+        default="original",
+        help="original (default): the checkpoint's generation_config.json, as the paper evaluated, seeded; "
+        "greedy: fully specified greedy decoding, nothing taken from generation_config.json.",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="Seed of the first pass (recorded).")
+    parser.add_argument(
+        "--num_samples", type=int, default=1, help="K passes with seeds seed..seed+K-1; scores are mean ± std."
+    )
+    parser.add_argument(
+        "--audio",
+        choices=("real", "silent"),
+        default="real",
+        help="silent: each clip replaced by silence of the same length (how much accuracy needs the audio).",
+    )
+    parser.add_argument("--do_sample", type=_true_or_false, help="Override (true/false) on top of --decoding.")
+    parser.add_argument("--temperature", type=float, help="Override on top of --decoding.")
+    parser.add_argument("--top_k", type=int, help="Override on top of --decoding.")
+    parser.add_argument("--top_p", type=float, help="Override on top of --decoding.")
+    parser.add_argument("--repetition_penalty", type=float, help="Override on top of --decoding.")
     parser.add_argument("--limit", type=int, help="Evaluate only the first N items (smoke tests).")
     parser.add_argument("--device", help="Default: cuda if available (bf16), else cpu (fp32).")
     parser.add_argument("--force", action="store_true", help="Redo even if the output exists; drop any progress.")
@@ -477,10 +705,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.think and args.prompt_style not in (None, "think"):
         parser.error(f"--think contradicts --prompt_style {args.prompt_style}: give one of them.")
     args.prompt_style = "think" if args.think else (args.prompt_style or "answer")
-    for name in ("batch_size", "max_new_tokens", "limit"):
+    for name in ("batch_size", "max_new_tokens", "limit", "num_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1, got {value}.")
+    if args.num_samples > 1 and args.decoding == "greedy" and not args.do_sample:
+        parser.error("--num_samples > 1 needs sampling: greedy decoding gives the same predictions for every seed.")
     return args
 
 
@@ -494,43 +724,87 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    paths = output_paths(args.out_file)
-    items = read_items(args.data_file, args.limit)
-    examples = build_examples(items, args.audio_dir, args.prompt_style)
-    settings = {
+    benchmark, items = read_items(args.data_file, args.benchmark, args.limit)
+    examples = build_examples(items, args.audio_dir, args.prompt_style, benchmark)
+    base = {
         "model_path": _local_or_hub(args.model_path),
         "processor_path": resolve_processor_path(args.model_path, args.processor_path),
         "data_file": os.path.abspath(args.data_file),
         "data_sha256": _sha256(args.data_file),  # another file version under the same name is not the same data
+        "benchmark": benchmark,
         "audio_dir": os.path.abspath(args.audio_dir),
+        "audio": args.audio,
         "limit": args.limit,
         "prompt_style": args.prompt_style,
-        "decoding": decoding_settings(args),
     }
+    several = args.num_samples > 1
+    single, first_sample = output_paths(args.out_file), output_paths(args.out_file, 0)
+    if several and os.path.exists(single["out"]):
+        raise EvalError(f"{single['out']} holds a single-pass evaluation: give the {args.num_samples} passes another "
+                        "--out_file.")  # fmt: skip
+    if not several and os.path.exists(first_sample["out"]):
+        raise EvalError(f"{first_sample['out']} holds passes of a --num_samples evaluation: give a single pass another "
+                        "--out_file.")  # fmt: skip
 
+    loaded = Model(args, base["processor_path"])
+    problems = None
+    summaries = []
+    for sample in range(args.num_samples):
+        paths = output_paths(args.out_file, sample if several else None)
+        settings = {**base, "decoding": decoding_settings(args, args.seed + sample)}
+        if several:
+            print(f"=== pass {sample + 1} of {args.num_samples} (seed {args.seed + sample}) ===", flush=True)
+        if problems is None and (args.force or reusable_output(paths, settings, len(items)) is None):
+            problems = _check_all_audio(items, examples)
+        summaries.append(_evaluate_pass(args, items, examples, problems, settings, paths, loaded))
+
+    if several and all(summary is not None for summary in summaries):
+        paths = output_paths(args.out_file)
+        summary = {
+            **aggregate(summaries),
+            "seeds": [args.seed + sample for sample in range(args.num_samples)],
+            "audio_errors": summaries[0]["audio_errors"],
+            "sample_score_files": [output_paths(args.out_file, k)["score"] for k in range(args.num_samples)],
+        }
+        write_json_atomic(paths["score"], summary)
+        print(format_aggregate(summary))
+        print(f"Wrote {paths['score']}", flush=True)
+    return 0
+
+
+def _check_all_audio(items: list[dict], examples: list[dict]) -> list[str | None]:
+    """`check_audio` of every item's clip; stops when none is usable (a wrong --audio_dir)."""
+    problems = [check_audio(example["audio_path"]) for example in examples]
+    n_bad = sum(problem is not None for problem in problems)
+    if n_bad == len(items):
+        raise EvalError(
+            f"none of the {len(items)} audio files is usable (first: {examples[0]['audio_path']}: {problems[0]}). "
+            "Check --audio_dir: it must hold the clips named in the items' `audio_id` (MMAU) or `audio_path` (MMAR)."
+        )
+    if n_bad:
+        print(f"{n_bad} of {len(items)} audio files are missing or unreadable: empty predictions.", flush=True)
+    return problems
+
+
+def _evaluate_pass(args, items, examples, problems, settings, paths, loaded: Model) -> dict | None:
+    """One pass: reuse, or run, then score. Returns the score summary (None when the items carry no answers)."""
     predictions = None if args.force else reusable_output(paths, settings, len(items))
     if predictions is not None:
-        if not has_answers(items) or os.path.isfile(paths["score"]):
-            done = "scored, " + _total(paths["score"]) if has_answers(items) else "no answers to score"
-            print(f"Skipping {paths['out']}: done with the same settings ({done}). --force redoes it.", flush=True)
-            return 0
+        if not has_answers(items):
+            print(f"Skipping {paths['out']}: done with the same settings (no answers to score).", flush=True)
+            return None
+        if os.path.isfile(paths["score"]):
+            print(f"Skipping {paths['out']}: done with the same settings (scored, {_total(paths['score'])}). "
+                  "--force redoes it.", flush=True)  # fmt: skip
+            return json.loads(Path(paths["score"]).read_text(encoding="utf-8"))
         print(f"Reusing {paths['out']}: made with the same settings (--force redoes it).", flush=True)
         n_audio_errors = json.loads(Path(paths["meta"]).read_text(encoding="utf-8"))["n_audio_errors"]
     else:
-        problems = [check_audio(example["audio_path"]) for example in examples]
-        n_bad = sum(problem is not None for problem in problems)
-        if n_bad == len(items):
-            raise EvalError(
-                f"none of the {len(items)} audio files is usable (first: {examples[0]['audio_path']}: {problems[0]}). "
-                "Check --audio_dir: it must hold the WAVs named in the items' `audio_id`."
-            )
-        if n_bad:
-            print(f"{n_bad} of {len(items)} audio files are missing or unreadable: empty predictions.", flush=True)
         stale = ["meta", "score"] + (["partial"] if args.force else [])
         for name in stale:  # they describe an output about to be replaced
             if os.path.exists(paths[name]):
                 os.remove(paths[name])
-        meta = run_inference(args, items, examples, problems, settings, paths)
+        meta = run_inference(args, items, examples, problems, settings, paths, loaded)
         n_audio_errors = meta["n_audio_errors"]
         predictions = load_items(paths["out"])
         print(
@@ -540,10 +814,9 @@ def evaluate(args: argparse.Namespace) -> int:
         )
 
     if has_answers(items):
-        score_output(predictions, paths, n_audio_errors)
-    else:
-        print("The items carry no `answer` (test split): predictions only, nothing scored.", flush=True)
-    return 0
+        return score_output(predictions, paths, n_audio_errors, settings["benchmark"])
+    print("The items carry no `answer` (test split): predictions only, nothing scored.", flush=True)
+    return None
 
 
 if __name__ == "__main__":

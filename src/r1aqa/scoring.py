@@ -1,13 +1,24 @@
-"""MMAU test-mini scoring with the official rule (docs/recipe.md §7), printed in the layout of MMAU's `evaluation.py`.
+"""MMAU and MMAR scoring with their official rule (docs/recipe.md §7, §8), printed in the layout of each benchmark's
+`evaluation.py`.
 
     python -m r1aqa.scoring --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
+    python -m r1aqa.scoring --input outputs/mmar_predictions.json          # MMAR: told apart by its `modality` key
 
-The input is a JSON list of MMAU items carrying the prediction under `model_output` (preferred) or
-`model_prediction`. Unlike the official script this never skips an item or crashes on one: a missing, None or
-non-string prediction counts as wrong and is counted, and items whose answer is not among their choices are listed.
-Predictions are scored as they are, exactly as the official script does: `r1aqa.evaluate` has already reduced each
-output to its answer with `extract_answer`, the accuracy reward's extraction (the raw output is kept under
-`model_raw_output`).
+Both benchmarks use the same rule (`is_match`: MMAU's token-set match, which MMAR's script copies) and differ in
+their groups and prediction key:
+
+| benchmark | groups (in the official printout's order) | prediction key read |
+| --- | --- | --- |
+| MMAU | task (sound, music, speech), difficulty (easy, hard, medium), sub-category | `model_output`, else `model_prediction` |
+| MMAR | modality (7 fixed), category (4 fixed layers), sub-category | `answer_prediction`, else `model_output` |
+
+The input is a JSON list of items (or JSON lines, when its name ends in `.jsonl`, as MMAR's script decides) carrying
+the prediction. The benchmark is MMAR when the items have `modality`, else MMAU (`--benchmark` to say it). Unlike the
+official scripts this never skips an item or crashes on one: a missing, None or non-string prediction counts as wrong
+and is counted (MMAR's script skips items lacking `answer_prediction`; `r1aqa.evaluate` writes it for every item, so
+the totals agree), and items whose answer is not among their choices are listed. Predictions are scored as they
+are, exactly as the official scripts do: `r1aqa.evaluate` has already reduced each output to its answer with
+`extract_answer`, the accuracy reward's extraction (the raw output is kept under `model_raw_output`).
 """
 
 from __future__ import annotations
@@ -15,14 +26,35 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
-PREDICTION_KEYS = ("model_output", "model_prediction")  # official evaluation.py reads the first
-# The official script prints these groups in this order, empty or not; other values follow in order of appearance.
+# The official scripts print these groups in this order, empty or not; other values follow in order of appearance.
 TASKS = ("sound", "music", "speech")
 DIFFICULTIES = ("easy", "hard", "medium")
-REQUIRED_KEYS = ("answer", "choices", "task", "difficulty")
+MODALITIES = (
+    "sound",
+    "music",
+    "speech",
+    "mix-sound-music",
+    "mix-sound-speech",
+    "mix-music-speech",
+    "mix-sound-music-speech",
+)
+CATEGORIES = ("Signal Layer", "Perception Layer", "Semantic Layer", "Cultural Layer")
+BENCHMARKS = {
+    # groups: (item key, printed title, values printed first); sub-category follows, optional per item
+    "mmau": {
+        "groups": (("task", "Task", TASKS), ("difficulty", "Difficulty", DIFFICULTIES)),
+        "prediction_keys": ("model_output", "model_prediction"),
+    },
+    "mmar": {
+        "groups": (("modality", "Modality", MODALITIES), ("category", "Category", CATEGORIES)),
+        "prediction_keys": ("answer_prediction", "model_output", "model_prediction"),
+    },
+}
+PREDICTION_KEYS = BENCHMARKS["mmau"]["prediction_keys"]  # MMAU's official evaluation.py reads the first
 _WORD = re.compile(r"\b\w+\b")
 RULE = "*" * 30
 
@@ -33,7 +65,7 @@ def tokens(text: str) -> set[str]:
 
 
 def is_match(prediction: str, answer: str, choices: list[str]) -> bool:
-    """The official MMAU rule: the prediction holds every answer word and no word only a wrong option has.
+    """The official MMAU rule (MMAR's too): the prediction holds every answer word and no word only a wrong option has.
 
     >>> is_match("a man speaking", "Man", ["Man", "Woman"]), is_match("man or woman", "Man", ["Man", "Woman"])
     (True, False)
@@ -49,12 +81,19 @@ def is_match(prediction: str, answer: str, choices: list[str]) -> bool:
     return expected <= predicted and predicted.isdisjoint(wrong)
 
 
-def read_prediction(item: dict) -> tuple[str | None, str | None]:
+def detect_benchmark(items: list) -> str:
+    """`mmar` when the first item has MMAR's `modality` key, else `mmau`."""
+    first = items[0] if items else None
+    return "mmar" if isinstance(first, dict) and "modality" in first and "task" not in first else "mmau"
+
+
+def read_prediction(item: dict, keys: tuple[str, ...] = PREDICTION_KEYS) -> tuple[str | None, str | None]:
     """`(prediction, None)`, or `(None, problem)` with problem "missing", "none" or "non_string".
 
-    The prediction is `model_output` when that key is present (the official script reads it), else `model_prediction`.
+    The prediction is under the first of `keys` the item has (MMAU: `model_output`, which the official script reads,
+    else `model_prediction`).
     """
-    key = next((key for key in PREDICTION_KEYS if key in item), None)
+    key = next((key for key in keys if key in item), None)
     if key is None:
         return None, "missing"
     value = item[key]
@@ -73,14 +112,25 @@ def _accuracy(correct: int, total: int) -> dict:
     return {"accuracy": round(100 * correct / total, 2) if total else 0.0, "correct": correct, "total": total}
 
 
-def score(items: list[dict]) -> dict:
-    """Accuracy (%, 2 decimals) per task, difficulty and sub-category, and in total (micro average over items).
+def group_keys(benchmark: str) -> list[str]:
+    """The summary's group keys, in printing order: MMAU task, difficulty, sub-category; MMAR modality, category,
+    sub-category."""
+    return [key for key, _, _ in BENCHMARKS[benchmark]["groups"]] + ["sub-category"]
+
+
+def score(items: list[dict], benchmark: str | None = None) -> dict:
+    """Accuracy (%, 2 decimals) per group (MMAU: task, difficulty, sub-category; MMAR: modality, category,
+    sub-category) and in total (micro average over items). `benchmark`: `mmau`, `mmar`, or None to tell from the items.
 
     Also reports `no_prediction` (how many predictions were missing, None or not a string; all counted wrong) and
     `answer_not_in_choices` (ids of items whose answer is not one of their choices; scored by the rule anyway).
     """
-    by_task: dict[str, list[int]] = {name: [0, 0] for name in TASKS}
-    by_difficulty: dict[str, list[int]] = {name: [0, 0] for name in DIFFICULTIES}
+    benchmark = benchmark or detect_benchmark(items)
+    spec = BENCHMARKS[benchmark]
+    required = ("answer", "choices", *(key for key, _, _ in spec["groups"]))
+    groups: dict[str, dict[str, list[int]]] = {
+        key: {name: [0, 0] for name in first} for key, _, first in spec["groups"]
+    }
     by_subcategory: dict[str, list[int]] = {}
     no_prediction = {"missing": 0, "none": 0, "non_string": 0}
     answer_not_in_choices = []
@@ -88,38 +138,46 @@ def score(items: list[dict]) -> dict:
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"item {index}: expected a JSON object, got {type(item).__name__}")
-        absent = [key for key in REQUIRED_KEYS if key not in item]
+        absent = [key for key in required if key not in item]
         if absent:
             raise ValueError(f"item {index} (id {item.get('id')!r}): missing key(s) {absent}")
-        if not (isinstance(item["answer"], str) and all(isinstance(choice, str) for choice in item["choices"])):
+        if not (
+            isinstance(item["answer"], str)
+            and isinstance(item["choices"], list)
+            and all(isinstance(choice, str) for choice in item["choices"])
+        ):
             raise ValueError(f"item {index} (id {item.get('id')!r}): answer and choices must be strings")
-        prediction, problem = read_prediction(item)
+        prediction, problem = read_prediction(item, spec["prediction_keys"])
         if problem:
             no_prediction[problem] += 1
         if item["answer"] not in item["choices"]:
             answer_not_in_choices.append(item.get("id"))
         hit = prediction is not None and is_match(prediction, item["answer"], item["choices"])
         correct += hit
-        groups = [by_task.setdefault(item["task"], [0, 0]), by_difficulty.setdefault(item["difficulty"], [0, 0])]
-        if item.get("sub-category") is not None:  # as the official script: items without one join no sub-category
-            groups.append(by_subcategory.setdefault(item["sub-category"], [0, 0]))
-        for counts in groups:
+        members = [groups[key].setdefault(item[key], [0, 0]) for key in groups]
+        if item.get("sub-category") is not None:  # as the official scripts: items without one join no sub-category
+            members.append(by_subcategory.setdefault(item["sub-category"], [0, 0]))
+        for counts in members:
             counts[0] += hit
             counts[1] += 1
     return {
+        "benchmark": benchmark,
         "total": _accuracy(correct, len(items)),
-        "task": _group(by_task),
-        "difficulty": _group(by_difficulty),
+        **{key: _group(counts) for key, counts in groups.items()},
         "sub-category": _group(by_subcategory),
         "no_prediction": no_prediction,
         "answer_not_in_choices": answer_not_in_choices,
     }
 
 
+def _titles(benchmark: str) -> list[tuple[str, str]]:
+    return [(title, key) for key, title, _ in BENCHMARKS[benchmark]["groups"]] + [("Sub-category", "sub-category")]
+
+
 def format_report(summary: dict) -> str:
-    """The official script's printout (task, difficulty, sub-category rows, total), then our extra counts."""
+    """The official script's printout (group rows, total), then our extra counts."""
     lines = []
-    for title, key in (("Task", "task"), ("Difficulty", "difficulty"), ("Sub-category", "sub-category")):
+    for title, key in _titles(summary.get("benchmark", "mmau")):
         lines += [RULE, f"{title}-wise Accuracy:"]
         lines += [f"{name} : {row['accuracy']:.2f}% over {row['total']} samples" for name, row in summary[key].items()]
     total = summary["total"]
@@ -133,21 +191,99 @@ def format_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- several sampled passes ----------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0  # sample standard deviation (n - 1)
+    return round(mean, 2), round(std, 2)
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """Mean and standard deviation (n - 1) over K summaries of the same items (K seeded sampling passes).
+
+    Each row is `{"accuracy": mean, "std": std, "total": n_items, "per_sample": [accuracy of each pass]}`, for the
+    total and every group of the benchmark; `no_prediction` is summed over the passes.
+    """
+    if not summaries:
+        raise ValueError("no summaries to aggregate")
+    benchmark = summaries[0].get("benchmark", "mmau")
+
+    def row(rows: list[dict]) -> dict:
+        per_sample = [r["accuracy"] for r in rows]
+        mean, std = _mean_std(per_sample)
+        return {"accuracy": mean, "std": std, "total": rows[0]["total"], "per_sample": per_sample}
+
+    out = {"benchmark": benchmark, "num_samples": len(summaries), "total": row([s["total"] for s in summaries])}
+    for key in group_keys(benchmark):
+        names = summaries[0][key]
+        out[key] = {name: row([s[key][name] for s in summaries]) for name in names}
+    out["no_prediction"] = {
+        kind: sum(s["no_prediction"][kind] for s in summaries) for kind in summaries[0]["no_prediction"]
+    }
+    out["answer_not_in_choices"] = summaries[0]["answer_not_in_choices"]
+    return out
+
+
+def format_aggregate(summary: dict) -> str:
+    """The official layout with `mean ± std` accuracies over the passes."""
+    lines = []
+    for title, key in _titles(summary["benchmark"]):
+        lines += [RULE, f"{title}-wise Accuracy (mean ± std over {summary['num_samples']} passes):"]
+        lines += [
+            f"{name} : {row['accuracy']:.2f}% ± {row['std']:.2f} over {row['total']} samples"
+            for name, row in summary[key].items()
+        ]
+    total = summary["total"]
+    lines += [
+        RULE,
+        f"Total Accuracy: {total['accuracy']:.2f}% ± {total['std']:.2f} over {total['total']} samples "
+        f"({summary['num_samples']} passes: {', '.join(f'{a:.2f}' for a in total['per_sample'])})",
+        RULE,
+    ]
+    return "\n".join(lines)
+
+
+# ---- files ---------------------------------------------------------------------------------------------------------
+
+
 def load_items(path: str | Path) -> list[dict]:
-    """The JSON list of MMAU items in `path`; a ValueError naming the file if it is not JSON or not a list."""
+    """The items in `path`: a JSON list, or JSON lines when the name ends in `.jsonl` (MMAR's metadata).
+
+    A ValueError names the file (and line, for JSON lines) when it cannot be read as such.
+    """
     text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith(".jsonl"):
+        return _json_lines(text, path)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON list of MMAU items, got a JSON {type(items).__name__}")
+        raise ValueError(f"{path}: expected a JSON list of items, got a JSON {type(items).__name__}")
+    return items
+
+
+def _json_lines(text: str, path: str | Path) -> list[dict]:
+    items = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})") from error
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object per line, got a JSON {type(item).__name__}")
+        items.append(item)
     return items
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help="JSON list of MMAU items with model_output/model_prediction")
+    parser.add_argument("--input", required=True, help="JSON list (or .jsonl) of MMAU or MMAR items with predictions")
+    parser.add_argument("--benchmark", choices=("auto", *BENCHMARKS), default="auto", help="default: from the items")
     parser.add_argument("--json", help="also write the summary (accuracies, counts) to this JSON file")
     args = parser.parse_args(argv)
     try:
@@ -155,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     try:
-        summary = score(items)
+        summary = score(items, None if args.benchmark == "auto" else args.benchmark)
     except ValueError as error:
         parser.exit(2, f"error: {args.input}: {error}\n")
     print(format_report(summary))

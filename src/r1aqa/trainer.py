@@ -165,6 +165,11 @@ class AudioGRPOTrainer(GRPOTrainer):
     (`profile/rewards_s`), reference / old-policy log-probs (`profile/ref_logps_s`) and the loss forward + backward
     (`profile/loss_fwd_bwd_s`), on rank 0 and as the maximum over ranks (`..._s_max`). On GPU the phase boundaries
     synchronise the device so that each phase is charged its own kernels.
+
+    Stop tokens need no override: TRL 1.16's `GRPOTrainer.__init__` already ends rollouts at every id of
+    `model.generation_config.eos_token_id` plus the tokenizer's eos (`self.eos_token_ids`, passed to the
+    GenerationConfig it builds and used to mask completions), as the original did (docs/recipe.md §6): for
+    Qwen2-Audio-7B-Instruct both `<|endoftext|>` and `<|im_end|>`. tests/test_stop_tokens.py pins this.
     """
 
     def __init__(self, model, *args, **kwargs):

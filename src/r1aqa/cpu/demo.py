@@ -197,6 +197,7 @@ def evaluate_with_test_mmau_sh(paths: dict, env: dict, max_new_tokens: int) -> s
     common = ["--data_file", paths["test_file"], "--audio_dir", paths["test_audio_dir"]]
     step0 = [sys.executable, "-m", "r1aqa.evaluate", "--model_path", paths["warmup"], *common]
     step0 += ["--out_file", os.path.join(out_dir, "checkpoint-0.json"), "--max_new_tokens", str(max_new_tokens)]
+    step0 += ["--decoding", "greedy"]  # the demo reports greedy accuracy (its checkpoints set no sampling anyway)
     wait(run_logged(step0, env, None), "evaluating the warm-up checkpoint")
     sh_env = {
         **env,
@@ -205,6 +206,7 @@ def evaluate_with_test_mmau_sh(paths: dict, env: dict, max_new_tokens: int) -> s
         "AUDIO_DIR": paths["test_audio_dir"],
         "OUT_DIR": out_dir,
         "MAX_NEW_TOKENS": str(max_new_tokens),
+        "DECODING": "greedy",
     }
     wait(run_logged(["bash", str(REPO / "test_mmau.sh")], sh_env, None), "test_mmau.sh")
     print(f"Accuracy per step (step 0 = the warm-up, before GRPO): {out_dir}/checkpoints.{{csv,json,png}}")
