@@ -310,3 +310,23 @@ def test_sft_collator_masks_everything_but_the_answer_on_omni(omni):
         kept = labels[labels != IGNORE_INDEX].tolist()
         assert processor.tokenizer.decode(kept) == target + "<|im_end|>"
     assert batch["input_features"].shape[0] == 2
+
+
+def test_lora_adapter_merges_into_an_omni_thinker(omni, tiny_omni_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from r1aqa.merge_lora import merge_lora
+
+    model, processor = omni
+    targets = r".*language_model.*\.(q_proj|v_proj)"
+    peft = get_peft_model(load_model(tiny_omni_dir), LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    merge_lora(str(tmp_path / "adapter"), str(tmp_path / "merged"), base=tiny_omni_dir)
+    merged = load_model(str(tmp_path / "merged"))
+    assert type(merged).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert isinstance(load_processor(str(tmp_path / "merged")), Qwen2_5OmniAudioProcessor)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, peft(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
