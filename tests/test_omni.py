@@ -34,7 +34,7 @@ from r1aqa.models import (
 from r1aqa.prompts import format_question, user_turn
 from r1aqa.trainer import find_audio_tower
 
-# The chat template of Qwen/Qwen2.5-Omni-7B (docs/recipe.md §11), verbatim: the default system message is
+# Qwen/Qwen2.5-Omni-7B's chat template as docs/recipe.md §11 sources it, verbatim: the default system message is
 # "You are a helpful assistant."; the model card passes its own system prompt.
 HUB_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}{% set video_count = "
