@@ -178,7 +178,7 @@ def _load_omni_processor(path: str, revision: str | None):
         logger.info("Processor: Qwen2_5OmniProcessor from %s", path)
         return processor
     except Exception as error:  # no torchvision (video processor), or a folder saved without vision processors
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        reason = f"{type(error).__name__}: {str(error).split('. ')[0].splitlines()[0] if str(error) else ''}"
     try:
         processor = Qwen2_5OmniAudioProcessor.from_pretrained(path, revision=revision)
     except Exception as error:
