@@ -29,6 +29,19 @@ def tiny_model_and_processor(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_omni_dir(tmp_path_factory) -> str:
+    """A tiny random Qwen2.5-Omni thinker (30 s window, Omni's tokens and chat template) saved to disk, with the toy
+    task's whole-word tokens so the CPU try-out's data also runs on it."""
+    from r1aqa.cpu.tiny import write_tiny_model
+
+    return write_tiny_model(
+        str(tmp_path_factory.mktemp("tiny-qwen2.5-omni")),
+        extra_tokens=("<answer>", "</answer>", "low", "top"),
+        family="qwen2_5_omni",
+    )
+
+
+@pytest.fixture(scope="session")
 def toy(tmp_path_factory) -> dict:
     """What run_grpo.sh builds on CPU, smaller: the tiny model with the demo vocabulary and a 16-question toy task."""
     from r1aqa.cpu.tiny import write_tiny_model

@@ -1,5 +1,6 @@
 """r1aqa.plan: the real Qwen2-Audio-7B-Instruct architecture on the meta device, and the memory/time table."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,38 @@ def test_more_gpus_need_less_memory_and_time_per_gpu(size):
     assert rows[(1, False, True)].activations < rows[(1, False, False)].activations, "checkpointing"
     separate = plan.Workload(8, 8, 750, 100, 256, share_audio_encoding=False)
     assert plan.activation_bytes(size, separate, False, 40) > plan.activation_bytes(size, work, False, 40)
+
+
+OMNI_RECIPE = str(Path(__file__).resolve().parents[1] / "configs" / "grpo_qwen2_5_omni_7b.yaml")
+
+
+def test_omni_7b_thinker_counts_and_table(capsys):
+    """docs/recipe.md §11: the Qwen2.5-Omni-7B thinker, from its published config: 8.93B parameters, of which the
+    vision tower (0.677B) is frozen; its audio encoder includes the projection to the language model."""
+    size = plan.count_parameters(plan.build_meta_model(plan.ARCH_CONFIGS["Qwen/Qwen2.5-Omni-7B"]))
+    h, layers, inter, vocab, kv = 3584, 28, 18944, 152064, 512  # kv: 4 key/value heads of 128
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * inter + 2 * h  # q/k/v with bias, o, MLP, norms
+    assert size.language_model == vocab * h + layers * per_layer + h
+    assert size.lm_head == vocab * h
+    assert (size.projector, size.packed_encoder, size.kv_hidden) == (0, True, kv)
+    assert size.audio_encoder == pytest.approx(0.640e9, rel=0.005)
+    assert size.vision == pytest.approx(0.677e9, rel=0.005)
+    assert size.total == 8_931_813_888
+    report = plan.main(["--recipe", OMNI_RECIPE])
+    assert report == capsys.readouterr().out.strip()
+    assert report.startswith("Qwen2.5-Omni thinker parameters") and "vision encoder" in report
+    assert sum(line.strip()[:1].isdigit() and "|" in line for line in report.splitlines()) == 16
+    # frozen vision: less model-state memory than if all 8.93B parameters were trained
+    args = plan.parse_args(["--recipe", OMNI_RECIPE])
+    work = plan.Workload(8, 8, 750, 100, 256, share_audio_encoding=True)
+    frozen = {(r.gpus, r.offload, r.checkpointing): r for r in plan.plan(size, work, args)}
+    trained = {(r.gpus, r.offload, r.checkpointing): r for r in plan.plan(replace(size, vision=0,
+               language_model=size.language_model + size.vision), work, args)}  # fmt: skip
+    assert frozen[(8, False, False)].model_states < trained[(8, False, False)].model_states
+
+
+def test_recipe_without_a_known_architecture_needs_arch_config(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: Qwen/Qwen2.5-Omni-3B\n")
+    with pytest.raises(SystemExit, match="--arch_config"):
+        plan.main(["--recipe", str(recipe)])

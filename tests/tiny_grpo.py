@@ -4,8 +4,8 @@ for an AudioGRPOTrainer on the tiny model with the paper's objective (beta 0.04,
 from data_paths import AVQA_AUDIO_DIR
 from datasets import Dataset
 from grpo_with_varied_reward import varied_reward
-from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
+from r1aqa.models import load_model, load_processor
 from r1aqa.prompts import format_question, solution_text, user_turn
 from r1aqa.trainer import AudioGRPOConfig, AudioGRPOTrainer
 
@@ -40,13 +40,11 @@ def make_trainer(model_dir: str, output_dir: str, model=None, dataset=None, peft
         seed=0,
     )
     settings.update(config)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    processor.tokenizer.padding_side = "left"
     return AudioGRPOTrainer(
-        model=model or Qwen2AudioForConditionalGeneration.from_pretrained(model_dir),
+        model=model or load_model(model_dir),  # the checkpoint's family: Qwen2-Audio or a Qwen2.5-Omni thinker
         reward_funcs=[varied_reward],
         args=AudioGRPOConfig(**settings),
         train_dataset=dataset or Dataset.from_list(rows(CLIPS)),
-        processing_class=processor,
+        processing_class=load_processor(model_dir),  # left padding
         peft_config=peft_config,
     )

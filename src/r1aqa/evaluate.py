@@ -237,16 +237,18 @@ def has_answers(items: list[dict]) -> bool:
 
 
 def load_model_and_processor(model_path: str, processor_path: str, device: str):
-    """Qwen2-Audio in bf16 on GPU, fp32 on CPU (eval mode), and its processor with left padding."""
+    """The checkpoint's model (Qwen2-Audio, or a Qwen2.5-Omni thinker: r1aqa.models) in bf16 on GPU, fp32 on CPU
+    (eval mode), and its processor with left padding."""
     import torch
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from r1aqa.models import detect_family, load_model, load_processor
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    processor = AutoProcessor.from_pretrained(processor_path)
+    family = detect_family(model_path)
+    processor = load_processor(processor_path, family)
     if not hasattr(processor, "feature_extractor"):
-        raise EvalError(f"{processor_path}: {type(processor).__name__} is not an audio processor (Qwen2-Audio's).")
-    processor.tokenizer.padding_side = "left"  # not saved with the tokenizer; batched generation needs it
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        raise EvalError(f"{processor_path}: {type(processor).__name__} is not an audio processor.")
+    model = load_model(model_path, family, dtype=dtype).to(device).eval()
     return model, processor
 
 
@@ -652,7 +654,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m r1aqa.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model_path", required=True, help="Checkpoint folder or hub id (Qwen2-Audio).")
+    parser.add_argument(
+        "--model_path", required=True, help="Checkpoint folder or hub id (Qwen2-Audio or Qwen2.5-Omni)."
+    )
     parser.add_argument(
         "--data_file", required=True, help="MMAU JSON list (test-mini or test) or MMAR's MMAR-meta.jsonl."
     )

@@ -81,23 +81,25 @@ def parse_args(argv: list[str] | None = None):
 
 
 def load_model(model_args, training_args, freeze_audio_encoder: bool):
+    """The model of the checkpoint's family (Qwen2-Audio, or a Qwen2.5-Omni thinker with its vision tower frozen:
+    r1aqa.models) and its processor (left padding)."""
     import torch
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from r1aqa.models import detect_family, load_processor
+    from r1aqa.models import load_model as load_family_model
 
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(
+    family = detect_family(model_args.model_name_or_path, model_args.model_revision)
+    logger.info("Model family: %s", family.name)
+    model = load_family_model(
         model_args.model_name_or_path,
+        family,
         revision=model_args.model_revision,
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=training_args.trust_remote_code,
     )
-    processor = AutoProcessor.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    processor.tokenizer.padding_side = "left"  # batched generation; not always saved with the tokenizer
+    processor = load_processor(model_args.model_name_or_path, family, model_args.model_revision)
     if freeze_audio_encoder:
         model.model.audio_tower.requires_grad_(False)
     return model, processor

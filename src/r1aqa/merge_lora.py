@@ -1,7 +1,7 @@
 """Merge a LoRA adapter (from `r1aqa.sft` with `use_peft: true`) into its base model: a full model folder.
 
-The result loads with `Qwen2AudioForConditionalGeneration.from_pretrained` and `AutoProcessor.from_pretrained`, so
-`test_mmau.sh` evaluates it like any other checkpoint.
+The result loads like its base model (Qwen2-Audio, or a Qwen2.5-Omni thinker: `r1aqa.models.load_model` and
+`load_processor`), so `test_mmau.sh` evaluates it like any other checkpoint.
 
     python -m r1aqa.merge_lora --adapter outputs/sft-qwen2-audio-7b-lora --out outputs/sft-qwen2-audio-7b-lora-merged
     # every checkpoint of a run
@@ -48,16 +48,16 @@ def merge_lora(adapter_dir: str, out_dir: str, base: str | None = None, dtype: s
     """Load base + adapter, fold the LoRA weights into the base weights, save model and processor to `out_dir`."""
     import torch
     from peft import PeftModel
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from r1aqa.models import detect_family, load_model, load_processor
 
     base = base or adapter_base(adapter_dir)
     if os.path.abspath(out_dir) == os.path.abspath(adapter_dir):
         raise SystemExit("--out must differ from --adapter (the adapter files would be mixed with the merged model).")
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(
-        base, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
-    )
+    family = detect_family(base)  # Qwen2-Audio or a Qwen2.5-Omni thinker (r1aqa.models)
+    model = load_model(base, family, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    processor = AutoProcessor.from_pretrained(adapter_dir if _has_processor(adapter_dir) else base)
+    processor = load_processor(adapter_dir if _has_processor(adapter_dir) else base, family)
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

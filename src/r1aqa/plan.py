@@ -1,11 +1,16 @@
-"""Memory and time plan for GRPO on Qwen2-Audio-7B-Instruct: which DeepSpeed config fits on 1-8 GPUs of 80 GB.
+"""Memory and time plan for GRPO on Qwen2-Audio-7B-Instruct or the Qwen2.5-Omni-7B thinker: which DeepSpeed config
+fits on 1-8 GPUs of 80 GB.
 
     python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml
     python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml --audio_tokens 250 --completion_tokens 64 \
         --tflops 300      # a typical AVQA clip (10 s) and answer, a slower GPU
+    python -m r1aqa.plan --recipe configs/grpo_qwen2_5_omni_7b.yaml   # the Qwen2.5-Omni-7B thinker
 
-Builds the real architecture on the meta device (no weights, no download) from
-configs/qwen2_audio_7b_instruct_config.json, the published config (docs/recipe.md §9), and counts its parameters per module.
+Builds the real architecture on the meta device (no weights, no download) from the architecture config the recipe's
+`model_name_or_path` implies (`ARCH_CONFIGS`: configs/qwen2_audio_7b_instruct_config.json, the published config of
+docs/recipe.md §9; configs/qwen2_5_omni_7b_thinker_config.json, §11), or a local model folder's config.json, or
+`--arch_config`, and counts its parameters per module. A Qwen2.5-Omni thinker's vision tower is frozen in audio-only
+training: it counts in the bf16 weights (policy, reference, generation) but has no gradients or optimizer state.
 Per GPU it then adds up, for 1, 2, 4 and 8 GPUs on one host, with and without CPU offload and gradient checkpointing:
 
 - model states (bf16 parameters, fp32 master weights, Adam moments, gradients): DeepSpeed's own ZeRO-3 estimator
@@ -20,7 +25,8 @@ text tokens) + completion tokens; a micro-batch of `per_device_train_batch_size`
 decoder layer keeps ~`--bytes_per_token_hidden` (40) bytes per token per hidden unit in bf16 (Korthikanti et al.'s 34
 for a 4h-MLP transformer with memory-efficient attention, plus Qwen2's wider SwiGLU MLP); with checkpointing it keeps
 its 2-byte input per hidden unit, plus one layer's full activations during recompute. The audio encoder always sees 1500
-positions (30 s) at ~34 bytes per position per unit; `share_audio_encoding` (the default) keeps one clip's encoder
+positions (30 s) at ~34 bytes per position per unit (Qwen2.5-Omni's encoder packs the batch and sees only the clip's
+own frames: 2 positions per audio token); `share_audio_encoding` (the default) keeps one clip's encoder
 activations per distinct prompt in the micro-batch instead of one per completion (TRL shuffles the generation batch
 before splitting it, so a micro-batch holds about min(micro-batch, prompts per GPU per step) prompts). The fused LM
 head never materialises logits.
@@ -42,7 +48,13 @@ from pathlib import Path
 import yaml
 
 GB = 2**30
-ARCH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "qwen2_audio_7b_instruct_config.json"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ARCH_CONFIG = CONFIGS / "qwen2_audio_7b_instruct_config.json"
+# The architecture config of each hub model a recipe may name (their published config.json, docs/recipe.md §9, §11).
+ARCH_CONFIGS = {
+    "Qwen/Qwen2-Audio-7B-Instruct": ARCH_CONFIG,
+    "Qwen/Qwen2.5-Omni-7B": CONFIGS / "qwen2_5_omni_7b_thinker_config.json",
+}
 GPU_COUNTS = (1, 2, 4, 8)
 PAPER_COMPLETIONS_PER_STEP = 128  # 16 prompts x 8 completions (docs/recipe.md §6)
 ENCODER_BYTES_PER_POSITION_HIDDEN = 34  # Whisper-style layers: 4h GELU MLP, memory-efficient attention
@@ -60,10 +72,18 @@ class ModelSize:
     encoder_hidden: int
     encoder_layers: int
     encoder_positions: int
+    vision: int = 0  # Qwen2.5-Omni's vision tower: frozen, never run in audio-only training
+    kv_hidden: int = 0  # key/value width per layer (grouped-query attention); 0: same as `hidden`
+    packed_encoder: bool = False  # the audio encoder sees only the clips' frames, not a fixed 30 s window
+    name: str = "Qwen2-Audio-7B-Instruct"
 
     @property
     def total(self) -> int:
-        return self.audio_encoder + self.projector + self.language_model + self.lm_head
+        return self.audio_encoder + self.projector + self.language_model + self.lm_head + self.vision
+
+    @property
+    def trainable(self) -> int:
+        return self.total - self.vision
 
     @property
     def text_params(self) -> int:
@@ -72,13 +92,25 @@ class ModelSize:
 
 
 def build_meta_model(config_path: str | os.PathLike = ARCH_CONFIG):
-    """Qwen2-Audio-7B-Instruct on the meta device: the real module tree, no memory."""
-    import torch
-    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+    """The model of `config_path` (Qwen2-Audio, or a Qwen2.5-Omni thinker; a full Omni config gives its thinker) on
+    the meta device: the real module tree, no memory."""
+    import json
 
-    config = Qwen2AudioConfig.from_json_file(str(config_path))
+    import torch
+    import transformers
+
+    from r1aqa.models import QWEN2_5_OMNI, family_of_config
+
+    config = json.loads(Path(config_path).read_text())
+    family = family_of_config(config)
+    if family.name == QWEN2_5_OMNI:
+        config = config.get("thinker_config", config)  # a full Omni checkpoint's config holds the thinker's
+        config_class = transformers.Qwen2_5OmniThinkerConfig
+    else:
+        config_class = transformers.Qwen2AudioConfig
+    config = config_class(**{key: value for key, value in config.items() if key != "model_type"})
     with torch.device("meta"):
-        return Qwen2AudioForConditionalGeneration(config)
+        return getattr(transformers, family.model_class)(config)
 
 
 def count_parameters(model) -> ModelSize:
@@ -87,20 +119,36 @@ def count_parameters(model) -> ModelSize:
 
     # DeepSpeed's `model_to_params` does this too, but de-duplicates by `data_ptr()`, which is 0 for every meta tensor.
     largest_layer = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    text, audio = model.config.get_text_config(), model.config.audio_config
+    projector = getattr(model.model, "multi_modal_projector", None)  # Qwen2.5-Omni: inside the audio encoder
+    vision = getattr(model.model, "visual", None)
+    packed = audio.model_type == "qwen2_5_omni_audio_encoder"
     size = ModelSize(
         audio_encoder=count(model.model.audio_tower),
-        projector=count(model.model.multi_modal_projector),
+        projector=count(projector) if projector is not None else 0,
         language_model=count(model.model.language_model),
         lm_head=count(model.lm_head),
         largest_layer=largest_layer,
-        hidden=model.config.text_config.hidden_size,
-        layers=model.config.text_config.num_hidden_layers,
-        encoder_hidden=model.config.audio_config.d_model,
-        encoder_layers=model.config.audio_config.encoder_layers,
-        encoder_positions=model.config.audio_config.max_source_positions,
+        hidden=text.hidden_size,
+        layers=text.num_hidden_layers,
+        encoder_hidden=audio.d_model,
+        encoder_layers=audio.encoder_layers,
+        encoder_positions=audio.max_source_positions,
+        vision=count(vision) if vision is not None else 0,
+        kv_hidden=text.hidden_size * text.num_key_value_heads // text.num_attention_heads,
+        packed_encoder=packed,
+        name="Qwen2.5-Omni thinker" if packed else "Qwen2-Audio",
     )
-    assert size.total == count(model), "every parameter belongs to one of the four modules"
+    assert size.total == count(model), "every parameter belongs to one of the modules"
     return size
+
+
+def encoder_positions(size: ModelSize, work: Workload) -> int:
+    """Positions the audio encoder runs per clip: the whole window (Qwen2-Audio), or the clip's own frames after the
+    stride-2 convolution, 2 per audio token (Qwen2.5-Omni, whose encoder packs the clips)."""
+    if size.packed_encoder:
+        return min(size.encoder_positions, 2 * work.audio_tokens)
+    return size.encoder_positions
 
 
 @dataclass
@@ -140,10 +188,11 @@ class Workload:
 def activation_bytes(size: ModelSize, work: Workload, checkpointing: bool, bytes_per_token_hidden: float) -> float:
     tokens = work.micro_batch * work.sequence
     full_layer = bytes_per_token_hidden * size.hidden * tokens
-    encoder_layer = ENCODER_BYTES_PER_POSITION_HIDDEN * size.encoder_hidden * size.encoder_positions
+    positions = encoder_positions(size, work)
+    encoder_layer = ENCODER_BYTES_PER_POSITION_HIDDEN * size.encoder_hidden * positions
     encoder_layer *= work.clips_per_micro_batch
     if checkpointing:
-        kept = 2 * size.hidden * tokens * size.layers + 2 * size.encoder_hidden * size.encoder_positions * (
+        kept = 2 * size.hidden * tokens * size.layers + 2 * size.encoder_hidden * positions * (
             work.clips_per_micro_batch * size.encoder_layers
         )
         return kept + max(full_layer, encoder_layer)
@@ -152,7 +201,7 @@ def activation_bytes(size: ModelSize, work: Workload, checkpointing: bool, bytes
 
 def generation_bytes(size: ModelSize, work: Workload) -> float:
     """ZeRO-3 gathers the full bf16 model for `generate`; the KV cache holds K and V of every layer in bf16."""
-    kv_cache = work.micro_batch * work.sequence * size.layers * 2 * size.hidden * 2
+    kv_cache = work.micro_batch * work.sequence * size.layers * 2 * (size.kv_hidden or size.hidden) * 2
     return 2 * size.total + kv_cache
 
 
@@ -165,7 +214,7 @@ def step_flops(size: ModelSize, work: Workload, completions: int, checkpointing:
     clips = prompts if work.share_audio_encoding else completions  # generation prefill, reference pass
     micro_batches = completions // work.micro_batch
     policy_clips = micro_batches * work.clips_per_micro_batch  # a group split across micro-batches: once in each
-    encoder_pass = 2 * size.audio_encoder * size.encoder_positions
+    encoder_pass = 2 * size.audio_encoder * encoder_positions(size, work)
     encoder = encoder_pass * ((4 if checkpointing else 3) * policy_clips + 2 * clips)
     return policy + reference + generation + encoder
 
@@ -198,8 +247,10 @@ def plan(size: ModelSize, work: Workload, args) -> list[Row]:
         grad_accum = max(1, PAPER_COMPLETIONS_PER_STEP // (gpus * work.micro_batch))
         gpu_work = replace(work, grad_accum=grad_accum)  # the paper's global batch on `gpus` GPUs
         for offload in (False, True):
+            # Trainable parameters: bf16 weights, fp32 master weights, Adam moments, gradients. Frozen ones (the
+            # vision tower): bf16 weights only, sharded like the rest (on the host with parameter offload).
             host_states, gpu_states, _ = estimate_zero3_model_states_mem_needs(
-                total_params=size.total,
+                total_params=size.trainable,
                 largest_layer_params=size.largest_layer,
                 num_gpus_per_node=gpus,
                 num_nodes=1,
@@ -207,6 +258,9 @@ def plan(size: ModelSize, work: Workload, args) -> list[Row]:
                 cpu_offload_params=offload,
                 zero_init=True,
             )
+            frozen = 2 * size.vision
+            gpu_states += 0.0 if offload else frozen / gpus
+            host_states += frozen if offload else 0.0
             reference_gpu = 0.0 if offload else 2 * size.total / gpus
             reference_host = 2 * size.total if offload else 0.0
             for checkpointing in (False, True):
@@ -234,6 +288,12 @@ def config_name(offload: bool) -> str:
     return "configs/ds_zero3_offload.json" if offload else "configs/ds_zero3.json"
 
 
+def _shown(path) -> str:
+    """A config path as the report shows it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(CONFIGS.parent)) if path.is_relative_to(CONFIGS.parent) else str(path)
+
+
 def recommendation(rows: list[Row], gpu_memory: float, checkpointing: bool) -> str:
     """Per GPU count, the first config that fits: ZeRO-3 without offload (faster), else with offload."""
     choices = []
@@ -248,10 +308,14 @@ def format_report(size: ModelSize, work: Workload, rows: list[Row], args, recipe
     def gb(x: float) -> str:
         return f"{x / GB:6.1f}"
 
+    parts = [f"  audio encoder   {size.audio_encoder / 1e9:7.3f} B"]
+    if size.projector:
+        parts.append(f"  projector       {size.projector / 1e9:7.3f} B")
+    if size.vision:
+        parts.append(f"  vision encoder  {size.vision / 1e9:7.3f} B  (frozen: audio only)")
     lines = [
-        "Qwen2-Audio-7B-Instruct parameters (meta device, from configs/qwen2_audio_7b_instruct_config.json)",
-        f"  audio encoder   {size.audio_encoder / 1e9:7.3f} B",
-        f"  projector       {size.projector / 1e9:7.3f} B",
+        f"{size.name} parameters (meta device, from {_shown(args.arch_config)})",
+        *parts,
         f"  language model  {size.language_model / 1e9:7.3f} B  (incl. input embeddings)",
         f"  lm head         {size.lm_head / 1e9:7.3f} B",
         f"  total           {size.total / 1e9:7.3f} B  (largest single module {size.largest_layer / 1e6:.0f} M)",
@@ -287,7 +351,11 @@ def format_report(size: ModelSize, work: Workload, rows: list[Row], args, recipe
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", required=True, help="GRPO recipe YAML (micro-batch, G, completion length).")
-    parser.add_argument("--arch_config", default=str(ARCH_CONFIG), help="Qwen2-Audio config.json to build.")
+    parser.add_argument(
+        "--arch_config",
+        help="config.json to build (Qwen2-Audio or Qwen2.5-Omni). Default: the one the recipe's model_name_or_path "
+        "implies (a known hub id, or a local model folder's config.json).",
+    )
     parser.add_argument("--audio_tokens", type=int, default=750, help="Audio tokens per prompt (750 = 30 s).")
     parser.add_argument("--text_tokens", type=int, default=100, help="Text tokens per prompt.")
     parser.add_argument(
@@ -305,11 +373,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def implied_arch_config(recipe: dict) -> str:
+    """The architecture config of the recipe's `model_name_or_path`: `ARCH_CONFIGS` for known hub ids, a local
+    folder's config.json, else an error saying to pass --arch_config."""
+    model = recipe.get("model_name_or_path", "Qwen/Qwen2-Audio-7B-Instruct")
+    if model in ARCH_CONFIGS:
+        return str(ARCH_CONFIGS[model])
+    local = os.path.join(model, "config.json")
+    if os.path.isfile(local):
+        return local
+    raise SystemExit(
+        f"No architecture config for model_name_or_path {model!r} (known: {', '.join(ARCH_CONFIGS)}). Pass "
+        "--arch_config with its config.json."
+    )
+
+
 def main(argv: list[str] | None = None) -> str:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the estimator needs no GPU; silence deepspeed's CUDA warning
     args = parse_args(argv)
     with open(args.recipe) as f:
         recipe = yaml.safe_load(f)
+    args.arch_config = args.arch_config or implied_arch_config(recipe)
     size = count_parameters(build_meta_model(args.arch_config))
     work = Workload(
         micro_batch=int(recipe.get("per_device_train_batch_size", 8)),

@@ -19,6 +19,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from r1aqa.audio import prompts_with_audio
+from r1aqa.models import encoder_packs_batch, placeholder_token_ids, shared_audio_encoding_packed
 
 AUDIO_KEYS = ("input_features", "feature_attention_mask")
 AUDIO_GROUP_KEY = "audio_group"  # per completion: which distinct audio of the generation batch it was prompted with
@@ -137,10 +138,10 @@ class AudioGRPOTrainer(GRPOTrainer):
     Everything else (sampling, rewards, advantages, loss types, clipping, KL, logging, checkpoints, DeepSpeed) is
     inherited. The overrides:
 
-    - `__init__`: TRL reads `model.config.image_token_id` for any processor; we point it at the audio token, which also
-      stops generation from sampling `<|AUDIO|>` (a sampled placeholder would have no features behind it). Also checks
-      that the audio encoder has no dropout when its encodings are shared (one dropout mask for G completions would
-      not be the same computation).
+    - `__init__`: TRL reads `model.config.image_token_id` for any processor; we point it at the audio token, and
+      generation never samples a multimodal placeholder (audio, image, video: a sampled placeholder would have no
+      features behind it). Also checks that the audio encoder has no dropout when its encodings are shared (one
+      dropout mask for G completions would not be the same computation).
     - `_tokenize_prompts`: loads each prompt's audio (first channel, 16 kHz) before TRL tokenizes it, and keeps the
       `input_features` / `feature_attention_mask` the processor returns, plus each prompt's audio group (which
       distinct clip it has). TRL already passes the features to `generate`; we also expose them to the reference and
@@ -178,6 +179,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._forward_audio: dict[str, torch.Tensor] | None = None
         self._profile: dict[str, float] = defaultdict(float)
         super().__init__(model, *args, **kwargs)
+        self._suppress_placeholders()
         self.share_audio_encoding = getattr(self.args, "share_audio_encoding", True)
         if self.share_audio_encoding and encoder_has_dropout(self.model.config.audio_config):
             raise ValueError(
@@ -196,10 +198,25 @@ class AudioGRPOTrainer(GRPOTrainer):
             self._forward_audio = previous
 
     def _shared_audio(self, model, groups: torch.Tensor | None):
-        """`shared_audio_encoding` on `model`'s audio encoder, or nothing when sharing is off."""
+        """`shared_audio_encoding` on `model`'s audio encoder (its packed variant for Qwen2.5-Omni's encoder, which
+        takes the whole batch concatenated along time), or nothing when sharing is off."""
         if not self.share_audio_encoding or groups is None:
             return nullcontext()
-        return shared_audio_encoding(find_audio_tower(model), groups)
+        tower = find_audio_tower(model)
+        share = shared_audio_encoding_packed if encoder_packs_batch(tower) else shared_audio_encoding
+        return share(tower, groups)
+
+    def _suppress_placeholders(self):
+        """Never sample a multimodal placeholder. TRL suppresses `config.image_token_id` only: Qwen2.5-Omni sets it
+        (to `<|IMAGE|>`), so its `<|AUDIO|>` and `<|VIDEO|>` are added here (a sampled `<|AUDIO|>` would shift the
+        audio features in every log-prob pass)."""
+        config = getattr(self, "generation_config", None)
+        if config is None:  # generation outside transformers (e.g. vLLM) has its own settings
+            return
+        suppress = sorted(set(config.suppress_tokens or []) | set(placeholder_token_ids(self.model.config)))
+        config.suppress_tokens = suppress
+        if isinstance(getattr(self, "generation_kwargs", None), dict):
+            self.generation_kwargs["suppress_tokens"] = suppress
 
     # --- profiler ----------------------------------------------------------------------------------------------------
 

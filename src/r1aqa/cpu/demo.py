@@ -112,13 +112,12 @@ def evaluate(
     are a listed option, in the answer format) and the predictions.
     """
     import torch
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
+    from r1aqa.models import load_model, load_processor
     from r1aqa.rewards import option_format_reward
 
-    processor = AutoProcessor.from_pretrained(model_dir)
-    processor.tokenizer.padding_side = "left"
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = load_processor(model_dir)  # left padding; Qwen2-Audio or a Qwen2.5-Omni thinker (r1aqa.models)
+    model = load_model(model_dir, dtype=torch.float32).eval()
     items = load_items(test_file)
     raw = []
     for start in range(0, len(items), batch_size):

@@ -1,12 +1,20 @@
-"""A tiny random Qwen2-Audio with a real processor, for tests and the CPU demo (no download needed).
+"""A tiny random Qwen2-Audio or Qwen2.5-Omni thinker with a real processor, for tests and CPU runs (no download).
 
-The model is the real `Qwen2AudioForConditionalGeneration` class with a 2-layer audio encoder and a 2-layer Qwen2
-language model (~0.5 M parameters); the processor is the real `Qwen2AudioProcessor` with a 128-mel Whisper feature
-extractor and a small byte-level BPE tokenizer trained here, carrying Qwen2-Audio's special tokens. Its chat template
-renders docs/recipe.md §4's string byte for byte. The same seed gives the same bytes.
+`--family qwen2_audio` (the default): the real `Qwen2AudioForConditionalGeneration` class with a 2-layer audio
+encoder and a 2-layer Qwen2 language model (~0.5 M parameters); the processor is the real `Qwen2AudioProcessor` with
+a 128-mel Whisper feature extractor and a small byte-level BPE tokenizer trained here, carrying Qwen2-Audio's special
+tokens. Its chat template renders docs/recipe.md §4's string byte for byte.
+
+`--family qwen2_5_omni`: the real `Qwen2_5OmniThinkerForConditionalGeneration` class (2-layer audio encoder, 1-block
+vision encoder, 2-layer language model) and Omni's special tokens and chat template (docs/recipe.md §11); the
+processor is `r1aqa.models.Qwen2_5OmniAudioProcessor` (the full Omni processor needs torchvision, see r1aqa.models).
+
+The same family, seed and options give the same bytes.
 
     python -m r1aqa.cpu.tiny --out outputs/tiny-qwen2-audio
     python -m r1aqa.cpu.tiny --out outputs/tiny-2s --chunk_length 2      # short audio window for the demo
+    python -m r1aqa.cpu.tiny --family qwen2_5_omni --out outputs/tiny-qwen2.5-omni \\
+        --extra_tokens "<answer>" "</answer>" low top                     # the CPU try-out's toy task, on Omni
 """
 
 from __future__ import annotations
@@ -28,11 +36,22 @@ from transformers import (
 from transformers.models.qwen2 import Qwen2Config
 from transformers.models.qwen2_audio.configuration_qwen2_audio import Qwen2AudioEncoderConfig
 
+from r1aqa.models import (
+    FAMILIES,
+    OMNI_CHAT_TEMPLATE,
+    OMNI_SPECIAL_TOKENS,
+    OMNI_SYSTEM_PROMPT,
+    QWEN2_5_OMNI,
+    QWEN2_AUDIO,
+    Qwen2_5OmniAudioProcessor,
+)
 from r1aqa.prompts import ANSWER_INSTRUCTION, OPTIONS_SENTENCE, THINK_INSTRUCTION
 
 PAD_TOKEN = "<|endoftext|>"  # Qwen2's bos and pad
 EOS_TOKEN = "<|im_end|>"
 RESERVED_TOKENS = [PAD_TOKEN, "<|im_start|>", EOS_TOKEN, "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+# Qwen2.5-Omni adds the vision placeholders; the thinker has a vision tower, which audio-only training never uses.
+OMNI_RESERVED_TOKENS = RESERVED_TOKENS + ["<|vision_bos|>", "<|vision_eos|>", "<|IMAGE|>", "<|VIDEO|>"]
 
 # Qwen2-Audio-Instruct's template, except that audio parts are recognised by `type` alone: `datasets` gives every
 # content item every key (missing ones as None), and the hub template's `'audio' in content` test then renders an
@@ -77,18 +96,21 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(extra_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with Qwen2-Audio's special tokens, trained on `_CORPUS` (deterministic)."""
+def build_tokenizer(extra_tokens: tuple[str, ...] = (), family: str = QWEN2_AUDIO) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with the family's special tokens, trained on `_CORPUS` (deterministic)."""
+    omni = family == QWEN2_5_OMNI
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=600,
-        special_tokens=RESERVED_TOKENS,
+        special_tokens=OMNI_RESERVED_TOKENS if omni else RESERVED_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    bpe.train_from_iterator((_CORPUS + [OMNI_SYSTEM_PROMPT] if omni else _CORPUS) * 4, trainer=trainer)
+    # Omni's processor reads its placeholders from named tokenizer attributes (`tokenizer.audio_token`, ...).
+    named = {"extra_special_tokens": OMNI_SPECIAL_TOKENS} if omni else {}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=None,
@@ -97,7 +119,8 @@ def build_tokenizer(extra_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFa
         unk_token=None,
         padding_side="left",
         model_max_length=4096,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=OMNI_CHAT_TEMPLATE if omni else CHAT_TEMPLATE,
+        **named,
     )
     # Added as whole tokens (not special: they are decoded with the text) for demo tasks whose answers must be
     # one token each.
@@ -106,9 +129,15 @@ def build_tokenizer(extra_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFa
     return tokenizer
 
 
-def build_processor(chunk_length: int = 30, extra_tokens: tuple[str, ...] = ()) -> Qwen2AudioProcessor:
-    """The real processor class: 128 mel bins (Whisper's default is 80), 16 kHz, `chunk_length` s window."""
+def build_processor(
+    chunk_length: int = 30, extra_tokens: tuple[str, ...] = (), family: str = QWEN2_AUDIO
+) -> Qwen2AudioProcessor:
+    """The family's processor: 128 mel bins (Whisper's default is 80), 16 kHz, `chunk_length` s window."""
     feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16_000, chunk_length=chunk_length)
+    if family == QWEN2_5_OMNI:
+        return Qwen2_5OmniAudioProcessor(
+            feature_extractor=feature_extractor, tokenizer=build_tokenizer(extra_tokens, family)
+        )
     return Qwen2AudioProcessor(
         feature_extractor=feature_extractor, tokenizer=build_tokenizer(extra_tokens), chat_template=CHAT_TEMPLATE
     )
@@ -155,15 +184,94 @@ def build_model(processor: Qwen2AudioProcessor, seed: int = 0, chunk_length: int
     return model.eval()
 
 
-def write_tiny_model(out_dir: str, seed: int = 0, chunk_length: int = 30, extra_tokens: tuple[str, ...] = ()) -> str:
-    """Build and save model + processor to `out_dir`; return it. Loadable with `from_pretrained`."""
-    processor = build_processor(chunk_length, extra_tokens)
-    model = build_model(processor, seed, chunk_length)
+def build_omni_model(processor: Qwen2_5OmniAudioProcessor, seed: int = 0, chunk_length: int = 30):
+    """A random Qwen2.5-Omni thinker from `seed`: the real class at toy sizes, Omni's placeholder ids from the
+    tokenizer. `max_source_positions` must cover the mel frames of the window / 2."""
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    tokenizer = processor.tokenizer
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in OMNI_SPECIAL_TOKENS.items()}
+    hidden, heads = 64, 4
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config=dict(
+            num_mel_bins=128,
+            encoder_layers=2,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            d_model=64,
+            max_source_positions=chunk_length * 50,
+            output_dim=hidden,
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=hidden,
+            fullatt_block_indexes=[0],
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            # mrope_section splits the rotary half-dimension (hidden / heads / 2 = 8) into time, height, width.
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+            tie_word_embeddings=False,
+            bos_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        audio_token_index=ids["audio_token"],
+        image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"],
+        audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"],
+        # Read by the thinker's rope-index code (get_rope_index), not declared by the config class.
+        vision_start_token_id=ids["vision_bos_token"],
+        vision_end_token_id=ids["vision_eos_token"],
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.pad_token_id,
+    )
+    return model.eval()
+
+
+def write_tiny_model(
+    out_dir: str,
+    seed: int = 0,
+    chunk_length: int = 30,
+    extra_tokens: tuple[str, ...] = (),
+    family: str = QWEN2_AUDIO,
+) -> str:
+    """Build and save model + processor to `out_dir`; return it. Loadable with `r1aqa.models.load_model` /
+    `load_processor` (Qwen2-Audio: with `from_pretrained` / `AutoProcessor` too)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    processor = build_processor(chunk_length, extra_tokens, family)
+    if family == QWEN2_5_OMNI:
+        model = build_omni_model(processor, seed, chunk_length)
+    else:
+        model = build_model(processor, seed, chunk_length)
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    info = {"seed": seed, "chunk_length": chunk_length, "extra_tokens": list(extra_tokens)}
+    if family != QWEN2_AUDIO:  # the Qwen2-Audio file stays byte for byte what it was
+        info["family"] = family
     with open(os.path.join(out_dir, "tiny_model.json"), "w") as f:
-        json.dump({"seed": seed, "chunk_length": chunk_length, "extra_tokens": list(extra_tokens)}, f, indent=2)
+        json.dump(info, f, indent=2)
     return out_dir
 
 
@@ -173,10 +281,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
     parser.add_argument("--chunk_length", type=int, default=30, help="Audio window in seconds (Qwen2-Audio: 30).")
     parser.add_argument("--extra_tokens", nargs="*", default=[], help="Words to add to the vocabulary as whole tokens.")
+    parser.add_argument(
+        "--family", choices=FAMILIES, default=QWEN2_AUDIO, help="Model family (default: qwen2_audio, the paper's)."
+    )
     args = parser.parse_args(argv)
-    out = write_tiny_model(args.out, args.seed, args.chunk_length, tuple(args.extra_tokens))
-    n_params = sum(p.numel() for p in Qwen2AudioForConditionalGeneration.from_pretrained(out).parameters())
-    print(f"Wrote a tiny Qwen2-Audio ({n_params:,} parameters) to {out}")
+    out = write_tiny_model(args.out, args.seed, args.chunk_length, tuple(args.extra_tokens), args.family)
+    if args.family == QWEN2_AUDIO:
+        n_params = sum(p.numel() for p in Qwen2AudioForConditionalGeneration.from_pretrained(out).parameters())
+        print(f"Wrote a tiny Qwen2-Audio ({n_params:,} parameters) to {out}")
+    else:
+        from r1aqa.models import load_model
+
+        n_params = sum(p.numel() for p in load_model(out).parameters())
+        print(f"Wrote a tiny Qwen2.5-Omni thinker ({n_params:,} parameters) to {out}")
 
 
 if __name__ == "__main__":

@@ -69,14 +69,15 @@ def warmup(
 ) -> str:
     """Train `steps` AdamW steps on random-option targets; save model + processor to `out_dir`; return it."""
     import torch
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from r1aqa.models import load_model, load_processor
 
     # --- seed, data, model -----------------------------------------------------------------------------------------
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rows = load_avqa_dataset(data_file).to_list()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    processor = load_processor(model_dir)  # Qwen2-Audio or a Qwen2.5-Omni thinker (r1aqa.models)
+    model = load_model(model_dir, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
 
     # --- train -----------------------------------------------------------------------------------------------------
