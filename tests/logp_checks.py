@@ -6,7 +6,7 @@ reference and policy-loss passes). At every call it finds each row's question fr
 `model(input_ids, attention_mask, input_features, feature_attention_mask)` with the features of *that row's* clip,
 computed here by the processor from the WAV, and compares the completion tokens' log-probs with the trainer's. It also
 runs the same forward with another clip per row and without audio (both must differ: otherwise the comparison could
-not fail), and, on request, the trainer's own pass with `share_audio_encoding` off (shared vs per-completion
+not fail), and, on request, the trainer's own pass with `share_audio_encoding` flipped (shared vs per-completion
 encoding). Rows misaligned with their audio anywhere (tokenisation, the batch dict, TRL's shuffle and split, the
 per-chunk slicing, the shared-encoding hooks) give a large `own` difference.
 
@@ -89,14 +89,15 @@ class LogpChecker:
                 "other": self._plain_logps(model, input_ids, attention_mask, completion, others),
                 "none": self._plain_logps(model, input_ids, attention_mask, completion, None),
             }
-            if self.compare_sharing:
-                self.trainer.share_audio_encoding = False
+            if self.compare_sharing:  # the trainer's own pass with the other encoding (shared <-> per completion)
+                sharing = self.trainer.share_audio_encoding
+                self.trainer.share_audio_encoding = not sharing
                 try:
-                    plain["unshared"] = self.original(
+                    plain["other_encoding"] = self.original(
                         model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
                     )[0]
                 finally:
-                    self.trainer.share_audio_encoding = True
+                    self.trainer.share_audio_encoding = sharing
         result = self.original(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
         logps = result[0].detach()
         record = {"kind": kind, "questions": questions, "clips": clips, "tokens": int(mask.sum())}
@@ -132,6 +133,6 @@ def summary(calls: list[dict]) -> dict:
             "other_min": min(min(c["other"]) for c in mine),
             "none_min": min(min(c["none"]) for c in mine),
         }
-        if "unshared" in mine[0]:
-            out[kind]["unshared_max"] = max(max(c["unshared"]) for c in mine)
+        if "other_encoding" in mine[0]:
+            out[kind]["other_encoding_max"] = max(max(c["other_encoding"]) for c in mine)
     return out

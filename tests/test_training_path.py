@@ -50,7 +50,7 @@ def test_every_logp_pass_equals_a_plain_forward_with_each_rows_own_clip(trained)
         assert numbers["own_max"] < TOLERANCE, (kind, numbers)
         assert numbers["other_min"] > DISCRIMINATES, (kind, numbers)  # a swapped clip would be caught, row by row
         assert numbers["none_min"] > DISCRIMINATES, (kind, numbers)
-        assert numbers["unshared_max"] < TOLERANCE, (kind, numbers)  # shared = per-completion encoding
+        assert numbers["other_encoding_max"] < TOLERANCE, (kind, numbers)  # shared = per-completion encoding
 
 
 def test_micro_batches_are_shuffled_rows_of_their_generation(trained):
