@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from data_paths import AVQA_AUDIO_DIR
 from safetensors.torch import load_file
 
 from r1aqa.audio import load_audio
@@ -164,6 +165,52 @@ def test_unusable_audio_files_give_a_clear_error(tmp_path, kind):
     with pytest.raises((AudioError, FileNotFoundError)) as error:
         load_audio(str(path))
     assert str(path) in str(error.value)
+
+
+def bad_body_files(tmp_path, good: Path) -> dict[str, Path]:
+    """Files whose header is fine (soundfile reads it) but whose body is not: a PCM WAV cut in half (a conversion
+    killed mid-write), a float WAV with NaN samples, a FLAC whose second half is zeroed."""
+    files = {"truncated": tmp_path / "cut.wav", "nan": tmp_path / "nan.wav", "flac": tmp_path / "lost.flac"}
+    data = good.read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    samples = load_audio(str(good))[:16_000].copy()
+    samples[100:200] = np.nan
+    sf.write(files["nan"], samples, 16_000, subtype="FLOAT")
+    sf.write(files["flac"], load_audio(str(good)), 16_000)
+    flac = bytearray(files["flac"].read_bytes())
+    flac[len(flac) // 2 :] = bytes(len(flac) - len(flac) // 2)
+    files["flac"].write_bytes(bytes(flac))
+    return files
+
+
+def test_audio_with_a_good_header_and_a_bad_body_is_dropped_before_training(tmp_path, caplog):
+    """A header-only check passes these: the truncated WAV would train on half a clip, the NaN one would turn the loss
+    into NaN, the FLAC would stop training when its batch comes. The check decodes the whole body."""
+    import logging
+
+    from r1aqa.audio import AudioError, check_audio
+    from r1aqa.data import load_avqa_dataset
+
+    good = Path(sorted(AVQA_AUDIO_DIR.glob("*.wav"))[0])
+    files = bad_body_files(tmp_path, good)
+    expected = {"truncated": "truncated", "nan": "corrupt", "flac": "corrupt"}
+    for kind, path in files.items():
+        assert sf.info(str(path)).frames > 0, f"{kind}: the header must look fine"
+        assert check_audio(str(path)) == expected[kind], kind
+    for kind in ("nan", "flac"):  # what training would have hit mid-run
+        with pytest.raises(AudioError, match=str(files[kind])):
+            load_audio(str(files[kind]))
+    assert check_audio(str(good)) is None
+    question = {"question_text": "What is making the sound?", "multi_choice": ["a boat", "a dog"], "answer": 1}
+    jsonl = tmp_path / "train.jsonl"
+    paths = [good, *files.values()]
+    jsonl.write_text(
+        "".join(json.dumps({**question, "id": i, "audio_path": str(p)}) + "\n" for i, p in enumerate(paths))
+    )
+    with caplog.at_level(logging.WARNING, logger="r1aqa.data"):
+        dataset = load_avqa_dataset(str(jsonl))
+    assert [row["id"] for row in dataset] == [0]
+    assert "dropped 3 of 4 rows (audio_corrupt: 2, audio_truncated: 1)" in caplog.text
 
 
 def test_audio_longer_than_30_s_fills_the_window_without_error(tiny_model_and_processor):
