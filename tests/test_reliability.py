@@ -102,22 +102,34 @@ def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, t
 
 
 def test_wandb_key_never_reaches_logs_or_checkpoints(toy, tmp_path):
-    out = tmp_path / "run"
+    """A run with a W&B key logs (offline: no server here) into a run folder; the key is in no file written under a
+    redirected HOME (W&B's settings and caches) or the output folder (checkpoints, W&B's run files), nor in the logs.
+    Online mode is not tested: it needs W&B's GraphQL server, which a local fake would have to reimplement."""
+    home, out = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
     log = run(
         toy,
         out,
         "--max_steps",
         "1",
+        "--save_steps",
+        "1",
         "--report_to",
         "wandb",
+        HOME=str(home),
         WANDB_API_KEY=SECRET,
         WANDB_MODE="offline",
-        WANDB_DIR=str(tmp_path),
+        WANDB_DIR=str(out),
     )
     assert SECRET not in log
-    for path in tmp_path.rglob("*"):
-        if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline run folder, to `wandb sync` later"
+    assert b"train/loss" in next(runs[0].glob("*.wandb")).read_bytes(), "the run's metrics were logged"
+    assert (out / "checkpoint-1" / "model.safetensors").is_file()
+    files = [path for root in (home, out) for path in root.rglob("*") if path.is_file()]
+    assert len(files) > 20
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_missing_wandb_key_logs_offline_instead_of_crashing(toy, tmp_path):
@@ -140,7 +152,8 @@ def test_missing_wandb_key_logs_offline_instead_of_crashing(toy, tmp_path):
 def test_any_rate_and_channel_count_reads_as_first_channel_16k(tmp_path, rate, channels):
     t = np.arange(rate) / rate
     first = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    samples = np.stack([first, np.zeros_like(first)], axis=1) if channels == 2 else first
+    second = (0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)  # the down-mix would correlate ~0.7 only
+    samples = np.stack([first, second], axis=1) if channels == 2 else first
     path = tmp_path / f"clip-{rate}-{channels}.wav"
     sf.write(path, samples, rate, subtype="FLOAT")
     audio = load_audio(str(path))
