@@ -1,9 +1,11 @@
 """Runs survive faults: a SIGKILLed training run resumes to the same result, secrets stay out of every file, and audio
 of any rate, channel count or length is read the way training expects."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,9 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "wandb-secret-1234567890abcdef"
 
 
-def grpo_command(toy, output_dir, *args):
+def grpo_command(toy, output_dir, *args, processes=1):
+    launcher = [sys.executable]
+    if processes > 1:  # plain DDP on gloo, as run_grpo.sh starts it (torchrun)
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        launcher += ["--master_port", str(free_port())]
     return [
-        sys.executable,
+        *launcher,
         str(REPO / "tests/grpo_with_varied_reward.py"),
         "--reward_funcs",
         "varied",
@@ -46,30 +52,55 @@ def grpo_command(toy, output_dir, *args):
     ]
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the process and every process it started, at once (no cleanup runs), as a preempted job dies. torchrun
+    starts each worker in a session of its own, so killing the launcher's process group would leave them training."""
+    import psutil
+
+    parent = psutil.Process(process.pid)
+    for child in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def environment(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), **extra}
 
 
-def run(toy, output_dir, *args, **env):
+def run(toy, output_dir, *args, processes=1, **env):
     result = subprocess.run(
-        grpo_command(toy, output_dir, *args), env=environment(**env), capture_output=True, text=True, timeout=600
+        grpo_command(toy, output_dir, *args, processes=processes),
+        env=environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
-def order(log: Path) -> list[list[str]]:
-    return [json.loads(line) for line in log.read_text().splitlines()]
+def order(log: Path, processes: int) -> list[list[list[str]]]:
+    """Per generation batch, the clips each process scored (a process's file: one line per batch)."""
+    files = [log] if processes == 1 else [Path(f"{log}.rank{rank}") for rank in range(processes)]
+    per_process = [[json.loads(line) for line in f.read_text().splitlines()] for f in files]
+    return [list(batch) for batch in zip(*per_process, strict=True)]
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, tmp_path, processes):
     straight = tmp_path / "straight"
-    run(toy, straight, R1AQA_ORDER_LOG=str(tmp_path / "straight.log"))
+    run(toy, straight, processes=processes, R1AQA_ORDER_LOG=str(tmp_path / "straight.log"))
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        grpo_command(toy, killed),
+        grpo_command(toy, killed, processes=processes),
         env=environment(R1AQA_ORDER_LOG=str(tmp_path / "killed.log")),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -79,21 +110,27 @@ def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, t
     while not (killed / "checkpoint-2" / "trainer_state.json").exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before checkpoint-2"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    kill_tree(process)
     process.wait()
     assert not (killed / "checkpoint-4").exists()
     # A checkpoint the kill interrupted mid-save (no trainer_state.json) must not be resumed from.
     (killed / "checkpoint-3").mkdir(exist_ok=True)
     (killed / "checkpoint-3" / "trainer_state.json").unlink(missing_ok=True)
 
-    log = run(toy, killed, "--resume", "true", R1AQA_ORDER_LOG=str(tmp_path / "resumed.log"))
+    log = run(toy, killed, "--resume", "true", processes=processes, R1AQA_ORDER_LOG=str(tmp_path / "resumed.log"))
     assert f"Resuming from {killed / 'checkpoint-2'}" in log
     for step in (1, 2, 3, 4):
         state = json.loads((killed / f"checkpoint-{step}" / "trainer_state.json").read_text())
         assert state["global_step"] == step
-    # Same questions at every step: steps 3-4 of the resumed run are steps 3-4 of the uninterrupted one.
-    assert order(tmp_path / "killed.log")[:2] == order(tmp_path / "straight.log")[:2]
-    assert order(tmp_path / "resumed.log") == order(tmp_path / "straight.log")[2:]
+    if processes > 1:
+        assert (killed / "checkpoint-4" / "rng_state_1.pth").is_file(), "both processes' state"
+    # Same questions at every step, on every process: steps 3-4 of the resumed run are those of the uninterrupted one.
+    straight_order = order(tmp_path / "straight.log", processes)
+    assert len(straight_order) == 4 and all(len(batch) == processes for batch in straight_order)
+    if processes > 1:
+        assert all(batch[0] != batch[1] for batch in straight_order), "the processes score different questions"
+    assert order(tmp_path / "killed.log", processes)[:2] == straight_order[:2]
+    assert order(tmp_path / "resumed.log", processes) == straight_order[2:]
     # Training really ran: the weights moved. (They are not bit-identical to the uninterrupted run: HF's Trainer
     # restores the RNG before the data loader draws its seed, so sampling differs after a resume.)
     initial = load_file(Path(toy["model"]) / "model.safetensors")
