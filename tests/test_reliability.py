@@ -1,9 +1,11 @@
 """Runs survive faults: a SIGKILLed training run resumes to the same result, secrets stay out of every file, and audio
 of any rate, channel count or length is read the way training expects."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from data_paths import AVQA_AUDIO_DIR
 from safetensors.torch import load_file
 
 from r1aqa.audio import load_audio
@@ -21,9 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "wandb-secret-1234567890abcdef"
 
 
-def grpo_command(toy, output_dir, *args):
+def grpo_command(toy, output_dir, *args, processes=1):
+    launcher = [sys.executable]
+    if processes > 1:  # plain DDP on gloo, as run_grpo.sh starts it (torchrun)
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        launcher += ["--master_port", str(free_port())]
     return [
-        sys.executable,
+        *launcher,
         str(REPO / "tests/grpo_with_varied_reward.py"),
         "--reward_funcs",
         "varied",
@@ -45,30 +52,55 @@ def grpo_command(toy, output_dir, *args):
     ]
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the process and every process it started, at once (no cleanup runs), as a preempted job dies. torchrun
+    starts each worker in a session of its own, so killing the launcher's process group would leave them training."""
+    import psutil
+
+    parent = psutil.Process(process.pid)
+    for child in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def environment(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), **extra}
 
 
-def run(toy, output_dir, *args, **env):
+def run(toy, output_dir, *args, processes=1, **env):
     result = subprocess.run(
-        grpo_command(toy, output_dir, *args), env=environment(**env), capture_output=True, text=True, timeout=600
+        grpo_command(toy, output_dir, *args, processes=processes),
+        env=environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
-def order(log: Path) -> list[list[str]]:
-    return [json.loads(line) for line in log.read_text().splitlines()]
+def order(log: Path, processes: int) -> list[list[list[str]]]:
+    """Per generation batch, the clips each process scored (a process's file: one line per batch)."""
+    files = [log] if processes == 1 else [Path(f"{log}.rank{rank}") for rank in range(processes)]
+    per_process = [[json.loads(line) for line in f.read_text().splitlines()] for f in files]
+    return [list(batch) for batch in zip(*per_process, strict=True)]
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, tmp_path, processes):
     straight = tmp_path / "straight"
-    run(toy, straight, R1AQA_ORDER_LOG=str(tmp_path / "straight.log"))
+    run(toy, straight, processes=processes, R1AQA_ORDER_LOG=str(tmp_path / "straight.log"))
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        grpo_command(toy, killed),
+        grpo_command(toy, killed, processes=processes),
         env=environment(R1AQA_ORDER_LOG=str(tmp_path / "killed.log")),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -78,21 +110,27 @@ def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, t
     while not (killed / "checkpoint-2" / "trainer_state.json").exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before checkpoint-2"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    kill_tree(process)
     process.wait()
     assert not (killed / "checkpoint-4").exists()
     # A checkpoint the kill interrupted mid-save (no trainer_state.json) must not be resumed from.
     (killed / "checkpoint-3").mkdir(exist_ok=True)
     (killed / "checkpoint-3" / "trainer_state.json").unlink(missing_ok=True)
 
-    log = run(toy, killed, "--resume", "true", R1AQA_ORDER_LOG=str(tmp_path / "resumed.log"))
+    log = run(toy, killed, "--resume", "true", processes=processes, R1AQA_ORDER_LOG=str(tmp_path / "resumed.log"))
     assert f"Resuming from {killed / 'checkpoint-2'}" in log
     for step in (1, 2, 3, 4):
         state = json.loads((killed / f"checkpoint-{step}" / "trainer_state.json").read_text())
         assert state["global_step"] == step
-    # Same questions at every step: steps 3-4 of the resumed run are steps 3-4 of the uninterrupted one.
-    assert order(tmp_path / "killed.log")[:2] == order(tmp_path / "straight.log")[:2]
-    assert order(tmp_path / "resumed.log") == order(tmp_path / "straight.log")[2:]
+    if processes > 1:
+        assert (killed / "checkpoint-4" / "rng_state_1.pth").is_file(), "both processes' state"
+    # Same questions at every step, on every process: steps 3-4 of the resumed run are those of the uninterrupted one.
+    straight_order = order(tmp_path / "straight.log", processes)
+    assert len(straight_order) == 4 and all(len(batch) == processes for batch in straight_order)
+    if processes > 1:
+        assert all(batch[0] != batch[1] for batch in straight_order), "the processes score different questions"
+    assert order(tmp_path / "killed.log", processes)[:2] == straight_order[:2]
+    assert order(tmp_path / "resumed.log", processes) == straight_order[2:]
     # Training really ran: the weights moved. (They are not bit-identical to the uninterrupted run: HF's Trainer
     # restores the RNG before the data loader draws its seed, so sampling differs after a resume.)
     initial = load_file(Path(toy["model"]) / "model.safetensors")
@@ -101,22 +139,34 @@ def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, t
 
 
 def test_wandb_key_never_reaches_logs_or_checkpoints(toy, tmp_path):
-    out = tmp_path / "run"
+    """A run with a W&B key logs (offline: no server here) into a run folder; the key is in no file written under a
+    redirected HOME (W&B's settings and caches) or the output folder (checkpoints, W&B's run files), nor in the logs.
+    Online mode is not tested: it needs W&B's GraphQL server, which a local fake would have to reimplement."""
+    home, out = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
     log = run(
         toy,
         out,
         "--max_steps",
         "1",
+        "--save_steps",
+        "1",
         "--report_to",
         "wandb",
+        HOME=str(home),
         WANDB_API_KEY=SECRET,
         WANDB_MODE="offline",
-        WANDB_DIR=str(tmp_path),
+        WANDB_DIR=str(out),
     )
     assert SECRET not in log
-    for path in tmp_path.rglob("*"):
-        if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline run folder, to `wandb sync` later"
+    assert b"train/loss" in next(runs[0].glob("*.wandb")).read_bytes(), "the run's metrics were logged"
+    assert (out / "checkpoint-1" / "model.safetensors").is_file()
+    files = [path for root in (home, out) for path in root.rglob("*") if path.is_file()]
+    assert len(files) > 20
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_missing_wandb_key_logs_offline_instead_of_crashing(toy, tmp_path):
@@ -139,7 +189,8 @@ def test_missing_wandb_key_logs_offline_instead_of_crashing(toy, tmp_path):
 def test_any_rate_and_channel_count_reads_as_first_channel_16k(tmp_path, rate, channels):
     t = np.arange(rate) / rate
     first = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    samples = np.stack([first, np.zeros_like(first)], axis=1) if channels == 2 else first
+    second = (0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)  # the down-mix would correlate ~0.7 only
+    samples = np.stack([first, second], axis=1) if channels == 2 else first
     path = tmp_path / f"clip-{rate}-{channels}.wav"
     sf.write(path, samples, rate, subtype="FLOAT")
     audio = load_audio(str(path))
@@ -164,6 +215,52 @@ def test_unusable_audio_files_give_a_clear_error(tmp_path, kind):
     with pytest.raises((AudioError, FileNotFoundError)) as error:
         load_audio(str(path))
     assert str(path) in str(error.value)
+
+
+def bad_body_files(tmp_path, good: Path) -> dict[str, Path]:
+    """Files whose header is fine (soundfile reads it) but whose body is not: a PCM WAV cut in half (a conversion
+    killed mid-write), a float WAV with NaN samples, a FLAC whose second half is zeroed."""
+    files = {"truncated": tmp_path / "cut.wav", "nan": tmp_path / "nan.wav", "flac": tmp_path / "lost.flac"}
+    data = good.read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    samples = load_audio(str(good))[:16_000].copy()
+    samples[100:200] = np.nan
+    sf.write(files["nan"], samples, 16_000, subtype="FLOAT")
+    sf.write(files["flac"], load_audio(str(good)), 16_000)
+    flac = bytearray(files["flac"].read_bytes())
+    flac[len(flac) // 2 :] = bytes(len(flac) - len(flac) // 2)
+    files["flac"].write_bytes(bytes(flac))
+    return files
+
+
+def test_audio_with_a_good_header_and_a_bad_body_is_dropped_before_training(tmp_path, caplog):
+    """A header-only check passes these: the truncated WAV would train on half a clip, the NaN one would turn the loss
+    into NaN, the FLAC would stop training when its batch comes. The check decodes the whole body."""
+    import logging
+
+    from r1aqa.audio import AudioError, check_audio
+    from r1aqa.data import load_avqa_dataset
+
+    good = Path(sorted(AVQA_AUDIO_DIR.glob("*.wav"))[0])
+    files = bad_body_files(tmp_path, good)
+    expected = {"truncated": "truncated", "nan": "corrupt", "flac": "corrupt"}
+    for kind, path in files.items():
+        assert sf.info(str(path)).frames > 0, f"{kind}: the header must look fine"
+        assert check_audio(str(path)) == expected[kind], kind
+    for kind in ("nan", "flac"):  # what training would have hit mid-run
+        with pytest.raises(AudioError, match=str(files[kind])):
+            load_audio(str(files[kind]))
+    assert check_audio(str(good)) is None
+    question = {"question_text": "What is making the sound?", "multi_choice": ["a boat", "a dog"], "answer": 1}
+    jsonl = tmp_path / "train.jsonl"
+    paths = [good, *files.values()]
+    jsonl.write_text(
+        "".join(json.dumps({**question, "id": i, "audio_path": str(p)}) + "\n" for i, p in enumerate(paths))
+    )
+    with caplog.at_level(logging.WARNING, logger="r1aqa.data"):
+        dataset = load_avqa_dataset(str(jsonl))
+    assert [row["id"] for row in dataset] == [0]
+    assert "dropped 3 of 4 rows (audio_corrupt: 2, audio_truncated: 1)" in caplog.text
 
 
 def test_audio_longer_than_30_s_fills_the_window_without_error(tiny_model_and_processor):

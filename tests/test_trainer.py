@@ -130,8 +130,9 @@ def test_stereo_audio_is_read_from_its_first_channel(tmp_path):
     from r1aqa.audio import prompts_with_audio
 
     left = np.sin(np.linspace(0, 200, 16_000)).astype(np.float32)
+    right = (0.5 * np.sin(np.linspace(0, 3000, 16_000))).astype(np.float32)  # another tone: first != mean != second
     path = str(tmp_path / "stereo.wav")
-    sf.write(path, np.stack([left, np.zeros_like(left)], axis=1), 16_000, subtype="FLOAT")
+    sf.write(path, np.stack([left, right], axis=1), 16_000, subtype="FLOAT")
     prompt = [
         {
             "role": "user",
@@ -142,6 +143,7 @@ def test_stereo_audio_is_read_from_its_first_channel(tmp_path):
     audio_part = loaded[0][0]["content"][0]
     assert set(audio_part) == {"type", "audio"}
     np.testing.assert_array_equal(audio_part["audio"], left)
+    assert np.abs(audio_part["audio"] - (left + right) / 2).max() > 0.1, "not the down-mix"
     assert loaded[1][0]["content"][0]["audio"] is audio_part["audio"], "decoded once per batch"
     assert loaded[0][0]["content"][1] == {"type": "text", "text": "Q"}
 

@@ -8,9 +8,9 @@ keyword arguments. Training and evaluation build prompts here and nowhere else.
     train = load_avqa_dataset("data/avqa/train.jsonl", think=False)
 
 Unusable rows (missing keys, an `answer` outside the options, empty or duplicated options, audio that is missing,
-unreadable or empty) are dropped before training, counted by reason and reported with one warning; if none is left
-`DataError` says what to do. A line that is not JSON is an error naming the file and line: the file is broken, and
-skipping lines of a broken file would hide that.
+unreadable, empty, truncated or with a corrupt body) are dropped before training, counted by reason and reported with
+one warning; if none is left `DataError` says what to do. A line that is not JSON is an error naming the file and
+line: the file is broken, and skipping lines of a broken file would hide that.
 """
 
 from __future__ import annotations
@@ -202,8 +202,9 @@ def _unusable_reason(record: dict, check_audio_files: bool) -> str | None:
 def load_avqa_dataset(path: str, think: bool = False, check_audio_files: bool = True, format_instruction: bool = True):
     """The JSONL at `path` as a `datasets.Dataset` of training rows (see `avqa_example`).
 
-    Every audio path is checked first (exists, readable header, not empty) unless `check_audio_files=False`;
-    unusable rows are dropped and counted in one warning. Raises `DataError` when no row is usable.
+    Every audio file is checked first (exists, readable header, not empty, the whole body decodes to finite samples:
+    `r1aqa.audio.check_audio`) unless `check_audio_files=False`; unusable rows are dropped and counted in one warning.
+    Raises `DataError` when no row is usable.
     """
     records = read_jsonl(path)
     usable, dropped = usable_records(records, check_audio_files)
