@@ -672,7 +672,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model_path", required=True, help="Checkpoint folder or hub id (Qwen2-Audio or Qwen2.5-Omni)."
     )
     parser.add_argument(
-        "--data_file", required=True, help="MMAU JSON list (test-mini or test) or MMAR's MMAR-meta.jsonl."
+        "--data_file",
+        required=True,
+        help="MMAU JSON list (test-mini or test), MMAR's MMAR-meta.jsonl, or an AVQA JSONL from r1aqa.prepare_avqa.",
     )
     parser.add_argument(
         "--audio_dir",
