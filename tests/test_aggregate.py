@@ -316,3 +316,22 @@ def test_two_seeds_trained_evaluated_aggregated_and_selected_on_avqa_validation(
     rows = json.loads((out / "aggregate" / "mmau" / "test.answer.silent" / "aggregate.json").read_text())["rows"]
     assert [row["step"] for row in rows if row["silent"]["total"] is not None] == [2]
     assert rows[1]["total"] == data["rows"][1]["total"]  # with audio, from the first evaluation
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"RUN_DIRS": "{tmp}/a {tmp}/b", "OUT_DIR": "{tmp}/o"}, "OUT_DIR is one run's folder"),
+        ({"RUN_DIRS": "{tmp}/a {tmp}/missing"}, "RUN_DIRS: {tmp}/missing is not a folder"),
+        ({"RUN_DIR": "{tmp}/a", "SELECT_FILE": "{tmp}/val.jsonl"}, "SELECT_FILE={tmp}/val.jsonl does not exist"),
+    ],
+)
+def test_shell_script_several_runs_and_select_file_errors(tmp_path, env, message):
+    for run in ("a", "b"):
+        (tmp_path / run / "checkpoint-1").mkdir(parents=True)
+    (tmp_path / "test.json").write_text("[]")
+    env = {key: value.format(tmp=tmp_path) for key, value in env.items()}
+    environment = {**os.environ, "PYTHON": sys.executable, "DATA_FILE": str(tmp_path / "test.json"), **env}
+    result = subprocess.run(["bash", str(REPO / "test_mmau.sh")], env=environment, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr
