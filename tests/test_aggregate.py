@@ -161,6 +161,18 @@ def test_selected_on_validation_beside_best_on_test(tmp_path, capsys):
     assert "Selected on validation (avqa/val.answer): step 300 (highest validation total 87.50±17.68%" in printed
     assert "test 62.50±17.68% total (min 50.00, max 75.00)" in printed
     assert "* best on test: step 200: test 75.00±0.00% total" in printed and "12.50 points above" in printed
+    # each run choosing its own step: seed-1 on validation 300 (test 50), seed-2 300 (test 75); on test seed-1 200
+    # (75), seed-2 100 (75, the earliest of three ties)
+    choices = data["per_run_choices"]
+    assert choices["selected_on_validation"]["runs"] == {
+        "seed-1": {"step": 300, "test_total": 50.0, "validation_total": 75.0},
+        "seed-2": {"step": 300, "test_total": 75.0, "validation_total": 100.0},
+    }
+    assert choices["selected_on_validation"]["summary"] == {"mean": 62.5, "std": 17.68, "min": 50.0, "max": 75.0}
+    assert {label: c["step"] for label, c in choices["best_on_test"]["runs"].items()} == {"seed-1": 200, "seed-2": 100}
+    assert choices["best_on_test"]["summary"]["mean"] == 75.0
+    assert ("Each run at its own step selected on validation (recommended): test 62.50±17.68% total (min 50.00, "
+            "max 75.00); seed-1 step 300: 50.00, seed-2 step 300: 75.00") in printed  # fmt: skip
     rows = read_csv(prefix.with_suffix(".csv"))
     assert [row["selected_on_validation"] for row in rows] == ["False", "False", "True"]
     assert [row["validation_total_mean"] for row in rows] == ["50.0", "62.5", "87.5"]

@@ -27,8 +27,10 @@ and settings) writes per step the mean, standard deviation (n - 1), min and max 
 number of runs that have the step. A step that some runs lack is reported with its count and the runs it is missing
 from; its numbers cover those runs only, and it is no candidate for best or selected as long as some step is in
 every run. A run scored with several sampled passes counts with its mean over them. `--select_score_dirs` and
-`--silent_score_dirs` work as above, on the means over runs; the plot draws each column's mean with a band of
-± one standard deviation and every run's total as a thin line.
+`--silent_score_dirs` work as above, on the means over runs. Beside the one step chosen for all runs, the table
+gives the test total when each run picks its own step (on validation, and on test): what training 2-3 times and
+keeping a checkpoint of each yields. The plot draws each column's mean, the total with a band of ± one standard
+deviation, and every run's total as a thin line.
 
     python -m r1aqa.tables --aggregate --out_prefix outputs/grpo/aggregate/mmau/mmau-test-mini.answer/aggregate \
         --score_dirs outputs/grpo/seed-42/mmau/mmau-test-mini.answer outputs/grpo/seed-43/mmau/mmau-test-mini.answer \
@@ -158,6 +160,57 @@ def add_selection(rows: list[dict], select_rows: list[dict]) -> int | None:
 
 
 # ---- several runs ----------------------------------------------------------------------------------------------------
+
+
+def per_run_choices(rows: list[dict], select_rows: list[dict] | None = None) -> dict:
+    """Each run choosing its own step, from aggregated rows: `best_on_test` (its highest test total) and, with
+    held-out rows, `selected_on_validation` (its highest validation total among the steps it has on both); the
+    earliest step on a tie. Each maps run -> `{"step", "test_total"[, "validation_total"]}` and has the `test_total`
+    mean, std, min and max over runs under `summary`."""
+
+    def totals(some_rows: list[dict], label: str) -> dict[int, float]:
+        values = ((row["step"], row["values"]["total"].get(label)) for row in some_rows)
+        return {step: value for step, value in values if value is not None}
+
+    labels = list(dict.fromkeys(label for row in rows for label in row["runs"] + row["missing_runs"]))
+    kinds = ["best_on_test"] + (["selected_on_validation"] if select_rows is not None else [])
+    out = {kind: {"runs": {}} for kind in kinds}
+    for label in labels:
+        test = totals(rows, label)
+        if test:
+            best = max(test, key=lambda step: (test[step], -step))
+            out["best_on_test"]["runs"][label] = {"step": best, "test_total": test[best]}
+        if select_rows is not None:
+            validation = totals(select_rows, label)
+            both = [step for step in validation if step in test]
+            if both:
+                chosen = max(both, key=lambda step: (validation[step], -step))
+                out["selected_on_validation"]["runs"][label] = {
+                    "step": chosen, "test_total": test[chosen], "validation_total": validation[chosen]
+                }  # fmt: skip
+    for kind in kinds:
+        out[kind]["summary"] = _stats([choice["test_total"] for choice in out[kind]["runs"].values()])
+    return out
+
+
+def format_per_run_choices(choices: dict) -> list[str]:
+    """One line per way of choosing: the test total over runs when each run picks its own step."""
+    names = {
+        "selected_on_validation": "selected on validation (recommended)",
+        "best_on_test": "best on test (the paper's practice, optimistic)",
+    }
+    lines = []
+    for kind in ("selected_on_validation", "best_on_test"):
+        if kind not in choices:
+            continue
+        runs, summary = choices[kind]["runs"], choices[kind]["summary"]
+        each = ", ".join(f"{label} step {c['step']}: {c['test_total']:.2f}" for label, c in runs.items())
+        spread = f" (min {_cell(summary['min'])}, max {_cell(summary['max'])})" if len(runs) > 1 else ""
+        lines.append(
+            f"Each run at its own step {names[kind]}: test {_cell(summary['mean'], summary['std'])}% total"
+            f"{spread}; {each or 'no step'}"
+        )
+    return lines
 
 
 def run_label(score_dir: str) -> str:
@@ -330,7 +383,11 @@ def _test_cell(row: dict) -> str:
 
 
 def format_aggregate_table(
-    rows: list[dict], best: int, selected: int | None = None, select_name: str | None = None
+    rows: list[dict],
+    best: int,
+    selected: int | None = None,
+    select_name: str | None = None,
+    choices: dict | None = None,
 ) -> str:
     """Per step: the runs that have it (`count/n_runs`), every column's mean±std over those runs, the validation
     mean when selecting; then min-max per column, the steps some runs lack, best on test and selected on
@@ -363,6 +420,8 @@ def format_aggregate_table(
         lines += _selection_lines(rows, best, selected, select_name)
     else:
         lines.append(f"* best on test: step {best}: test {_test_cell(_row(rows, best))}")
+    if choices is not None:
+        lines += format_per_run_choices(choices)
     return "\n".join(lines)
 
 
@@ -616,9 +675,10 @@ def main(argv: list[str] | None = None) -> int:
     prefix = args.out_prefix or os.path.join(args.score_dir, "checkpoints")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     if args.aggregate:
-        print(format_aggregate_table(rows, best, selected, select_name))
+        choices = per_run_choices(rows, select_rows)
+        print(format_aggregate_table(rows, best, selected, select_name, choices))
         write_aggregate_csv(rows, best, prefix + ".csv", selected)
-        extra = {"n_runs": len(score_dirs), "runs": _labels(score_dirs)}
+        extra = {"n_runs": len(score_dirs), "runs": _labels(score_dirs), "per_run_choices": choices}
         for name, folders in (
             ("score_dirs", score_dirs),
             ("silent_score_dirs", silent_dirs),
