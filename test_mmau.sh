@@ -10,10 +10,26 @@
 #   NUM_SAMPLES=3 bash test_mmau.sh                              # 3 seeded passes: mean ± std per task
 #   AUDIO=silent bash test_mmau.sh                               # clips replaced by silence; table: audio vs silent
 #   DATA_FILE=data/mmar/MMAR-meta.jsonl AUDIO_DIR=data/mmar/audio bash test_mmau.sh   # MMAR (docs/recipe.md §8)
+#   SELECT_FILE=data/avqa/val.jsonl bash test_mmau.sh             # + AVQA validation: the step selected on it marked
+#   RUN_DIRS="outputs/grpo/seed-42 outputs/grpo/seed-43" bash test_mmau.sh   # several runs, then their aggregate
+#   RUN_DIR=outputs/grpo bash test_mmau.sh                       # the same for every seed-* run in the folder
 #
 # Checkpoints already scored with the same settings are skipped (add --force to redo them). Results go to
 # $OUT_DIR/checkpoint-N.{json,meta.json,score.json} and $OUT_DIR/checkpoints.{csv,json,png}; with AUDIO=silent to
 # $OUT_DIR.silent/, whose table sets each step's silent accuracy beside the one in $OUT_DIR (when scored).
+#
+# Choosing a checkpoint without the test set: SELECT_FILE (AVQA's validation questions, made by
+# `python -m r1aqa.prepare_avqa --qa_json val_qa.json ... --out_file data/avqa/val.jsonl`) is evaluated too, with the
+# same prompt, decoding, seed and passes but always with the audio, into $RUN_DIR/avqa/val.<style>...; the table then
+# marks the step with the highest validation accuracy (the earliest on a tie) and gives the test accuracy there beside
+# the best on test (the paper's practice, optimistic). SELECT_AUDIO_DIR: its WAV folder if moved since conversion.
+# Extra arguments (e.g. --limit) go to both evaluations.
+#
+# Several runs (RUN_DIRS, or a RUN_DIR holding seed-* runs and no checkpoint-N): each run is evaluated exactly as
+# alone (its own folders and table), then the runs are aggregated per step (mean, std (n-1), min, max, count over
+# runs, per task or modality and in total; r1aqa.tables --aggregate) into
+# $AGG_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K][.silent]/aggregate.{csv,json,png}, AGG_DIR defaulting
+# to <the runs' common parent folder>/aggregate.
 set -euo pipefail
 
 # ---- quick config (override any of these from the environment) -------------------------------------------------
@@ -21,7 +37,8 @@ set -euo pipefail
 : "${MMAU_FILE:=data/mmau/mmau-test-mini.json}"                     # paper: the 2025-03-25 version
 : "${DATA_FILE:=$MMAU_FILE}"                                        # MMAU JSON list or MMAR-meta.jsonl
 : "${BENCHMARK:=auto}"                                              # auto|mmau|mmar (auto: from the file)
-: "${AUDIO_DIR:=data/mmau/test-mini-audios}"
+: "${AUDIO_DIR:=}"                                                  # default: data/mmau/test-mini-audios;
+                                                                    # AVQA: the audio_path of each row
 : "${DECODING:=original}"                                           # original (paper) | greedy
 : "${SEED:=42}"                                                     # seed of the first pass
 : "${NUM_SAMPLES:=1}"                                               # K seeded passes: mean ± std
@@ -33,6 +50,10 @@ set -euo pipefail
 : "${PROMPT_STYLE:=}"                                               # answer|think|plain; default from THINK
 : "${STEPS:=}"                                                      # e.g. "100 200 300"; empty: every checkpoint
 : "${OUT_DIR:=}"                                                    # default: see below
+: "${SELECT_FILE:=}"                                                # AVQA validation JSONL: selects a step
+: "${SELECT_AUDIO_DIR:=}"                                           # its WAVs, if moved (default: its audio_path)
+: "${RUN_DIRS:=}"                                                   # several runs, e.g. "out/seed-42 out/seed-43"
+: "${AGG_DIR:=}"                                                    # default: <the runs' parent>/aggregate
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python; fi
@@ -40,6 +61,51 @@ fi
 export PYTHONPATH="$REPO_DIR/src${PYTHONPATH:+:$PYTHONPATH}"   # works without `pip install -e .`
 
 die() { echo "test_mmau.sh: error: $*" >&2; exit 2; }
+SELF="${BASH_SOURCE[0]}"
+
+# ---- several runs: each evaluated as alone (this script, once per run), then aggregated -------------------------
+if [[ -z "$RUN_DIRS" && -d "$RUN_DIR" ]] && ! compgen -G "$RUN_DIR/checkpoint-*" >/dev/null; then
+    # A folder of seed-* runs (SEEDS="42 43" bash run_grpo.sh), in seed order.
+    RUN_DIRS=$(find "$RUN_DIR" -mindepth 1 -maxdepth 1 -type d -name 'seed-*' | sort -V | tr '\n' ' ')
+fi
+if [[ -n "$RUN_DIRS" ]]; then
+    read -r -a runs <<< "$RUN_DIRS"
+    [[ -z "$OUT_DIR" ]] || die "OUT_DIR is one run's folder: with several runs unset it (AGG_DIR places the aggregate)"
+    for run in "${runs[@]}"; do [[ -d "$run" ]] || die "RUN_DIRS: $run is not a folder"; done
+    for run in "${runs[@]}"; do
+        echo "##### run $run #####"
+        RUN_DIRS="" RUN_DIR="$run" bash "$SELF" "$@" || die "evaluating $run failed (see above)"
+    done
+    # Each run's score folders, named by the same code that wrote them.
+    dirs_of() { RUN_DIRS="" RUN_DIR="$1" TEST_MMAU_PRINT_DIRS=1 bash "$SELF"; }
+    test_dirs=(); audio_dirs=(); select_dirs=()
+    for run in "${runs[@]}"; do
+        mapfile -t dirs < <(dirs_of "$run")
+        ((${#dirs[@]} >= 2)) || die "cannot name the result folders of $run"
+        audio_dirs+=("${dirs[0]}"); test_dirs+=("${dirs[1]}")
+        [[ -n "$SELECT_FILE" ]] && select_dirs+=("${dirs[2]}")
+    done
+    names=$(for dir in "${test_dirs[@]}"; do echo "$(basename "$(dirname "$dir")")/$(basename "$dir")"; done | sort -u)
+    [[ $(wc -l <<< "$names") -eq 1 ]] || die "the runs' results have different settings (${names//$'\n'/, }): \
+were they trained in different modes? Set THINK or PROMPT_STYLE to evaluate them alike."
+    if [[ -z "$AGG_DIR" ]]; then
+        parent=$("$PYTHON" -c 'import os, sys
+print(os.path.commonpath([os.path.dirname(os.path.abspath(run)) for run in sys.argv[1:]]))' "${runs[@]}")
+        [[ "$parent" != / ]] || die "the runs share no parent folder: set AGG_DIR (where the aggregate goes)"
+        AGG_DIR="$parent/aggregate"
+    fi
+    TABLE=(--aggregate --out_prefix "$AGG_DIR/$names/aggregate")
+    all_scored() { local dir; for dir in "$@"; do compgen -G "$dir/checkpoint-*.score.json" >/dev/null || return 1; done; }
+    if [[ "$AUDIO" == silent ]] && all_scored "${audio_dirs[@]}"; then
+        TABLE+=(--score_dirs "${audio_dirs[@]}" --silent_score_dirs "${test_dirs[@]}")  # audio vs silent, as alone
+    else
+        TABLE+=(--score_dirs "${test_dirs[@]}")
+    fi
+    ((${#select_dirs[@]})) && TABLE+=(--select_score_dirs "${select_dirs[@]}")
+    echo "##### aggregate of ${#runs[@]} runs -> $AGG_DIR/$names #####"
+    "$PYTHON" -m r1aqa.tables "${TABLE[@]}"
+    exit 0
+fi
 
 if [[ -z "$THINK" ]]; then
     # The training run records its mode; evaluating with the prompt it was trained with needs no second setting.
@@ -58,7 +124,7 @@ elif [[ "$THINK" == true && "$PROMPT_STYLE" != think ]]; then
 fi
 [[ -d "$RUN_DIR" ]] || die "RUN_DIR=$RUN_DIR is not a folder (set RUN_DIR to the training run's output_dir)"
 [[ -f "$DATA_FILE" ]] || die "DATA_FILE=$DATA_FILE does not exist (see data/README.md)"
-[[ -d "$AUDIO_DIR" ]] || die "AUDIO_DIR=$AUDIO_DIR is not a folder (see data/README.md)"
+[[ -z "$SELECT_FILE" || -f "$SELECT_FILE" ]] || die "SELECT_FILE=$SELECT_FILE does not exist (python -m r1aqa.prepare_avqa --qa_json val_qa.json ... writes it)"
 case "$DECODING" in original|greedy) ;; *) die "DECODING must be original or greedy, got '$DECODING'" ;; esac
 case "$AUDIO" in real|silent) ;; *) die "AUDIO must be real or silent, got '$AUDIO'" ;; esac
 [[ "$NUM_SAMPLES" =~ ^[1-9][0-9]*$ ]] || die "NUM_SAMPLES must be a positive number, got '$NUM_SAMPLES'"
@@ -66,6 +132,12 @@ case "$AUDIO" in real|silent) ;; *) die "AUDIO must be real or silent, got '$AUD
 if [[ "$BENCHMARK" == auto ]]; then
     BENCHMARK=$("$PYTHON" -c 'import sys; from r1aqa.scoring import detect_benchmark, load_items
 print(detect_benchmark(load_items(sys.argv[1])))' "$DATA_FILE") || die "cannot read DATA_FILE=$DATA_FILE"
+fi
+AUDIO_ARGS=()
+if [[ -n "$AUDIO_DIR" || "$BENCHMARK" != avqa ]]; then                # AVQA rows name their own clips
+    : "${AUDIO_DIR:=data/mmau/test-mini-audios}"
+    [[ -d "$AUDIO_DIR" ]] || die "AUDIO_DIR=$AUDIO_DIR is not a folder (see data/README.md)"
+    AUDIO_ARGS=(--audio_dir "$AUDIO_DIR")
 fi
 # One folder per benchmark file, prompt style and decoding (+ number of passes), so settings never mix:
 # $RUN_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K]; the silent control goes to the same name + .silent.
@@ -76,6 +148,17 @@ SUFFIX=""
 : "${OUT_DIR:=$RUN_DIR/$BENCHMARK/$DATA_NAME.$PROMPT_STYLE$SUFFIX}"
 EVAL_DIR="$OUT_DIR"
 [[ "$AUDIO" == silent ]] && EVAL_DIR="$OUT_DIR.silent"
+# The validation file, evaluated by this script too: same run, prompt, decoding and passes; always with the audio.
+select_run() {
+    # (assignments apply left to right: DATA_FILE takes SELECT_FILE before it is emptied for the child)
+    DATA_FILE="$SELECT_FILE" AUDIO_DIR="$SELECT_AUDIO_DIR" SELECT_FILE="" RUN_DIRS="" OUT_DIR="" BENCHMARK=auto \
+        AUDIO=real THINK="$THINK" PROMPT_STYLE="$PROMPT_STYLE" bash "$SELF" "$@"
+}
+if [[ -n "${TEST_MMAU_PRINT_DIRS:-}" ]]; then   # for the several-runs mode above: this run's folders, one a line
+    printf '%s\n' "$OUT_DIR" "$EVAL_DIR"
+    [[ -z "$SELECT_FILE" ]] || select_run | tail -n 1
+    exit 0
+fi
 
 # ---- checkpoints, in numeric step order --------------------------------------------------------------------------
 if [[ -n "$STEPS" ]]; then
@@ -103,7 +186,7 @@ for step in "${steps[@]}"; do
         --model_path "$RUN_DIR/checkpoint-$step" \
         --data_file "$DATA_FILE" \
         --benchmark "$BENCHMARK" \
-        --audio_dir "$AUDIO_DIR" \
+        "${AUDIO_ARGS[@]}" \
         --out_file "$EVAL_DIR/checkpoint-$step.json" \
         --batch_size "$BATCH_SIZE" \
         --max_new_tokens "$MAX_NEW_TOKENS" \
@@ -115,14 +198,23 @@ for step in "${steps[@]}"; do
         "$@"
 done
 
+# ---- the validation file (SELECT_FILE) -----------------------------------------------------------------------------
+TABLE=()
+if [[ -n "$SELECT_FILE" ]]; then
+    echo "=== validation: $SELECT_FILE (selects a step without the test set) ==="
+    select_run "$@"
+    SELECT_DIR=$(TEST_MMAU_PRINT_DIRS=1 select_run | tail -n 1)
+    TABLE=(--select_score_dir "$SELECT_DIR")
+fi
+
 # ---- table and plot ----------------------------------------------------------------------------------------------
 if ! compgen -G "$EVAL_DIR/checkpoint-*.score.json" >/dev/null; then
     echo "No scores (the data file has no answers): predictions are in $EVAL_DIR."
 elif [[ "$AUDIO" == silent ]] && compgen -G "$OUT_DIR/checkpoint-*.score.json" >/dev/null; then
     # With audio (scored earlier into $OUT_DIR) beside silent, per step and task; files in the silent folder.
     "$PYTHON" -m r1aqa.tables --score_dir "$OUT_DIR" --silent_score_dir "$EVAL_DIR" \
-        --out_prefix "$EVAL_DIR/checkpoints"
+        --out_prefix "$EVAL_DIR/checkpoints" "${TABLE[@]}"
 else
     [[ "$AUDIO" == silent ]] && echo "No scores with audio in $OUT_DIR yet: the table shows silent accuracy only."
-    "$PYTHON" -m r1aqa.tables --score_dir "$EVAL_DIR"
+    "$PYTHON" -m r1aqa.tables --score_dir "$EVAL_DIR" "${TABLE[@]}"
 fi

@@ -686,6 +686,82 @@ def test_mmar_bad_line_and_wrong_benchmark_are_clear_errors(run_dir, mmar_slice,
     assert not (tmp_path / "out.json").exists()
 
 
+# ---- AVQA validation questions: the held-out file that selects a checkpoint (issue 17) -----------------------------
+
+AVQA_OPTIONS = ["motorboat", "Yacht consignment", "Sailboat set sail", "Consignment car"]
+
+
+def avqa_question(qid: int, video_name: str, **changes) -> dict:
+    """A question of AVQA's val_qa.json (the same format as train_qa.json: docs/recipe.md §2)."""
+    return {"id": qid, "video_name": video_name, "video_id": 1000 + qid, "question_text": "What happened in the video?",
+            "multi_choice": AVQA_OPTIONS, "answer": qid % 4, "question_relation": "View" if qid % 2 else "Both",
+            "question_type": "Happening" if qid < 3 else "Which", **changes}  # fmt: skip
+
+
+def write_avqa_val(root: Path) -> tuple[Path, Path, list[dict]]:
+    """val.jsonl made by r1aqa.prepare_avqa from a val_qa.json over the real AVQA clips in tests/data/avqa, with one
+    question whose video is gone and one with an out-of-range answer (both skipped and reported). Returns the JSONL,
+    the WAV folder and the usable questions."""
+    from data_paths import AVQA_AUDIO_DIR
+
+    from r1aqa.prepare_avqa import convert
+
+    names = sorted(path.stem for path in AVQA_AUDIO_DIR.glob("*.wav"))
+    questions = [avqa_question(qid, name) for qid, name in enumerate(names)]
+    bad = [avqa_question(10, "gone_000000"), avqa_question(11, names[0], answer=7)]
+    qa_json = root / "val_qa.json"
+    qa_json.write_text(json.dumps(questions + bad))
+    out_file, wav_dir = root / "avqa" / "val.jsonl", root / "avqa" / "wav"
+    report = convert(qa_json, AVQA_AUDIO_DIR, out_file, wav_dir, workers=2)
+    assert report.written == len(questions) and report.reasons() == {"missing_source": 1, "answer_out_of_range": 1}
+    assert [row["id"] for row in map(json.loads, (root / "avqa" / "val.skipped.jsonl").open())] == [10, 11]
+    return out_file, wav_dir, questions
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+def test_avqa_validation_file_is_prompted_as_training_and_scored(run_dir, tmp_path, monkeypatch):
+    from r1aqa.data import avqa_example
+
+    val_file, wav_dir, questions = write_avqa_val(tmp_path)
+    rows = [json.loads(line) for line in val_file.read_text().splitlines()]
+    seen = []
+
+    def answer_all_but_the_last(model, processor, conversations, config):
+        """The gold option for every question but the last (a wrong option there): 3 of 4 right."""
+        seen.extend(conversations)
+        indices = [i % len(rows) for i in range(len(seen) - len(conversations), len(seen))]  # the items, in order
+        gold = [rows[i]["multi_choice"][rows[i]["answer"] - (i == len(rows) - 1)] for i in indices]
+        return [f"<answer>{option}</answer>" for option in gold]
+
+    monkeypatch.setattr(evaluator, "generate_batch", answer_all_but_the_last)
+    argv = ["--model_path", str(run_dir / "checkpoint-100"), "--data_file", str(val_file), "--max_new_tokens", "4"]
+    assert evaluator.main([*argv, "--out_file", str(tmp_path / "val.json"), "--batch_size", "3"]) == 0  # no --audio_dir
+    for row, conversation in zip(rows, seen, strict=True):
+        audio, text = conversation[0]["content"]
+        assert text == avqa_example(row)["prompt"][0]["content"][1]  # the training builder's Prompt <2>
+        assert text["text"].startswith("What happened in the audio? Please choose")  # video -> audio
+        assert audio["audio"].ndim == 1 and len(audio["audio"]) > 16_000  # the clip the row names
+    summary = _read(tmp_path / "val.score.json")
+    assert summary["benchmark"] == "avqa" and _read(tmp_path / "val.meta.json")["settings"]["benchmark"] == "avqa"
+    assert summary["total"] == {"accuracy": 75.0, "correct": 3, "total": len(questions)}
+    assert {name: group["total"] for name, group in summary["question_type"].items()} == {"Happening": 3, "Which": 1}
+    assert summary["question_type"]["Which"]["accuracy"] == 0.0 and summary["audio_errors"] == 0
+
+    # The WAVs moved: --audio_dir finds each clip by the file name of its audio_path.
+    moved = tmp_path / "moved"
+    shutil.copytree(wav_dir, moved)
+    shutil.rmtree(wav_dir)
+    assert evaluator.main([*argv, "--out_file", str(tmp_path / "moved.json"), "--audio_dir", str(moved)]) == 0
+    assert _read(tmp_path / "moved.score.json")["audio_errors"] == 0
+
+
+def test_mmau_still_needs_audio_dir(run_dir, mmau_slice, tmp_path, capsys):
+    data_file, _, _ = mmau_slice
+    argv = ["--model_path", str(run_dir / "checkpoint-100"), "--data_file", data_file, "--out_file", "o.json"]
+    assert evaluator.main(argv) == 2
+    assert "--audio_dir is required for MMAU" in capsys.readouterr().err
+
+
 # ---- tables: audio vs silence, mean ± std, MMAR columns ------------------------------------------------------------
 
 

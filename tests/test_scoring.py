@@ -409,3 +409,43 @@ def test_aggregate_is_mean_and_sample_std_over_passes():
     for task, row in combined["task"].items():
         assert row["per_sample"] == [s["task"][task]["accuracy"] for s in summaries]
     assert "62.50% ± 12.50 over 8 samples (3 passes: 50.00, 75.00, 62.50)" in format_aggregate(combined)
+
+
+# ---- AVQA validation questions (checkpoint selection; docs/recipe.md §2) -------------------------------------------
+
+AVQA_OPTIONS = ["motorboat", "Yacht consignment", "Sailboat set sail", "Consignment car"]
+
+
+def avqa_row(qid: int, prediction: str, answer: int = 1, kind: str = "Happening", relation: str = "View") -> dict:
+    """A row as r1aqa.prepare_avqa writes it (docs/recipe.md §2) plus the prediction r1aqa.evaluate adds."""
+    return {"id": qid, "video_name": f"v{qid}", "video_id": qid, "question_text": "What happened in the video?",
+            "multi_choice": AVQA_OPTIONS, "answer": answer, "question_relation": relation, "question_type": kind,
+            "dataset_name": "AVQA", "audio_path": f"/wav/v{qid}.wav", "model_output": prediction}  # fmt: skip
+
+
+def test_avqa_is_detected_and_scored_against_the_indexed_option_by_type_and_relation():
+    rows = [
+        avqa_row(1, "Yacht consignment"),  # right: multi_choice[1]
+        avqa_row(2, "consignment"),  # wrong: lacks "yacht" (the official rule, as for MMAU)
+        avqa_row(3, "motorboat", answer=0, kind="Which", relation="Both"),  # right
+        avqa_row(4, "Sailboat set sail", answer=3, kind="Which"),  # wrong: another option
+    ]
+    assert detect_benchmark(rows) == "avqa" and detect_benchmark(mmar_items()) == "mmar"
+    summary = score(rows)
+    assert summary["benchmark"] == "avqa" and "sub-category" not in summary
+    assert summary["total"] == {"accuracy": 50.0, "correct": 2, "total": 4}
+    assert summary["question_type"] == {
+        "Happening": {"accuracy": 50.0, "correct": 1, "total": 2},
+        "Which": {"accuracy": 50.0, "correct": 1, "total": 2},
+    }
+    assert list(summary["question_relation"]) == ["View", "Both"]  # AVQA's values, in order of appearance
+    assert summary["question_relation"]["Both"]["accuracy"] == 100.0
+    report = format_report(summary)
+    assert "Question type-wise Accuracy:" in report and "Happening : 50.00% over 2 samples" in report
+    assert "Sub-category" not in report
+
+
+@pytest.mark.parametrize("answer", [4, -1, "1", True])
+def test_avqa_answer_must_index_the_options(answer):
+    with pytest.raises(ValueError, match=r"item 0 \(id 1\): answer must index multi_choice"):
+        score([avqa_row(1, "motorboat", answer=answer)])

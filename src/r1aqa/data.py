@@ -119,6 +119,17 @@ def avqa_example(record: dict, think: bool = False, format_instruction: bool = T
     return _example(record, record["audio_path"], text, choices[record["answer"]])
 
 
+def avqa_eval_example(
+    record: dict, audio_dir: str | None = None, think: bool = False, format_instruction: bool = True
+) -> dict:
+    """One row of an AVQA JSONL (e.g. the validation split `r1aqa.prepare_avqa` writes) as evaluation reads it: the
+    very row training builds (`avqa_example`), its clip the row's `audio_path`, or with `audio_dir` the file of that
+    name in `audio_dir` (the WAVs moved since the conversion)."""
+    if audio_dir is not None and _is_text(record.get("audio_path")):
+        record = {**record, "audio_path": os.path.join(audio_dir, os.path.basename(record["audio_path"]))}
+    return avqa_example(record, think, format_instruction)
+
+
 def mmau_audio_path(item: dict, audio_dir: str) -> str:
     """MMAU's `audio_id` is `./test-mini-audios/<id>.wav`; users unpack the audio anywhere, so keep the file name."""
     return os.path.join(audio_dir, os.path.basename(item["audio_id"]))

@@ -12,9 +12,13 @@
 `test_mmau.sh` runs this for every checkpoint of a run. Prompts come from `r1aqa.data` (the builder training uses),
 answers from `r1aqa.prompts.extract_answer` (the accuracy reward's extraction).
 
-Benchmarks (`--benchmark`, default `auto`: MMAR when the items have `modality`, else MMAU; a `.jsonl` file is read
-as JSON lines): MMAU, a JSON list whose `audio_id` names the clip; MMAR, the JSON lines of `MMAR-meta.jsonl`
-whose `audio_path` (`./audio/<name>.wav`) names it. Either way the clip is the file of that name in `--audio_dir`.
+Benchmarks (`--benchmark`, default `auto`: AVQA when the items have `multi_choice`, MMAR when they have `modality`,
+else MMAU; a `.jsonl` file is read as JSON lines): MMAU, a JSON list whose `audio_id` names the clip; MMAR, the JSON
+lines of `MMAR-meta.jsonl` whose `audio_path` (`./audio/<name>.wav`) names it. Either way the clip is the file of that
+name in `--audio_dir`. AVQA: the JSONL `r1aqa.prepare_avqa` writes (the validation split `val_qa.json`, held out to
+choose a checkpoint without the test set), each row prompted exactly as training prompts it (`r1aqa.data.avqa_example`:
+`video` -> `audio`), scored by the same rule against `multi_choice[answer]`, grouped by `question_type` and
+`question_relation`; its clip is the row's `audio_path` (or that file name in `--audio_dir`, if given).
 
 Decoding (`--decoding`, recorded in the meta file with every generation field actually used; docs/recipe.md §7):
 - `original` (default): the paper's protocol, what the original's `model.generate(**inputs, max_new_tokens=256)`
@@ -71,7 +75,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from r1aqa.audio import AudioError, check_audio
-from r1aqa.data import DataError, mmar_example, mmau_example
+from r1aqa.data import DataError, avqa_eval_example, mmar_example, mmau_example, record_problem
 from r1aqa.prompts import extract_answer
 from r1aqa.scoring import aggregate, detect_benchmark, format_aggregate, format_report, load_items, score
 
@@ -82,8 +86,13 @@ PROMPT_STYLES = {
     "plain": {"think": False, "format_instruction": False},
 }
 # What a prompt needs from an item, and how the item names its clip, per benchmark.
-ITEM_KEYS = {"mmau": ("id", "audio_id", "question", "choices"), "mmar": ("id", "audio_path", "question", "choices")}
-EXAMPLE_BUILDERS = {"mmau": mmau_example, "mmar": mmar_example}
+ITEM_KEYS = {
+    "mmau": ("id", "audio_id", "question", "choices"),
+    "mmar": ("id", "audio_path", "question", "choices"),
+    "avqa": ("id", "audio_path", "question_text", "multi_choice", "answer"),
+}
+EXAMPLE_BUILDERS = {"mmau": mmau_example, "mmar": mmar_example, "avqa": avqa_eval_example}
+BENCHMARK_NAMES = tuple(ITEM_KEYS)
 # The raw output, then the extracted answer under the key of each consumer: ours, MMAU's and MMAR's evaluation.py.
 PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output", "answer_prediction")
 DECODING_MODES = ("original", "greedy")
@@ -213,13 +222,18 @@ def read_items(data_file: str, benchmark: str = "auto", limit: int | None = None
                 f"{data_file}: item {index} (id {item.get('id')!r}) lacks {missing}, which a {benchmark.upper()} "
                 "item has (--benchmark says which benchmark the file holds; default: told from the items)."
             )
+        if benchmark == "avqa":  # the training loader's checks (docs/recipe.md §2), with the same reasons
+            problem = record_problem(item)
+            if problem:
+                raise EvalError(f"{data_file}: item {index} (id {item['id']!r}): {problem[0]} ({problem[1]}).")
+            continue
         choices = item["choices"]
         if not (isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices)):
             raise EvalError(f"{data_file}: item {index} (id {item['id']!r}): `choices` must be a list of strings.")
     return benchmark, items
 
 
-def build_examples(items: list[dict], audio_dir: str, prompt_style: str, benchmark: str = "mmau") -> list[dict]:
+def build_examples(items: list[dict], audio_dir: str | None, prompt_style: str, benchmark: str = "mmau") -> list[dict]:
     """Each item's conversation and audio path, from the training prompt builder (items of the full test split,
     which withholds `answer`, included)."""
     style = PROMPT_STYLES[prompt_style]
@@ -658,14 +672,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model_path", required=True, help="Checkpoint folder or hub id (Qwen2-Audio or Qwen2.5-Omni)."
     )
     parser.add_argument(
-        "--data_file", required=True, help="MMAU JSON list (test-mini or test) or MMAR's MMAR-meta.jsonl."
+        "--data_file",
+        required=True,
+        help="MMAU JSON list (test-mini or test), MMAR's MMAR-meta.jsonl, or an AVQA JSONL from r1aqa.prepare_avqa.",
     )
     parser.add_argument(
-        "--audio_dir", required=True, help="Folder holding the clips (the file name of `audio_id` / `audio_path`)."
+        "--audio_dir",
+        help="Folder holding the clips (the file name of `audio_id` / `audio_path`). Required for MMAU and MMAR; "
+        "AVQA rows default to their own `audio_path`.",
     )
     parser.add_argument("--out_file", required=True, help="Predictions JSON; meta/score/partial files go beside it.")
     parser.add_argument(
-        "--benchmark", choices=("auto", "mmau", "mmar"), default="auto", help="Default: MMAR if items have `modality`."
+        "--benchmark",
+        choices=("auto", *BENCHMARK_NAMES),
+        default="auto",
+        help="Default: AVQA if items have `multi_choice`, MMAR if they have `modality`, else MMAU.",
     )
     parser.add_argument(
         "--processor_path",
@@ -729,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     benchmark, items = read_items(args.data_file, args.benchmark, args.limit)
+    if args.audio_dir is None and benchmark != "avqa":
+        raise EvalError(f"--audio_dir is required for {benchmark.upper()}: the folder holding the clips.")
     examples = build_examples(items, args.audio_dir, args.prompt_style, benchmark)
     base = {
         "model_path": _local_or_hub(args.model_path),
@@ -736,7 +759,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "data_file": os.path.abspath(args.data_file),
         "data_sha256": _sha256(args.data_file),  # another file version under the same name is not the same data
         "benchmark": benchmark,
-        "audio_dir": os.path.abspath(args.audio_dir),
+        "audio_dir": None if args.audio_dir is None else os.path.abspath(args.audio_dir),
         "audio": args.audio,
         "limit": args.limit,
         "prompt_style": args.prompt_style,
@@ -783,7 +806,8 @@ def _check_all_audio(items: list[dict], examples: list[dict]) -> list[str | None
     if n_bad == len(items):
         raise EvalError(
             f"none of the {len(items)} audio files is usable (first: {examples[0]['audio_path']}: {problems[0]}). "
-            "Check --audio_dir: it must hold the clips named in the items' `audio_id` (MMAU) or `audio_path` (MMAR)."
+            "Check --audio_dir: it must hold the clips named in the items' `audio_id` (MMAU) or `audio_path` (MMAR, "
+            "AVQA; without --audio_dir, AVQA's `audio_path` itself)."
         )
     if n_bad:
         print(f"{n_bad} of {len(items)} audio files are missing or unreadable: empty predictions.", flush=True)

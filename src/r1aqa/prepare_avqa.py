@@ -2,6 +2,9 @@
 
     python -m r1aqa.prepare_avqa --qa_json train_qa.json --media_dir avqa_videos --out_file data/avqa/train.jsonl \\
         --wav_dir data/avqa/wav [--workers 8]
+    # AVQA's validation questions (same format), held out to choose a checkpoint (test_mmau.sh SELECT_FILE=...)
+    python -m r1aqa.prepare_avqa --qa_json val_qa.json --media_dir avqa_videos --out_file data/avqa/val.jsonl \\
+        --wav_dir data/avqa/wav
 
 Sources are found anywhere under `--media_dir` as `<video_name>.wav` (preferred: already extracted audio) or
 `<video_name>.mp4`. ffmpeg writes each soundtrack to `<wav_dir>/<video_name>.wav`: 16 kHz, 16-bit PCM, the source's
@@ -13,6 +16,9 @@ Each usable question becomes one line: AVQA's keys unchanged and in order, then 
 their reasons in `<out_file stem>.skipped.jsonl`. Reasons: not_an_object, missing_keys, bad_question_text,
 bad_choices, empty_choices, duplicate_choices, bad_answer, answer_out_of_range, bad_video_name, duplicate_id,
 missing_source, no_audio_stream, ffmpeg_failed, empty_audio.
+
+The validation file is made by the same checks, with the same skip report (`val.skipped.jsonl`); `r1aqa.evaluate`
+reads it as the `avqa` benchmark, each question prompted exactly as in training and scored with MMAU's rule.
 
 Exit code 0 when at least one question was written; 1 when none was usable; 2 when the input itself is malformed
 (not a JSON list, bad JSON: the message names the file, line and column) or ffmpeg / a folder is missing.
@@ -65,18 +71,20 @@ class Report:
 
 
 def read_questions(path: Path) -> list:
-    """AVQA's `train_qa.json`: a JSON list. Anything else raises `InputError` naming the file and position."""
+    """AVQA's `train_qa.json` (or `val_qa.json`): a JSON list. Anything else raises `InputError` naming the file and position."""
     try:
         with open(path, encoding="utf-8") as f:
             questions = json.load(f)
     except FileNotFoundError as error:
-        raise InputError(f"{path}: no such file (expected AVQA's train_qa.json).") from error
+        raise InputError(f"{path}: no such file (expected AVQA's train_qa.json or val_qa.json).") from error
     except json.JSONDecodeError as error:
         raise InputError(
             f"{path}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}."
         ) from error
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text (byte {error.start}); expected AVQA's train_qa.json.") from error
+        raise InputError(
+            f"{path}: not UTF-8 text (byte {error.start}); expected AVQA's train_qa.json or val_qa.json."
+        ) from error
     if not isinstance(questions, list):
         raise InputError(f"{path}: expected a JSON list of questions, got a JSON {type(questions).__name__}.")
     return questions
@@ -286,7 +294,9 @@ def print_summary(report: Report, qa_json: Path, out_file: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--qa_json", type=Path, required=True, help="AVQA's question list (train_qa.json).")
+    parser.add_argument(
+        "--qa_json", type=Path, required=True, help="AVQA's question list (train_qa.json or val_qa.json)."
+    )
     parser.add_argument("--media_dir", type=Path, required=True, help="Folder (searched recursively) of sources.")
     parser.add_argument("--out_file", type=Path, required=True, help="The JSONL to write (one question a line).")
     parser.add_argument("--wav_dir", type=Path, required=True, help="Folder for the extracted 16 kHz WAVs.")

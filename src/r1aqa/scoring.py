@@ -11,9 +11,15 @@ their groups and prediction key:
 | --- | --- | --- |
 | MMAU | task (sound, music, speech), difficulty (easy, hard, medium), sub-category | `model_output`, else `model_prediction` |
 | MMAR | modality (7 fixed), category (4 fixed layers), sub-category | `answer_prediction`, else `model_output` |
+| AVQA | question type, question relation (in order of appearance) | `model_output`, else `model_prediction` |
+
+AVQA is the held-out validation split `r1aqa.prepare_avqa` writes in the training format (docs/recipe.md §2): its
+options are `multi_choice` and its `answer` is an index into them, so the gold text is `multi_choice[answer]`; it is
+scored with the same rule, to choose a checkpoint without looking at the test set.
 
 The input is a JSON list of items (or JSON lines, when its name ends in `.jsonl`, as MMAR's script decides) carrying
-the prediction. The benchmark is MMAR when the items have `modality`, else MMAU (`--benchmark` to say it). Unlike the
+the prediction. The benchmark is AVQA when the items have `multi_choice`, MMAR when they have `modality`, else MMAU
+(`--benchmark` to say it). Unlike the
 official scripts this never skips an item or crashes on one: a missing, None or non-string prediction counts as wrong
 and is counted (MMAR's script skips items lacking `answer_prediction`; `r1aqa.evaluate` writes it for every item, so
 the totals agree), and items whose answer is not among their choices are listed. Predictions are scored as they
@@ -53,6 +59,15 @@ BENCHMARKS = {
         "groups": (("modality", "Modality", MODALITIES), ("category", "Category", CATEGORIES)),
         "prediction_keys": ("answer_prediction", "model_output", "model_prediction"),
     },
+    # AVQA's validation questions in the training format: options `multi_choice`, `answer` their index; no
+    # sub-category. Group values are AVQA's own, printed in order of appearance.
+    "avqa": {
+        "groups": (("question_type", "Question type", ()), ("question_relation", "Question relation", ())),
+        "prediction_keys": ("model_output", "model_prediction"),
+        "choices_key": "multi_choice",
+        "answer_is_index": True,
+        "sub_category": False,
+    },
 }
 PREDICTION_KEYS = BENCHMARKS["mmau"]["prediction_keys"]  # MMAU's official evaluation.py reads the first
 _WORD = re.compile(r"\b\w+\b")
@@ -82,8 +97,10 @@ def is_match(prediction: str, answer: str, choices: list[str]) -> bool:
 
 
 def detect_benchmark(items: list) -> str:
-    """`mmar` when the first item has MMAR's `modality` key, else `mmau`."""
+    """`avqa` when the first item has AVQA's `multi_choice`, `mmar` when it has MMAR's `modality` key, else `mmau`."""
     first = items[0] if items else None
+    if isinstance(first, dict) and "multi_choice" in first:
+        return "avqa"
     return "mmar" if isinstance(first, dict) and "modality" in first and "task" not in first else "mmau"
 
 
@@ -115,7 +132,8 @@ def _accuracy(correct: int, total: int) -> dict:
 def group_keys(benchmark: str) -> list[str]:
     """The summary's group keys, in printing order: MMAU task, difficulty, sub-category; MMAR modality, category,
     sub-category."""
-    return [key for key, _, _ in BENCHMARKS[benchmark]["groups"]] + ["sub-category"]
+    spec = BENCHMARKS[benchmark]
+    return [key for key, _, _ in spec["groups"]] + (["sub-category"] if spec.get("sub_category", True) else [])
 
 
 def score(items: list[dict], benchmark: str | None = None) -> dict:
@@ -127,7 +145,8 @@ def score(items: list[dict], benchmark: str | None = None) -> dict:
     """
     benchmark = benchmark or detect_benchmark(items)
     spec = BENCHMARKS[benchmark]
-    required = ("answer", "choices", *(key for key, _, _ in spec["groups"]))
+    choices_key = spec.get("choices_key", "choices")
+    required = ("answer", choices_key, *(key for key, _, _ in spec["groups"]))
     groups: dict[str, dict[str, list[int]]] = {
         key: {name: [0, 0] for name in first} for key, _, first in spec["groups"]
     }
@@ -141,18 +160,13 @@ def score(items: list[dict], benchmark: str | None = None) -> dict:
         absent = [key for key in required if key not in item]
         if absent:
             raise ValueError(f"item {index} (id {item.get('id')!r}): missing key(s) {absent}")
-        if not (
-            isinstance(item["answer"], str)
-            and isinstance(item["choices"], list)
-            and all(isinstance(choice, str) for choice in item["choices"])
-        ):
-            raise ValueError(f"item {index} (id {item.get('id')!r}): answer and choices must be strings")
+        answer, choices = _answer_and_choices(item, index, choices_key, spec.get("answer_is_index", False))
         prediction, problem = read_prediction(item, spec["prediction_keys"])
         if problem:
             no_prediction[problem] += 1
-        if item["answer"] not in item["choices"]:
+        if answer not in choices:
             answer_not_in_choices.append(item.get("id"))
-        hit = prediction is not None and is_match(prediction, item["answer"], item["choices"])
+        hit = prediction is not None and is_match(prediction, answer, choices)
         correct += hit
         members = [groups[key].setdefault(item[key], [0, 0]) for key in groups]
         if item.get("sub-category") is not None:  # as the official scripts: items without one join no sub-category
@@ -164,14 +178,33 @@ def score(items: list[dict], benchmark: str | None = None) -> dict:
         "benchmark": benchmark,
         "total": _accuracy(correct, len(items)),
         **{key: _group(counts) for key, counts in groups.items()},
-        "sub-category": _group(by_subcategory),
+        **({"sub-category": _group(by_subcategory)} if spec.get("sub_category", True) else {}),
         "no_prediction": no_prediction,
         "answer_not_in_choices": answer_not_in_choices,
     }
 
 
+def _answer_and_choices(item: dict, index: int, choices_key: str, answer_is_index: bool) -> tuple[str, list[str]]:
+    """The gold option text and the options; AVQA's `answer` is an index into `multi_choice` (docs/recipe.md §2)."""
+    choices, answer = item[choices_key], item["answer"]
+    if not (isinstance(choices, list) and all(isinstance(choice, str) for choice in choices)):
+        what = f"{choices_key} must be a list of strings" if answer_is_index else "answer and choices must be strings"
+        raise ValueError(f"item {index} (id {item.get('id')!r}): {what}")
+    if answer_is_index:
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+            raise ValueError(
+                f"item {index} (id {item.get('id')!r}): answer must index {choices_key} (0..{len(choices) - 1}), "
+                f"got {answer!r}"
+            )
+        return choices[answer], choices
+    if not isinstance(answer, str):
+        raise ValueError(f"item {index} (id {item.get('id')!r}): answer and choices must be strings")
+    return answer, choices
+
+
 def _titles(benchmark: str) -> list[tuple[str, str]]:
-    return [(title, key) for key, title, _ in BENCHMARKS[benchmark]["groups"]] + [("Sub-category", "sub-category")]
+    sub_category = [("Sub-category", "sub-category")] if BENCHMARKS[benchmark].get("sub_category", True) else []
+    return [(title, key) for key, title, _ in BENCHMARKS[benchmark]["groups"]] + sub_category
 
 
 def format_report(summary: dict) -> str:
