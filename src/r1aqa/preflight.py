@@ -58,3 +58,15 @@ def run_entry_point(parse_args: Callable, main: Callable, argv: list[str] | None
     check_model_path(model_args.model_name_or_path)
     check_wandb(training_args)
     main(script_args, training_args, model_args)
+    close_process_group()
+
+
+def close_process_group() -> None:
+    """Let every process finish writing, then close the process group. Left to interpreter shutdown, the teardown of
+    gloo / DeepSpeed communication threads could abort a finished two-process run on CPU ("terminate called without an
+    active exception", exit -6 after the final save)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
