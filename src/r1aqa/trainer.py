@@ -4,8 +4,9 @@ TRL 1.16 handles images only. Given an audio model it feeds the audio to generat
 or reference log-prob passes: training runs without error and learns from placeholder embeddings (measured: its
 reference log-probs equal a forward pass *without* audio). This subclass fixes that; it also encodes each distinct
 audio clip once per forward pass instead of once per completion (`share_audio_encoding`, same gradients;
-r1aqa.audio_sharing) and logs the one phase of a step TRL does not time, the loss forward + backward (`profile/*`).
-The GRPO algorithm itself is TRL's, unchanged.
+r1aqa.audio_sharing), sends the audio to vLLM when vLLM generates (`use_vllm`; r1aqa.vllm_audio) and logs the one
+phase of a step TRL does not time, the loss forward + backward (`profile/*`). The GRPO algorithm itself is TRL's,
+unchanged.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from unittest import mock
 
 import numpy as np
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.extras.profiling import profiling_decorator
+from trl.trainer import grpo_trainer as trl_grpo
 
 from r1aqa.audio import prompts_with_audio
 
 # Re-exported: tests and benchmarks import them from here.
 from r1aqa.audio_sharing import audio_groups, encoder_has_dropout, find_audio_tower, shared_audio_encoding
+from r1aqa.vllm_audio import AudioVLLMGeneration, audio_clips
 
 __all__ = [
     "AUDIO_KEYS",
@@ -54,14 +58,15 @@ class AudioGRPOConfig(GRPOConfig):
 
 
 class AudioGRPOTrainer(GRPOTrainer):
-    """`trl.GRPOTrainer` for Qwen2-Audio: the audio reaches generation *and* every log-prob pass, each distinct audio
-    is encoded once per forward pass, and the loss forward + backward time is logged.
+    """`trl.GRPOTrainer` for Qwen2-Audio: the audio reaches generation (HF `generate` or vLLM) *and* every log-prob
+    pass, each distinct audio is encoded once per forward pass, and the loss forward + backward time is logged.
 
     Everything else (sampling, rewards, advantages, loss types, clipping, KL, logging, checkpoints, DeepSpeed) is
     inherited. The overrides:
 
     - `__init__`: TRL reads `model.config.image_token_id` for any processor; we point it at the audio token, which also
-      stops generation from sampling `<|AUDIO|>` (a sampled placeholder would have no features behind it). Also
+      stops generation from sampling `<|AUDIO|>` (a sampled placeholder would have no features behind it). With
+      `use_vllm`, TRL builds `r1aqa.vllm_audio.AudioVLLMGeneration` instead of its image-only vLLM backend. Also
       checks that the audio encoder has no dropout when its encodings are shared (one dropout mask for G completions
       would not be the same computation).
     - `_tokenize_prompts`: loads each prompt's audio (first channel, 16 kHz) before TRL tokenizes it, and keeps the
@@ -69,7 +74,8 @@ class AudioGRPOTrainer(GRPOTrainer):
       distinct clip it has). TRL already passes the features to `generate`; we also expose them to the reference and
       old-policy passes that follow in the same batch.
     - `_generate_single_turn`: generation with the audio encoder shared within each group (the prefill is the only
-      step that encodes audio).
+      step that encodes audio). With `use_vllm`, each prompt's clips go where TRL's vLLM call takes a prompt's media
+      (`images`).
     - `_generate_and_score_completions`: returns the features and the audio groups in the batch dict, one row per
       completion (dim 0), so TRL's shuffle and split keep them aligned with their completions.
     - `_compute_loss`: exposes the mini-batch's features and groups to the policy pass.
@@ -91,12 +97,16 @@ class AudioGRPOTrainer(GRPOTrainer):
     its boundaries synchronise the device so that it is charged its own kernels.
     """
 
-    def __init__(self, model, *args, **kwargs):
+    def __init__(self, model, reward_funcs, args=None, **kwargs):
         if not isinstance(model, str) and getattr(model.config, "image_token_id", None) is None:
             model.config.image_token_id = model.config.audio_token_index
         self._forward_audio: dict[str, torch.Tensor] | None = None
+        self._prompt_clips: list[list[np.ndarray]] = []  # each prompt's audio samples, for vLLM
         self._prepare_s = self._loss_s = 0.0  # profiler
-        super().__init__(model, *args, **kwargs)
+        # With use_vllm, TRL builds its vLLM backend in here: the one that sends the audio.
+        vllm_backend = mock.patch.object(trl_grpo, "VLLMGeneration", AudioVLLMGeneration)
+        with vllm_backend if getattr(args, "use_vllm", False) else nullcontext():
+            super().__init__(model, reward_funcs, args, **kwargs)
         self.share_audio_encoding = getattr(self.args, "share_audio_encoding", True)
         if self.share_audio_encoding and encoder_has_dropout(self.model.config.audio_config):
             raise ValueError(
@@ -154,7 +164,8 @@ class AudioGRPOTrainer(GRPOTrainer):
     # --- audio -------------------------------------------------------------------------------------------------------
 
     def _tokenize_prompts(self, prompts: list):
-        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts_with_audio(prompts))
+        loaded = prompts_with_audio(prompts)
+        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(loaded)
         for key in AUDIO_KEYS:
             if key not in multimodal_fields:
                 raise ValueError(f"The processor returned no `{key}`: every prompt needs an audio part.")
@@ -164,12 +175,19 @@ class AudioGRPOTrainer(GRPOTrainer):
         # _generate_and_score_completions). The groups stay out of `multimodal_fields`: those go to `generate`.
         self._forward_audio = {key: multimodal_fields[key].to(self.accelerator.device) for key in AUDIO_KEYS}
         self._forward_audio[AUDIO_GROUP_KEY] = audio_groups(prompts).to(self.accelerator.device)
+        self._prompt_clips = [audio_clips(conversation) for conversation in loaded]  # for vLLM
         return prompt_ids, images, multimodal_fields
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         groups = self._forward_audio.get(AUDIO_GROUP_KEY) if self._forward_audio else None
         if groups is not None and groups.numel() != len(prompt_ids):
             groups = None  # not the batch _tokenize_prompts saw (e.g. a tool turn): encode every row
+        if self.use_vllm:
+            if len(self._prompt_clips) != len(prompt_ids):
+                raise RuntimeError("vLLM generation for prompts whose audio _tokenize_prompts did not load.")
+            # TRL hands `images` to its vLLM backend only (through its tensor-parallel gather, aligned with the
+            # prompts); AudioVLLMGeneration sends them to vLLM as each prompt's audio.
+            images = self._prompt_clips
         with self._shared_audio(self.model, groups):
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
