@@ -5,6 +5,7 @@
 #   bash test_mmau.sh                                            # every checkpoint in $RUN_DIR, in step order
 #   THINK=true RUN_DIR=outputs/grpo-think bash test_mmau.sh       # Prompt <3> (think mode)
 #   STEPS="100 500" BATCH_SIZE=8 bash test_mmau.sh --limit 50    # extra arguments go to r1aqa.evaluate
+#   BACKEND=vllm bash test_mmau.sh                               # generate with vLLM (python: .venv-vllm if present)
 #
 # Checkpoints already scored with the same settings are skipped (add --force to redo them). Results go to
 # $OUT_DIR/checkpoint-N.{json,meta.json,score.json} and $OUT_DIR/checkpoints.{csv,json,png}.
@@ -21,9 +22,12 @@ set -euo pipefail
 : "${PROMPT_STYLE:=}"                                               # answer|think|plain; default from THINK
 : "${STEPS:=}"                                                      # e.g. "100 200 300"; empty: every checkpoint
 : "${OUT_DIR:=}"                                                    # default: $RUN_DIR/mmau/<data file>.<style>
+: "${BACKEND:=hf}"                                                  # hf (transformers) or vllm
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python; fi
+    VENV_PYTHON="$REPO_DIR/.venv/bin/python"
+    [[ "$BACKEND" == vllm ]] && VENV_PYTHON="$REPO_DIR/.venv-vllm/bin/python"   # made by `make setup-vllm`
+    if [[ -x "$VENV_PYTHON" ]]; then PYTHON="$VENV_PYTHON"; else PYTHON=python; fi
 fi
 export PYTHONPATH="$REPO_DIR/src${PYTHONPATH:+:$PYTHONPATH}"   # works without `pip install -e .`
 
@@ -78,6 +82,7 @@ for step in "${steps[@]}"; do
         --batch_size "$BATCH_SIZE" \
         --max_new_tokens "$MAX_NEW_TOKENS" \
         --prompt_style "$PROMPT_STYLE" \
+        --backend "$BACKEND" \
         "$@"
 done
 

@@ -27,6 +27,7 @@ import glob
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -123,18 +124,20 @@ def vllm_startup_guard():
     read. Those modules hold no vLLM kernel; they are put back afterwards.
     """
     hidden = {}
-    for name, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None)
-        if not isinstance(namespace, dict):
-            continue
-        for value in list(namespace.values()):
-            try:
-                scannable = not hasattr(value, "__dict__") or hasattr(vars(value), "get")
-            except Exception:
-                scannable = False
-            if not scannable:
-                hidden[name] = sys.modules.pop(name)
-                break
+    with warnings.catch_warnings():  # reading some attributes warns (deprecated aliases)
+        warnings.simplefilter("ignore")
+        for name, module in list(sys.modules.items()):
+            namespace = getattr(module, "__dict__", None)
+            if not isinstance(namespace, dict):
+                continue
+            for value in list(namespace.values()):
+                try:
+                    scannable = not hasattr(value, "__dict__") or hasattr(vars(value), "get")
+                except Exception:
+                    scannable = False
+                if not scannable:
+                    hidden[name] = sys.modules.pop(name)
+                    break
     try:
         yield
     finally:
@@ -293,6 +296,25 @@ def generate_ids_vllm(llm, processor, conversations: list[list[dict]], params) -
         prompts.append(audio_prompt(list(ids), audio, audio_token_id))
     outputs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
     return [list(output.outputs[0].token_ids) for output in outputs]
+
+
+def load_eval_backend(model_path: str, processor_path: str, device: str, decoding: dict, seed: int):
+    """`r1aqa.evaluate --backend vllm`: `(generate, dtype)`, where `generate(conversations)` returns the decoded
+    completions like `r1aqa.evaluate.generate_batch`."""
+    from transformers import AutoProcessor
+
+    from r1aqa.evaluate import EvalError, has_processor
+
+    if os.path.isdir(model_path) and not has_processor(model_path):
+        raise EvalError(
+            f"{model_path} holds no processor files; vLLM reads the processor from the model folder. Copy the "
+            f"processor files of {processor_path} into it."
+        )
+    processor = AutoProcessor.from_pretrained(processor_path)
+    llm = load_llm(model_path, device, seed)
+    params = sampling_params(decoding, stop_token_ids(model_path, processor.tokenizer))
+    generate = functools.partial(generate_batch_vllm, llm, processor, params=params)
+    return generate, llm.llm_engine.model_config.dtype
 
 
 def generate_batch_vllm(llm, processor, conversations: list[list[dict]], params) -> list[str]:
