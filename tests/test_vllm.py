@@ -103,18 +103,6 @@ def test_silence_changes_vllm_outputs(llm, vllm_model_dir):
     assert silent == hf_greedy_ids(model, processor, conversations(silent=True))
 
 
-def test_expanded_prompt_ids_are_collapsed_to_one_placeholder_per_clip():
-    from r1aqa.vllm_audio import audio_prompt, collapse_audio_tokens
-
-    assert collapse_audio_tokens([1, 7, 7, 7, 2, 7, 7, 3], 7) == [1, 7, 2, 7, 3]
-    clip = np.ones(1600, np.float32)
-    prompt = audio_prompt([1, 7, 7, 2], [clip], 7)
-    assert prompt["prompt_token_ids"] == [1, 7, 2]
-    assert prompt["multi_modal_data"]["audio"][1] == 16_000
-    with pytest.raises(ValueError, match="1 audio placeholders for 2 audio clips"):
-        audio_prompt([1, 7, 7, 2], [clip, clip], 7)
-
-
 # ---- training -----------------------------------------------------------------------------------------------------
 
 
