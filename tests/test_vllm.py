@@ -211,6 +211,22 @@ def test_weights_sync_after_an_update(vllm_run):
     assert largest_logprob_difference() < 1e-4
 
 
+def test_lora_run_syncs_the_merged_weights(vllm_model_dir, tmp_path):
+    """With LoRA, TRL merges the adapters into the weights it sends: vLLM's log-probs still match the policy's after
+    the first update."""
+    from peft import LoraConfig
+    from tiny_grpo import make_trainer
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    trainer = make_trainer(
+        vllm_model_dir, str(tmp_path), peft_config=lora, learning_rate=1e-2, use_vllm=True, vllm_max_model_length=2048
+    )
+    trainer.train()
+    entries = [e for e in trainer.state.log_history if "sampling/sampling_logp_difference/max" in e]
+    assert len(entries) == 2 and all(e["sampling/sampling_logp_difference/max"] < 1e-4 for e in entries), entries
+    assert any(e.get("grad_norm", 0) > 0 for e in trainer.state.log_history)
+
+
 def _prompts(processor, convs):
     """TRL's rows for the wrapped engine (`AudioLLM`): expanded prompt ids, the clips in the image slot."""
     rows = []
