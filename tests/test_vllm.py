@@ -6,8 +6,10 @@ model has a head size of 32 (vLLM's CPU attention needs at least 32). One GRPO r
 tests; each engine start-up costs ~5-10 s on CPU.
 """
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -315,3 +317,33 @@ def test_run_grpo_sh_trains_with_vllm_and_saves_a_checkpoint_that_loads(toy, tmp
     assert "sampling/sampling_logp_difference" in result.stdout + result.stderr  # logged by TRL when vLLM generates
     for folder in (out, out / "checkpoint-2"):
         Qwen2AudioForConditionalGeneration.from_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_two_processes_sync_gathered_weights(toy, tmp_path):
+    """Two processes under DeepSpeed ZeRO-3 (gloo), a colocated vLLM engine each: the weights TRL gathers reach vLLM
+    (its log-probs match the policy's after an update that moved them: lr 1e-3, gradients non-zero)."""
+    import socket
+
+    from r1aqa.cpu.tiny import write_tiny_model
+
+    model = write_tiny_model(str(tmp_path / "model"), extra_tokens=("<answer>", "</answer>", "low", "top"), head_dim=32)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        str(REPO / "tests" / "grpo_with_varied_reward.py"), "--config", str(REPO / "configs/grpo_tiny_cpu.yaml"),
+        "--model_name_or_path", model, "--data_file", toy["data"], "--output_dir", str(tmp_path / "run"),
+        "--deepspeed", str(REPO / "configs/ds_zero3.json"), "--use_cpu", "false", "--use_vllm", "true",
+        "--max_steps", "2", "--top_k", "0", "--learning_rate", "1e-3", "--reward_funcs", "varied",
+        "--save_strategy", "no", "--logging_steps", "1",
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}"}
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    logged = [ast.literal_eval(entry) for entry in re.findall(r"\{'loss'.*?\}", log)]  # the trainer's log lines
+    assert len(logged) == 2 and float(logged[0]["grad_norm"]) > 0, logged
+    for entry in logged:
+        assert float(entry["sampling/sampling_logp_difference/max"]) < 1e-4, entry
