@@ -14,8 +14,9 @@ each of which fails silently or obscurely when skipped:
    vLLM rejects. `hub_name` maps all three spellings, so the engine starts from dummy weights and the real ones are
    loaded through it: from the policy in training, from the checkpoint files in evaluation.
 3. Loading. vLLM's `load_weights` takes checkpoint-format tensors only before the model is processed for its kernels
-   (on CPU the packed linear layers reject them afterwards); `reload_weights` takes a stream of checkpoint tensors
-   and reprocesses each layer, on CPU and GPU alike.
+   (on CPU the packed linear layers reject them afterwards); the model runner's `reload_weights` takes a stream of
+   checkpoint tensors and reprocesses each layer (the GPU runner's method, which the CPU runner inherits; run here on
+   CPU only).
 4. Caches. vLLM caches audio encodings; after new weights they are stale (and the engine reports `Encoder cache miss`
    on the next generate), so every load resets the encoder and prefix caches.
 """
@@ -100,8 +101,7 @@ def engine_kwargs(dtype: torch.dtype | str, device: str) -> dict:
     - `limit_mm_per_prompt`: one clip per prompt (R1-AQA's prompts have one) and no image or video inputs.
     - `dtype`: the policy's (TRL leaves it to vLLM, which picks bf16 on CPU even for a float32 model).
     - `load_format="dummy"`: random weights at start-up; the real ones come through `load_weights` (name mapping).
-    - `enforce_eager` on CPU: no graph capture or compilation (vLLM's CPU backend runs eagerly anyway; this skips
-      the warm-up compile).
+    - `enforce_eager` on CPU: no graph capture or compilation warm-up (the CPU setting that was measured to work).
     """
     kwargs: dict[str, Any] = {
         "limit_mm_per_prompt": {"audio": 1, "image": 0, "video": 0},
