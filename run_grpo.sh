@@ -6,6 +6,7 @@
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash run_grpo.sh   # then NODE_RANK=1 on the second node
 #   DS_CONFIG=configs/ds_zero3_offload.json bash run_grpo.sh    # fewer or smaller GPUs: offload to CPU
 #   DEVICE=cpu bash run_grpo.sh                        # CPU try-out: tiny random model, toy tone task
+#   DEVICE=cpu PYTHON=.venv-vllm/bin/python bash run_grpo.sh --use_vllm true   # the same, generating with vLLM
 #
 # With no GPU visible and no DEVICE=cpu it stops and says so. DEVICE=cpu CPU_PROCS=2 runs two processes; add
 # DS_CONFIG=configs/ds_zero3.json for DeepSpeed ZeRO-3 on CPU.
@@ -23,6 +24,9 @@ if [ "$DEVICE" = gpu ]; then
   : "${DS_CONFIG=configs/ds_zero3.json}"           # set it empty for plain DDP
   : "${NPROC_PER_NODE:=$GPUS}"
 else
+  if wants_vllm "$@"; then                           # vLLM's CPU attention needs a head size of at least 32
+    CPU_MODEL=outputs/tiny-qwen2-audio-vllm CPU_TINY_ARGS=(--head_dim 32)
+  fi
   : "${MODEL:=$CPU_MODEL}"
   : "${DATA_FILE:=$CPU_DATA}"
   : "${OUTPUT_DIR:=outputs/grpo-tiny-cpu}"

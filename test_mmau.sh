@@ -13,6 +13,7 @@
 #   SELECT_FILE=data/avqa/val.jsonl bash test_mmau.sh             # + AVQA validation: the step selected on it marked
 #   RUN_DIRS="outputs/grpo/seed-42 outputs/grpo/seed-43" bash test_mmau.sh   # several runs, then their aggregate
 #   RUN_DIR=outputs/grpo bash test_mmau.sh                       # the same for every seed-* run in the folder
+#   BACKEND=vllm bash test_mmau.sh                               # generate with vLLM (python: .venv-vllm if present)
 #
 # Checkpoints already scored with the same settings are skipped (add --force to redo them). Results go to
 # $OUT_DIR/checkpoint-N.{json,meta.json,score.json} and $OUT_DIR/checkpoints.{csv,json,png}; with AUDIO=silent to
@@ -54,9 +55,12 @@ set -euo pipefail
 : "${SELECT_AUDIO_DIR:=}"                                           # its WAVs, if moved (default: its audio_path)
 : "${RUN_DIRS:=}"                                                   # several runs, e.g. "out/seed-42 out/seed-43"
 : "${AGG_DIR:=}"                                                    # default: <the runs' parent>/aggregate
+: "${BACKEND:=hf}"                                                  # hf (transformers) or vllm
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python; fi
+    VENV_PYTHON="$REPO_DIR/.venv/bin/python"
+    [[ "$BACKEND" == vllm ]] && VENV_PYTHON="$REPO_DIR/.venv-vllm/bin/python"   # made by `make setup-vllm`
+    if [[ -x "$VENV_PYTHON" ]]; then PYTHON="$VENV_PYTHON"; else PYTHON=python; fi
 fi
 export PYTHONPATH="$REPO_DIR/src${PYTHONPATH:+:$PYTHONPATH}"   # works without `pip install -e .`
 
@@ -195,6 +199,7 @@ for step in "${steps[@]}"; do
         --seed "$SEED" \
         --num_samples "$NUM_SAMPLES" \
         --audio "$AUDIO" \
+        --backend "$BACKEND" \
         "$@"
 done
 

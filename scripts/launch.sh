@@ -17,6 +17,7 @@
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 SCRIPT_NAME="$(basename "$0")"
 CPU_MODEL=outputs/tiny-qwen2-audio                   # the CPU try-out's defaults (built on first use)
+CPU_TINY_ARGS=()                                     # extra arguments of r1aqa.cpu.tiny for CPU_MODEL
 CPU_DATA=outputs/toy/train.jsonl
 
 launch_die() { echo "$SCRIPT_NAME: $*" >&2; exit 2; }
@@ -47,13 +48,26 @@ MSG
 # on CPU (see src/r1aqa/cpu/deepspeed_patch.py) needs use_cpu=false, plain CPU runs need use_cpu=true.
 prepare_cpu_tryout() {
   if [ "$MODEL" = "$CPU_MODEL" ] && [ ! -f "$MODEL/config.json" ]; then
-    "$PYTHON" -m r1aqa.cpu.tiny --out "$MODEL" --extra_tokens "<answer>" "</answer>" low top
+    "$PYTHON" -m r1aqa.cpu.tiny --out "$MODEL" --extra_tokens "<answer>" "</answer>" low top "${CPU_TINY_ARGS[@]}"
   fi
   if [ "$DATA_FILE" = "$CPU_DATA" ] && [ ! -f "$DATA_FILE" ]; then
     "$PYTHON" -m r1aqa.cpu.toy_task --out "$(dirname "$CPU_DATA")" > /dev/null
   fi
   export DS_ACCELERATOR=cpu OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+  export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"   # GiB of KV cache when vLLM generates on CPU
   if [ -n "$DS_CONFIG" ]; then ARGS+=(--use_cpu false); else ARGS+=(--use_cpu true); fi
+}
+
+# wants_vllm ARG...: whether the arguments turn vLLM generation on (--use_vllm true).
+wants_vllm() {
+  local previous=""
+  for arg in "$@"; do
+    case "$previous $arg" in
+      "--use_vllm true" | "--use_vllm True" | "--use_vllm 1" | *" --use_vllm=true" | *" --use_vllm=True") return 0 ;;
+    esac
+    previous="$arg"
+  done
+  return 1
 }
 
 # launch MODULE ARG...: one process, or torchrun when there are several processes or nodes.

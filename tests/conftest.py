@@ -1,5 +1,6 @@
 """Session-wide fixtures: the tiny Qwen2-Audio is built once per test session (imports cost seconds)."""
 
+import importlib.util
 import os
 
 import pytest
@@ -7,6 +8,17 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # deepspeed warns on import without CUDA otherwise
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per vLLM engine (tests marked vllm)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `vllm` are skipped, with the reason, where vLLM is not installed."""
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    skip = pytest.mark.skip(reason="vLLM is not installed here: `make test-vllm` runs these in .venv-vllm")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

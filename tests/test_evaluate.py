@@ -510,7 +510,7 @@ def test_original_is_the_original_generate_call_seeded(planted_model, mmau_slice
     conversations = prompts_with_audio([mmau_example(item, audio_dir)["prompt"] for item in items[:3]])
     inputs = evaluator.model_inputs(model, processor, conversations)
     decoding = {"mode": "original", "max_new_tokens": 12, "seed": 0, "batch_size": 3, "overrides": {}}
-    config = evaluator.generation_config(model, processor, decoding)
+    config = evaluator.generation_config(model.generation_config, processor.tokenizer, decoding)
     runs = []
     for seed in (5, 5, 6):
         torch.manual_seed(seed)

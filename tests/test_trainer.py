@@ -171,13 +171,11 @@ def test_lora_trains_adapters_only_and_scores_the_reference_with_audio(tiny_mode
     assert any(entry.get("kl", 0) > 0 for entry in trainer.state.log_history), "reference = adapters disabled"
 
 
-def test_step_profile_is_logged_per_phase(tiny_model_dir, tmp_path):
-    """The profiler's phase times reach the logs (rank 0 and max over ranks) and add up to no more than the step."""
+def test_step_profile_logs_the_loss_forward_backward(tiny_model_dir, tmp_path):
+    """The profiler's loss forward + backward time reaches the logs (rank 0 and max over ranks), within the step."""
     trainer = make_trainer(tiny_model_dir, str(tmp_path), max_steps=1)
     trainer.train()
-    entry = next(e for e in trainer.state.log_history if "profile/generation_s" in e)
-    for phase in ("generation", "rewards", "ref_logps", "loss_fwd_bwd"):
-        assert entry[f"profile/{phase}_s"] > 0, phase
-        assert entry[f"profile/{phase}_s_max"] >= entry[f"profile/{phase}_s"], phase
-    phases = entry["profile/generation_s"] + entry["profile/ref_logps_s"] + entry["profile/loss_fwd_bwd_s"]
-    assert phases <= entry["step_time"] * 1.01
+    entry = next(e for e in trainer.state.log_history if "profile/loss_fwd_bwd_s" in e)
+    assert entry["profile/loss_fwd_bwd_s"] > 0
+    assert entry["profile/loss_fwd_bwd_s_max"] >= entry["profile/loss_fwd_bwd_s"]
+    assert entry["profile/loss_fwd_bwd_s"] < entry["step_time"] * 1.01

@@ -282,18 +282,19 @@ def decoding_settings(args: argparse.Namespace, seed: int) -> dict:
     }
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(checkpoint, tokenizer) -> list[int]:
     """Every id of the checkpoint's `generation_config.eos_token_id` (Qwen2-Audio-7B-Instruct: `<|endoftext|>` and
     `<|im_end|>`), then the tokenizer's eos if it is not among them: generation ends at any of them."""
-    ids = model.generation_config.eos_token_id
+    ids = checkpoint.eos_token_id
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
 
 
-def generation_config(model, processor, decoding: dict):
-    """The GenerationConfig of `decoding["mode"]`, with every field resolved (what `generate` will use).
+def generation_config(checkpoint, tokenizer, decoding: dict):
+    """The GenerationConfig of `decoding["mode"]`, with every field resolved (what `generate` will use), from the
+    checkpoint's own GenerationConfig (`model.generation_config`) and tokenizer. Both backends decode with it.
 
     `original`: a copy of the checkpoint's own `model.generation_config` with `max_new_tokens` set, exactly what the
     original's `model.generate(**inputs, max_new_tokens=256)` resolved to. `greedy`: `GREEDY`, with only the
@@ -303,8 +304,6 @@ def generation_config(model, processor, decoding: dict):
     """
     from transformers import GenerationConfig
 
-    tokenizer = processor.tokenizer
-    checkpoint = model.generation_config
     if decoding["mode"] == "original":
         config = copy.deepcopy(checkpoint)
         config.max_new_tokens = decoding["max_new_tokens"]
@@ -315,7 +314,7 @@ def generation_config(model, processor, decoding: dict):
         )
     else:
         raise EvalError(f"unknown decoding mode {decoding['mode']!r}: one of {DECODING_MODES}.")
-    config.eos_token_id = stop_token_ids(model, tokenizer)
+    config.eos_token_id = stop_token_ids(checkpoint, tokenizer)
     if decoding["overrides"]:
         config.update(**decoding["overrides"])
     defaults = GenerationConfig._get_default_generation_params()
@@ -512,24 +511,45 @@ def reusable_output(paths: dict[str, str], settings: dict, n_items: int) -> list
 
 
 class Model:
-    """The model and processor, loaded on first use and then shared by the passes of one evaluation."""
+    """The generator of one evaluation, loaded on first use and shared by its passes: transformers' `generate`
+    (`--backend hf`) or vLLM (`--backend vllm`, r1aqa.vllm_audio). Both take the same conversations and the same
+    resolved GenerationConfig, so prompts and decoding are the same whichever generates."""
 
     def __init__(self, args: argparse.Namespace, processor_path: str):
         self.args, self.processor_path = args, processor_path
-        self.model = self.processor = None
+        self.model = self.engine = self.processor = None
         self.load_seconds = 0.0
 
-    def get(self):
-        if self.model is None:
+    def get(self) -> Model:
+        if self.processor is None:
             import torch
 
             started = time.time()
             self.device = self.args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self.model, self.processor = load_model_and_processor(
-                self.args.model_path, self.processor_path, self.device
-            )
+            if self.args.backend == "vllm":
+                from r1aqa.vllm_audio import load_eval_engine
+
+                self.engine, self.processor, self.checkpoint_config, self.dtype = load_eval_engine(
+                    self.args.model_path, self.processor_path, self.device
+                )
+            else:
+                self.model, self.processor = load_model_and_processor(
+                    self.args.model_path, self.processor_path, self.device
+                )
+                self.checkpoint_config, self.dtype = self.model.generation_config, self.model.dtype
             self.load_seconds = time.time() - started
-        return self.model, self.processor
+        return self
+
+    def generate(self, conversations: list[list[dict]], config, seed: int) -> list[str]:
+        """Decoded completions (special tokens skipped) of one batch, its random numbers drawn from `seed`."""
+        if self.engine is not None:
+            from r1aqa.vllm_audio import generate_batch_vllm, sampling_params
+
+            return generate_batch_vllm(self.engine, self.processor, conversations, sampling_params(config, seed))
+        import torch
+
+        torch.manual_seed(seed)
+        return generate_batch(self.model, self.processor, conversations, config)
 
 
 def run_inference(
@@ -562,8 +582,8 @@ def run_inference(
     batch_size = decoding["batch_size"]
     batches = [list(range(start, min(start + batch_size, len(items)))) for start in range(0, len(items), batch_size)]
 
-    model, processor = loaded.get()
-    config = generation_config(model, processor, decoding)
+    generator = loaded.get()
+    config = generation_config(generator.checkpoint_config, generator.processor.tokenizer, decoding)
     started = time.time()
     progress = tqdm(total=len(items), initial=len(done), unit="item", desc=os.path.basename(paths["out"]))
     partial = _open_partial(paths["partial"], settings, done, items)
@@ -583,8 +603,8 @@ def run_inference(
                 except AudioError as error:
                     progress.write(f"Audio error, empty prediction for item {items[index]['id']}: {error}")
                     done[index] = {"raw": "", "audio_error": str(error)}
-            torch.manual_seed(batch_seed(decoding["seed"], batch_index))
-            raws = generate_batch(model, processor, conversations, config) if conversations else []
+            seed = batch_seed(decoding["seed"], batch_index)
+            raws = generator.generate(conversations, config, seed) if conversations else []
             for index, raw in zip(ready, raws, strict=True):
                 done[index] = {"raw": raw, "audio_error": None}
             for index in new:
@@ -613,7 +633,8 @@ def run_inference(
     meta = {
         "settings": settings,
         "generation_config": config.to_dict(),  # every field generate used (the resolved config)
-        "seeding": "torch.manual_seed(batch_seed(seed, batch index)) before each batch's generate call",
+        "seeding": "batch_seed(seed, batch index) for each batch: torch.manual_seed before generate (hf), "
+        "SamplingParams.seed (vllm)",
         "n_items": len(items),
         "n_audio_errors": len(audio_errors),
         "audio_errors": audio_errors,
@@ -621,7 +642,7 @@ def run_inference(
         "resumed_items": n_resumed,
         "batch_size": batch_size,
         "device": loaded.device,
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype": str(generator.dtype).removeprefix("torch."),
         "load_seconds": round(loaded.load_seconds, 2),
         "generate_seconds": round(generate_seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -725,6 +746,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repetition_penalty", type=float, help="Override on top of --decoding.")
     parser.add_argument("--limit", type=int, help="Evaluate only the first N items (smoke tests).")
     parser.add_argument("--device", help="Default: cuda if available (bf16), else cpu (fp32).")
+    parser.add_argument(
+        "--backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="hf: transformers generate (default); vllm: the same prompts and decoding with vLLM (r1aqa.vllm_audio; "
+        "needs the vLLM environment, see README).",
+    )
     parser.add_argument("--force", action="store_true", help="Redo even if the output exists; drop any progress.")
     args = parser.parse_args(argv)
     if args.think and args.prompt_style not in (None, "think"):
@@ -772,6 +800,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if not several and os.path.exists(first_sample["out"]):
         raise EvalError(f"{first_sample['out']} holds passes of a --num_samples evaluation: give a single pass another "
                         "--out_file.")  # fmt: skip
+    if args.backend != "hf":  # recorded only when not the default, so outputs made before --backend stay reusable
+        base["backend"] = args.backend
 
     loaded = Model(args, base["processor_path"])
     problems = None

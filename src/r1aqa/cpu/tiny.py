@@ -15,6 +15,10 @@ The same family, seed and options give the same bytes.
     python -m r1aqa.cpu.tiny --out outputs/tiny-2s --chunk_length 2      # short audio window for the demo
     python -m r1aqa.cpu.tiny --family qwen2_5_omni --out outputs/tiny-qwen2.5-omni \\
         --extra_tokens "<answer>" "</answer>" low top                     # the CPU try-out's toy task, on Omni
+    python -m r1aqa.cpu.tiny --out outputs/tiny-vllm --head_dim 32       # loadable by vLLM's CPU attention
+
+`--head_dim` sets the language model's attention head size (default 16: 4 heads of the 64-wide hidden state); vLLM's
+CPU attention supports head sizes 32 to 512 only, so models meant for vLLM use 32 (2 heads, same parameter count).
 """
 
 from __future__ import annotations
@@ -143,8 +147,18 @@ def build_processor(
     )
 
 
-def build_model(processor: Qwen2AudioProcessor, seed: int = 0, chunk_length: int = 30):
-    """Random weights from `seed`. `max_source_positions` must equal the mel frames of the window / 2."""
+HIDDEN_SIZE = 64
+DEFAULT_HEAD_DIM = 16  # 4 heads
+
+
+def build_model(
+    processor: Qwen2AudioProcessor, seed: int = 0, chunk_length: int = 30, head_dim: int = DEFAULT_HEAD_DIM
+):
+    """Random weights from `seed`. `max_source_positions` must equal the mel frames of the window / 2. `head_dim` is
+    the language model's attention head size (it must divide the hidden size, 64)."""
+    if head_dim < 1 or HIDDEN_SIZE % head_dim:
+        raise ValueError(f"head_dim must divide the hidden size {HIDDEN_SIZE}, got {head_dim}.")
+    heads = HIDDEN_SIZE // head_dim
     tokenizer = processor.tokenizer
     audio_config = Qwen2AudioEncoderConfig(
         num_mel_bins=128,
@@ -156,11 +170,11 @@ def build_model(processor: Qwen2AudioProcessor, seed: int = 0, chunk_length: int
     )
     text_config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
+        hidden_size=HIDDEN_SIZE,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
@@ -254,22 +268,25 @@ def write_tiny_model(
     chunk_length: int = 30,
     extra_tokens: tuple[str, ...] = (),
     family: str = QWEN2_AUDIO,
+    head_dim: int = DEFAULT_HEAD_DIM,
 ) -> str:
     """Build and save model + processor to `out_dir`; return it. Loadable with `r1aqa.models.load_model` /
-    `load_processor` (Qwen2-Audio: with `from_pretrained` / `AutoProcessor` too)."""
+    `load_processor` (Qwen2-Audio: with `from_pretrained` / `AutoProcessor` too). `head_dim` applies to Qwen2-Audio."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     processor = build_processor(chunk_length, extra_tokens, family)
     if family == QWEN2_5_OMNI:
         model = build_omni_model(processor, seed, chunk_length)
     else:
-        model = build_model(processor, seed, chunk_length)
+        model = build_model(processor, seed, chunk_length, head_dim)
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     info = {"seed": seed, "chunk_length": chunk_length, "extra_tokens": list(extra_tokens)}
     if family != QWEN2_AUDIO:  # the Qwen2-Audio file stays byte for byte what it was
         info["family"] = family
+    if head_dim != DEFAULT_HEAD_DIM:  # recorded only when set, so default models keep their bytes
+        info["head_dim"] = head_dim
     with open(os.path.join(out_dir, "tiny_model.json"), "w") as f:
         json.dump(info, f, indent=2)
     return out_dir
@@ -284,8 +301,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--family", choices=FAMILIES, default=QWEN2_AUDIO, help="Model family (default: qwen2_audio, the paper's)."
     )
+    parser.add_argument(
+        "--head_dim",
+        type=int,
+        default=DEFAULT_HEAD_DIM,
+        help="Attention head size of the language model (16 by default; vLLM's CPU attention needs at least 32).",
+    )
     args = parser.parse_args(argv)
-    out = write_tiny_model(args.out, args.seed, args.chunk_length, tuple(args.extra_tokens), args.family)
+    out = write_tiny_model(
+        args.out, args.seed, args.chunk_length, tuple(args.extra_tokens), args.family, head_dim=args.head_dim
+    )
     if args.family == QWEN2_AUDIO:
         n_params = sum(p.numel() for p in Qwen2AudioForConditionalGeneration.from_pretrained(out).parameters())
         print(f"Wrote a tiny Qwen2-Audio ({n_params:,} parameters) to {out}")

@@ -1,0 +1,103 @@
+"""Encode each distinct audio clip once per forward pass and share the encoding across the clip's completions.
+
+GRPO scores G completions of one question, all with the same clip; Qwen2-Audio's encoder always sees a full 30 s
+window, so encoding it once per completion repeats the same work G times. `shared_audio_encoding` hooks the encoder
+so it runs once per distinct clip and copies the result to every row of the clip (`index_select`, whose backward sums
+the copies' gradients into the one encoding: the same gradients as per-completion encoding, for an encoder without
+dropout). `AudioGRPOTrainer` uses it in generation and in every log-prob pass (`share_audio_encoding`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+def audio_groups(prompts: list[list[dict]]) -> torch.Tensor:
+    """Per prompt, the index of its audio among the distinct audios of the batch (in order of first appearance).
+
+    Audio is identified by its file path(s): the G completions of one question repeat the same path, and two questions
+    about the same clip may share its encoding too (the encoder sees only the audio). A prompt whose audio is not a
+    path gets a group of its own (never shared).
+    """
+    keys: dict[object, int] = {}
+    groups = []
+    for index, conversation in enumerate(prompts):
+        paths = []
+        for message in conversation:
+            if isinstance(message["content"], list):
+                for part in message["content"]:
+                    if part.get("type") == "audio":
+                        path = part.get("path")
+                        paths.append(path if isinstance(path, str) else ("<no path>", index))
+        groups.append(keys.setdefault(tuple(paths), len(keys)))
+    return torch.tensor(groups, dtype=torch.long)
+
+
+def find_audio_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The audio encoder inside `model`, whatever wraps it (DDP, a DeepSpeed engine, PEFT): the first submodule whose
+    name ends in `audio_tower`. PEFT injects LoRA layers in place, so this module carries the adapters (if any)."""
+    for name, module in model.named_modules():
+        if name == "audio_tower" or name.endswith(".audio_tower"):
+            return module
+    raise ValueError(f"No `audio_tower` submodule in {type(model).__name__}: not a Qwen2-Audio model?")
+
+
+def encoder_has_dropout(audio_config) -> bool:
+    """Whether the encoder is random in training (Qwen2-Audio's encoder applies its dropouts functionally, so TRL's
+    `disable_dropout` does not switch them off)."""
+    return any(
+        (getattr(audio_config, name, 0.0) or 0.0) > 0
+        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop")
+    )
+
+
+@contextmanager
+def shared_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | None):
+    """While active, a call of `audio_tower` on B rows encodes only one row per distinct group and copies each
+    encoding to the rows of its group (`index_select`, whose backward sums the copies' gradients into the one
+    encoding: the same gradient as encoding every row, for a deterministic encoder).
+
+    Implemented as a forward pre-hook (keep the first row of each group) and a forward hook (expand the output), so
+    the model's own forward runs unchanged around it: its checks, its merge of audio embeddings into the text
+    embeddings, DeepSpeed ZeRO-3's parameter hooks, DDP and PEFT all see an ordinary forward pass.
+    """
+    if groups is None:
+        yield
+        return
+    groups = groups.reshape(-1)
+    unique, inverse = torch.unique(groups, return_inverse=True)
+    if unique.numel() == groups.numel():  # nothing to share
+        yield
+        return
+    rows = groups.numel()
+    positions = torch.arange(rows, device=groups.device)
+    first = torch.full((unique.numel(),), rows, dtype=torch.long, device=groups.device)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+
+    def select(value):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == rows:
+            return value.index_select(0, first.to(value.device))
+        return value
+
+    def keep_one_row_per_group(module, args, kwargs):
+        features = args[0] if args else kwargs["input_features"]
+        if features.size(0) != rows:
+            raise RuntimeError(f"Audio encoder called on {features.size(0)} rows, but {rows} audio groups were set.")
+        return tuple(select(a) for a in args), {key: select(value) for key, value in kwargs.items()}
+
+    def expand_to_all_rows(module, args, kwargs, output):
+        hidden = output.last_hidden_state
+        output.last_hidden_state = hidden.index_select(0, inverse.to(hidden.device))
+        return output
+
+    handles = [
+        audio_tower.register_forward_pre_hook(keep_one_row_per_group, with_kwargs=True),
+        audio_tower.register_forward_hook(expand_to_all_rows, with_kwargs=True),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

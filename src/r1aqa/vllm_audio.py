@@ -1,0 +1,357 @@
+"""vLLM with the audio: GRPO rollouts (`use_vllm: true`, colocate mode) and the `--backend vllm` of evaluation.
+
+TRL 1.16 sends vLLM images only: given Qwen2-Audio, its vLLM path generates from the text alone. vLLM itself runs
+Qwen2-Audio with the audio passed as `multi_modal_data={"audio": (samples, 16000)}`; getting there takes four steps,
+each of which fails silently or obscurely when skipped:
+
+1. The prompt holds one `<|AUDIO|>` per clip. vLLM expands the placeholder itself, from the clip's length, exactly as
+   the HF processor does; given the processor's already-expanded ids it produces wrong output without an error. The
+   trainer and evaluation tokenize with the processor as before and `collapse_audio_tokens` undoes the expansion.
+2. Weight names. transformers 5 names the parameters `model.language_model.*`, `model.audio_tower.*`,
+   `model.multi_modal_projector.*`, `lm_head.*`; vLLM's Qwen2-Audio loads the hub checkpoint's names
+   (`language_model.model.*`, `audio_tower.*`, `multi_modal_projector.*`, `language_model.lm_head.*`). transformers
+   5.16-5.20 (the versions vLLM 0.32/0.33 accept) even save this model under `language_model.model.model.*`, which
+   vLLM rejects. `hub_name` maps all three spellings, so the engine starts from dummy weights and the real ones are
+   loaded through it: from the policy in training, from the checkpoint files in evaluation.
+3. Loading. vLLM's `load_weights` takes checkpoint-format tensors only before the model is processed for its kernels
+   (on CPU the packed linear layers reject them afterwards); the model runner's `reload_weights` takes a stream of
+   checkpoint tensors and reprocesses each layer (the GPU runner's method, which the CPU runner inherits; run here on
+   CPU only).
+4. Caches. vLLM caches audio encodings; after new weights they are stale (and the engine reports `Encoder cache miss`
+   on the next generate), so every load resets the encoder and prefix caches.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import torch
+from trl.generation import vllm_generation as trl_vllm  # imports vLLM only when it is installed
+
+from r1aqa.audio import SAMPLING_RATE
+
+AUDIO_TOKEN = "<|AUDIO|>"
+# transformers 5 parameter names (and the 5.16-5.20 save format) -> the hub checkpoint names vLLM loads. First match.
+_NAME_PREFIXES = (
+    ("language_model.model.model.", "language_model.model."),  # saved by transformers 5.16-5.20
+    ("model.language_model.", "language_model.model."),
+    ("model.audio_tower.", "audio_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("lm_head.", "language_model.lm_head."),
+)
+
+
+def hub_name(name: str) -> str:
+    """The hub checkpoint name (the one vLLM's Qwen2-Audio loads) of a transformers-5 parameter or saved tensor name.
+
+    Hub names pass unchanged."""
+    for old, new in _NAME_PREFIXES:
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
+
+
+def audio_clips(conversation: list[dict]) -> list[np.ndarray]:
+    """The samples of a conversation's audio parts (loaded by `r1aqa.audio.prompts_with_audio`), in order."""
+    return [
+        part["audio"]
+        for message in conversation
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part.get("type") == "audio"
+    ]
+
+
+def collapse_audio_tokens(ids: list[int], audio_token_id: int) -> list[int]:
+    """`ids` with every run of `<|AUDIO|>` tokens (the processor's expansion) reduced to one token."""
+    out: list[int] = []
+    for token in ids:
+        if token == audio_token_id and out and out[-1] == audio_token_id:
+            continue
+        out.append(int(token))
+    return out
+
+
+def audio_prompt(ids: list[int], clips: list[np.ndarray], audio_token_id: int) -> dict:
+    """A vLLM prompt: the token ids with one `<|AUDIO|>` per clip and the clips (16 kHz samples) as audio data."""
+    ids = collapse_audio_tokens(ids, audio_token_id)
+    placeholders = sum(token == audio_token_id for token in ids)
+    if placeholders != len(clips):
+        raise ValueError(f"The prompt has {placeholders} audio placeholders for {len(clips)} audio clips.")
+    prompt: dict[str, Any] = {"prompt_token_ids": ids}
+    if clips:
+        audio = [(np.asarray(clip, dtype=np.float32), SAMPLING_RATE) for clip in clips]
+        prompt["multi_modal_data"] = {"audio": audio[0] if len(audio) == 1 else audio}
+    return prompt
+
+
+def engine_kwargs(dtype: torch.dtype | str, device: str) -> dict:
+    """What `vllm.LLM` needs for Qwen2-Audio beyond the model path.
+
+    - `limit_mm_per_prompt`: one clip per prompt (R1-AQA's prompts have one) and no image or video inputs.
+    - `dtype`: the policy's (TRL leaves it to vLLM, which picks bf16 on CPU even for a float32 model).
+    - `load_format="dummy"`: random weights at start-up; the real ones come through `load_weights` (name mapping).
+    - `enforce_eager` on CPU: no graph capture or compilation warm-up (the CPU setting that was measured to work).
+    """
+    kwargs: dict[str, Any] = {
+        "limit_mm_per_prompt": {"audio": 1, "image": 0, "video": 0},
+        "dtype": str(dtype).removeprefix("torch."),
+        "load_format": "dummy",
+    }
+    if device == "cpu":
+        kwargs["enforce_eager"] = True
+    return kwargs
+
+
+@contextmanager
+def vllm_startup_guard():
+    """Hide from `sys.modules`, while an engine starts, the modules that vLLM 0.32's CPU start-up cannot scan.
+
+    At start-up the CPU worker walks every attribute of every loaded module to rebind Triton kernels
+    (`vllm.triton_utils.dispatcher._rebind_kernels`) and calls `vars(value).get`; llvmlite's lazily wrapping `ffi.lib`
+    answers `vars()` with a function wrapper, and start-up dies with `'_lib_fn_wrapper' object has no attribute
+    'get'`. llvmlite is loaded once librosa has resampled a clip (numba), i.e. as soon as any non-16 kHz audio was
+    read. Those modules hold no vLLM kernel; they are put back afterwards.
+    """
+    hidden = {}
+    with warnings.catch_warnings():  # reading some attributes warns (deprecated aliases)
+        warnings.simplefilter("ignore")
+        for name, module in list(sys.modules.items()):
+            namespace = getattr(module, "__dict__", None)
+            if not isinstance(namespace, dict):
+                continue
+            for value in list(namespace.values()):
+                try:
+                    scannable = not hasattr(value, "__dict__") or hasattr(vars(value), "get")
+                except Exception:
+                    scannable = False
+                if not scannable:
+                    hidden[name] = sys.modules.pop(name)
+                    break
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
+
+
+def load_weights(llm, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Load `(name, tensor)` pairs (transformers-5, hub or 5.16-5.20 saved names) into the running engine, then drop
+    what was computed with the old weights (audio encodings, prefix KV cache)."""
+    runner = llm.llm_engine.model_executor.driver_worker.model_runner
+    runner.reload_weights(weights_iterator=((hub_name(n), t) for n, t in weights), is_checkpoint_format=True)
+    llm.llm_engine.reset_encoder_cache()
+    llm.reset_prefix_cache()
+
+
+def checkpoint_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the safetensors files of a saved model folder, one at a time."""
+    from safetensors import safe_open
+
+    index = os.path.join(model_path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted({os.path.join(model_path, name) for name in json.load(f)["weight_map"].values()})
+    else:
+        files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"{model_path}: no *.safetensors weights (vLLM loads safetensors only here).")
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                yield name, f.get_tensor(name)
+
+
+class AudioLLM:
+    """A `vllm.LLM` whose `generate` takes TRL's rows, `{"prompt_token_ids": ids, "multi_modal_data": {"image":
+    clips}}`, with each prompt's audio clips in TRL's image slot, and sends them as audio prompts (`audio_prompt`).
+    Everything else is the wrapped engine's."""
+
+    def __init__(self, llm, audio_token_id: int):
+        self._llm = llm
+        self.audio_token_id = audio_token_id
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+    def generate(self, prompts, *args, **kwargs):
+        rows = []
+        for row in prompts:
+            clips = (row.get("multi_modal_data") or {}).get("image")
+            if clips is None:
+                raise ValueError("A prompt reached vLLM without its audio: every prompt needs an audio part.")
+            clips = list(clips) if isinstance(clips, (list, tuple)) else [clips]
+            rows.append(audio_prompt(list(row["prompt_token_ids"]), clips, self.audio_token_id))
+        return self._llm.generate(rows, *args, **kwargs)
+
+
+# ---- training: TRL's VLLMGeneration with the audio ----------------------------------------------------------------
+
+
+class AudioVLLMGeneration(trl_vllm.VLLMGeneration):
+    """TRL's vLLM backend (colocate mode) for Qwen2-Audio. Generation, sampling settings, tensor-parallel groups, sleep
+    mode and the log-probs for TRL's importance-sampling correction stay TRL's; the overrides:
+
+    - `_init_vllm`: TRL builds the engine, with Qwen2-Audio's settings added (`engine_kwargs`), and it is wrapped in
+      `AudioLLM`, which turns the clips the trainer puts in TRL's image slot into audio prompts. Server mode is
+      refused: TRL's server protocol carries image features only.
+    - `sync_weights`: the policy's tensors (gathered under ZeRO-3, LoRA merged in: TRL's `_iter_named_params`) go
+      through `load_weights` (hub names, `reload_weights`, cache resets) instead of TRL's per-tensor `load_weights`
+      under transformers names.
+    """
+
+    def _init_vllm(self):
+        if self.mode != "colocate":
+            raise ValueError(
+                "use_vllm with an audio model needs vllm_mode: colocate (TRL's server mode sends images only)."
+            )
+        if not hasattr(trl_vllm, "LLM"):  # vLLM is not installed: TRL says so
+            return super()._init_vllm()
+        kwargs = engine_kwargs(self.model.dtype, self.accelerator.device.type)
+        with mock.patch.object(trl_vllm, "LLM", functools.partial(trl_vllm.LLM, **kwargs)), vllm_startup_guard():
+            super()._init_vllm()
+        self.llm = AudioLLM(self.llm, self.processing_class.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
+
+    def sync_weights(self):
+        if self.enable_sleep_mode:  # as TRL: map the weights' memory before writing to it
+            trl_vllm.empty_cache()
+            self.llm.wake_up(tags=["weights"])
+            self._llm_weights_sleeping = False
+        # vLLM's reload holds a layer's tensors until the layer is complete, but a ZeRO-3 gather is released when the
+        # next tensor is read: those are copied.
+        copy = self._dist.is_zero3
+        load_weights(self.llm, ((n, p.detach().clone() if copy else p) for n, p in self._iter_named_params()))
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+
+def load_llm(model_path: str, device: str, seed: int = 0, max_model_len: int | None = None):
+    """A vLLM engine for a saved Qwen2-Audio folder (weights and processor): bf16 on GPU, float32 on CPU, as the HF
+    backend. The weights are read through `load_weights`, so checkpoints saved by transformers 5.16-5.20 load too."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: weights load from this process
+    from vllm import LLM
+
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    with vllm_startup_guard():
+        llm = LLM(model=model_path, max_model_len=max_model_len, seed=seed, **engine_kwargs(dtype, device))
+    load_weights(llm, checkpoint_weights(model_path))
+    return llm
+
+
+# GenerationConfig fields vLLM's SamplingParams cannot express, with the value at which they do nothing.
+UNSUPPORTED_BY_VLLM = {
+    "num_beams": 1,
+    "no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0,
+    "encoder_no_repeat_ngram_size": 0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None,
+}
+
+
+def sampling_settings(config, seed: int) -> dict:
+    """The keyword arguments of vLLM's `SamplingParams` that decode as the resolved transformers `GenerationConfig`
+    `config` does (`r1aqa.evaluate.generation_config`: the same for both backends): greedy or sampling with its
+    temperature / top-k / top-p / min-p, repetition penalty, minimum and maximum new tokens, the same stop ids, and the
+    batch's `seed`. A field vLLM cannot express (beam search, n-gram blocking, suppressed tokens, ...) stops with a
+    message rather than decoding differently."""
+    from r1aqa.evaluate import EvalError
+
+    unsupported = {
+        name: getattr(config, name, neutral)
+        for name, neutral in UNSUPPORTED_BY_VLLM.items()
+        if getattr(config, name, neutral) not in (neutral, None, [], {})
+    }
+    if unsupported:
+        raise EvalError(
+            f"the vLLM backend cannot decode with {unsupported} (set by the decoding mode or the checkpoint's "
+            "generation_config.json): use --backend hf."
+        )
+    eos = config.eos_token_id
+    settings = {
+        "max_tokens": config.max_new_tokens,
+        "min_tokens": config.min_new_tokens or 0,
+        "repetition_penalty": config.repetition_penalty or 1.0,
+        "stop_token_ids": [] if eos is None else [eos] if isinstance(eos, int) else list(eos),
+        "seed": seed,
+    }
+    if config.do_sample:
+        settings.update(
+            temperature=config.temperature if config.temperature is not None else 1.0,
+            top_k=config.top_k or 0,  # transformers: None/0 is off; vLLM: 0 is off
+            top_p=config.top_p if config.top_p is not None else 1.0,
+            min_p=config.min_p or 0.0,
+        )
+    else:
+        settings["temperature"] = 0.0  # greedy
+    return settings
+
+
+def sampling_params(config, seed: int):
+    """`SamplingParams(**sampling_settings(config, seed))`."""
+    from vllm import SamplingParams
+
+    return SamplingParams(**sampling_settings(config, seed))
+
+
+def generate_ids_vllm(llm, processor, conversations: list[list[dict]], params) -> list[list[int]]:
+    """The generated token ids for conversations whose audio parts hold loaded samples (`audio` key), from the same
+    token ids the HF backend feeds its model (the processor's), collapsed for vLLM."""
+    texts = [processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
+    clips = [audio_clips(conversation) for conversation in conversations]
+    audio_token_id = processor.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    prompts = []
+    for text, audio in zip(texts, clips, strict=True):
+        ids = processor(text=[text], audio=audio or None, sampling_rate=SAMPLING_RATE)["input_ids"][0]
+        prompts.append(audio_prompt(list(ids), audio, audio_token_id))
+    outputs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
+    return [list(output.outputs[0].token_ids) for output in outputs]
+
+
+def load_eval_engine(model_path: str, processor_path: str, device: str):
+    """`r1aqa.evaluate --backend vllm`: the engine, the processor, the checkpoint's GenerationConfig (the `original`
+    decoding mode starts from it, as with `--backend hf`) and the engine's dtype."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from r1aqa.evaluate import EvalError, has_processor
+    from r1aqa.models import QWEN2_AUDIO, detect_family, load_processor
+
+    family = detect_family(model_path)
+    if family.name != QWEN2_AUDIO:
+        raise EvalError(f"{model_path}: the vLLM backend supports Qwen2-Audio checkpoints only; use --backend hf.")
+    if os.path.isdir(model_path) and not has_processor(model_path):
+        raise EvalError(
+            f"{model_path} holds no processor files; vLLM reads the processor from the model folder. Copy the "
+            f"processor files of {processor_path} into it."
+        )
+    processor = load_processor(processor_path, family)
+    try:
+        checkpoint_config = GenerationConfig.from_pretrained(model_path)
+    except OSError:  # no generation_config.json: what transformers derives from the model config
+        checkpoint_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
+    llm = load_llm(model_path, device)
+    return llm, processor, checkpoint_config, llm.llm_engine.model_config.dtype
+
+
+def generate_batch_vllm(llm, processor, conversations: list[list[dict]], params) -> list[str]:
+    """`r1aqa.evaluate.generate_batch` with vLLM: the decoded completions (special tokens skipped)."""
+    ids = generate_ids_vllm(llm, processor, conversations, params)
+    return processor.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
