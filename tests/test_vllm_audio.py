@@ -89,3 +89,65 @@ def test_vllm_recipe_is_the_paper_recipe_plus_vllm_settings():
     assert with_vllm["use_vllm"] is True and with_vllm["vllm_mode"] == "colocate"
     same = {key: value for key, value in with_vllm.items() if key not in vllm_keys | {"output_dir", "run_name"}}
     assert same == {key: value for key, value in base.items() if key not in {"output_dir", "run_name"}}
+
+
+# ---- decoding: the vLLM backend decodes with the same resolved GenerationConfig as the HF one ---------------------
+
+
+def _resolved(mode: str, checkpoint_fields: dict, **overrides):
+    from transformers import GenerationConfig
+
+    from r1aqa.evaluate import generation_config
+
+    class Tokenizer:
+        eos_token_id, pad_token_id = 151645, 151643
+
+    decoding = {"mode": mode, "max_new_tokens": 256, "overrides": overrides}
+    return generation_config(GenerationConfig(**checkpoint_fields), Tokenizer(), decoding)
+
+
+QWEN2_AUDIO_INSTRUCT_GENERATION = {  # Qwen2-Audio-7B-Instruct's generation_config.json (docs/recipe.md §7)
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_k": 20,
+    "top_p": 0.5,
+    "repetition_penalty": 1.1,
+    "eos_token_id": [151643, 151645],
+    "pad_token_id": 151643,
+    "bos_token_id": 151643,
+}
+
+
+def test_vllm_sampling_settings_follow_the_original_protocol():
+    from r1aqa.vllm_audio import sampling_settings
+
+    settings = sampling_settings(_resolved("original", QWEN2_AUDIO_INSTRUCT_GENERATION), seed=9)
+    assert settings == {
+        "max_tokens": 256,
+        "min_tokens": 0,
+        "repetition_penalty": 1.1,
+        "stop_token_ids": [151643, 151645],
+        "seed": 9,
+        "temperature": 0.7,
+        "top_k": 20,
+        "top_p": 0.5,
+        "min_p": 0.0,
+    }
+
+
+def test_vllm_sampling_settings_for_greedy_ignore_the_checkpoint_sampling():
+    from r1aqa.vllm_audio import sampling_settings
+
+    settings = sampling_settings(_resolved("greedy", QWEN2_AUDIO_INSTRUCT_GENERATION), seed=3)
+    assert settings["temperature"] == 0.0 and settings["repetition_penalty"] == 1.0
+    assert settings["stop_token_ids"] == [151643, 151645] and settings["max_tokens"] == 256
+    assert "top_k" not in settings
+
+
+def test_vllm_refuses_settings_it_cannot_decode_with():
+    from r1aqa.evaluate import EvalError
+    from r1aqa.vllm_audio import sampling_settings
+
+    planted = {**QWEN2_AUDIO_INSTRUCT_GENERATION, "no_repeat_ngram_size": 3}
+    with pytest.raises(EvalError, match="no_repeat_ngram_size.*--backend hf"):
+        sampling_settings(_resolved("original", planted), seed=0)

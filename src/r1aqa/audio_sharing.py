@@ -5,6 +5,8 @@ window, so encoding it once per completion repeats the same work G times. `share
 so it runs once per distinct clip and copies the result to every row of the clip (`index_select`, whose backward sums
 the copies' gradients into the one encoding: the same gradients as per-completion encoding, for an encoder without
 dropout). `AudioGRPOTrainer` uses it in generation and in every log-prob pass (`share_audio_encoding`).
+Qwen2.5-Omni's encoder takes the batch packed along time instead of one row per clip:
+`shared_audio_encoding_packed` does the same for it, and `share_audio_encoding` picks the variant.
 """
 
 from __future__ import annotations
@@ -101,3 +103,80 @@ def shared_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | N
     finally:
         for handle in handles:
             handle.remove()
+
+
+def encoder_packs_batch(audio_tower) -> bool:
+    """Whether this audio encoder takes the whole batch packed along time (Qwen2.5-Omni) rather than one row per
+    clip (Qwen2-Audio)."""
+    config = getattr(audio_tower, "config", None)
+    return getattr(config, "model_type", None) == "qwen2_5_omni_audio_encoder"
+
+
+@contextmanager
+def shared_audio_encoding_packed(audio_tower, groups):
+    """`shared_audio_encoding` for an encoder that packs the batch along time (Qwen2.5-Omni).
+
+    The encoder is called once per forward pass with the features of all B clips concatenated along time
+    (128 x sum of frames), `feature_lens` (frames per clip) and `aftercnn_lens`, and returns the clips' tokens
+    concatenated (sum of tokens x dim). While active, a forward pre-hook keeps the first clip of each group
+    (slicing the packed features by `feature_lens`) and a forward hook splits the output by the kept clips' token
+    counts and concatenates, for each of the B rows in order, the tokens of its group's clip. `torch.cat` of the
+    same piece for several rows sums their gradients into it in the backward pass: for an encoder without dropout
+    this is the per-clip computation.
+    """
+    if groups is None:
+        yield
+        return
+    groups = groups.reshape(-1)
+    unique, inverse = torch.unique(groups, return_inverse=True)
+    if unique.numel() == groups.numel():  # nothing to share
+        yield
+        return
+    rows = groups.numel()
+    positions = torch.arange(rows, device=groups.device)
+    first = torch.full((unique.numel(),), rows, dtype=torch.long, device=groups.device)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin").tolist()
+    inverse = inverse.tolist()
+    kept_lens = {}
+
+    def keep_first_clip_per_group(module, args, kwargs):
+        features = args[0] if args else kwargs["input_features"]
+        feature_lens = kwargs["feature_lens"]
+        if feature_lens.numel() != rows:
+            raise RuntimeError(
+                f"Audio encoder called on {feature_lens.numel()} clips, but {rows} audio groups were set."
+            )
+        clips = torch.split(features, feature_lens.tolist(), dim=-1)
+        kept = torch.cat([clips[i] for i in first], dim=-1)
+        index = torch.tensor(first, device=feature_lens.device)
+        kwargs = dict(kwargs, feature_lens=feature_lens.index_select(0, index))
+        if kwargs.get("aftercnn_lens") is not None:
+            kwargs["aftercnn_lens"] = kwargs["aftercnn_lens"].index_select(0, index.to(kwargs["aftercnn_lens"].device))
+        kept_lens["tokens"] = module._get_feat_extract_output_lengths(kwargs["feature_lens"])[1].tolist()
+        if args:
+            return (kept, *args[1:]), kwargs
+        return args, dict(kwargs, input_features=kept)
+
+    def expand_to_all_rows(module, args, kwargs, output):
+        pieces = torch.split(output.last_hidden_state, kept_lens["tokens"], dim=0)
+        expanded = torch.cat([pieces[group] for group in inverse], dim=0)
+        output.last_hidden_state = expanded
+        if getattr(output, "pooler_output", None) is not None:
+            output.pooler_output = expanded
+        return output
+
+    handles = [
+        audio_tower.register_forward_pre_hook(keep_first_clip_per_group, with_kwargs=True),
+        audio_tower.register_forward_hook(expand_to_all_rows, with_kwargs=True),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def share_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | None):
+    """The sharing context for this encoder: row-wise (Qwen2-Audio) or packed along time (Qwen2.5-Omni)."""
+    share = shared_audio_encoding_packed if encoder_packs_batch(audio_tower) else shared_audio_encoding
+    return share(audio_tower, groups)

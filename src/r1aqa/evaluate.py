@@ -567,7 +567,6 @@ def run_inference(
     fixed slices of the item list, each seeded from (seed, batch index): a batch of a resumed run is generated whole,
     with the numbers it would have drawn in an uninterrupted run.
     """
-    import torch
     from tqdm import tqdm
 
     # Training's loader (imports TRL): decodes each audio file (first channel, 16 kHz) into the part's `audio` key,

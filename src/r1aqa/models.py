@@ -10,7 +10,7 @@ Two families are supported, told apart by the checkpoint's `config.json` (`model
   and speech decoder are skipped). Audio only: its vision tower is frozen and never sees an input, and generation may
   not sample the audio, image or video placeholders. Its audio encoder *packs* the batch along time (features
   128 x sum of clip frames, plus `feature_lens`; output sum of clip tokens x dim), so sharing its encoding within a
-  group needs `shared_audio_encoding_packed`.
+  group needs the packed variant of `r1aqa.audio_sharing`.
 
 The Omni processor (`Qwen2_5OmniProcessor`) needs a video processor, and that needs torchvision. Where it loads (a
 CUDA node with torchvision) it is used; where it does not (CPU-only torch: PyPI's torchvision wheel is a CUDA build),
@@ -189,14 +189,7 @@ def _load_omni_processor(path: str, revision: str | None):
     return processor
 
 
-# ---- audio encoder -------------------------------------------------------------------------------------------------
-
-
-def encoder_packs_batch(audio_tower) -> bool:
-    """Whether this audio encoder takes the whole batch packed along time (Qwen2.5-Omni) rather than one row per
-    clip (Qwen2-Audio)."""
-    config = getattr(audio_tower, "config", None)
-    return getattr(config, "model_type", None) == "qwen2_5_omni_audio_encoder"
+# ---- placeholders -------------------------------------------------------------------------------------------------
 
 
 def placeholder_token_ids(config) -> list[int]:
@@ -210,69 +203,3 @@ def placeholder_token_ids(config) -> list[int]:
             if isinstance(value, int):
                 ids.add(value)
     return sorted(ids)
-
-
-@contextlib.contextmanager
-def shared_audio_encoding_packed(audio_tower, groups):
-    """`r1aqa.trainer.shared_audio_encoding` for an encoder that packs the batch along time (Qwen2.5-Omni).
-
-    The encoder is called once per forward pass with the features of all B clips concatenated along time
-    (128 x sum of frames), `feature_lens` (frames per clip) and `aftercnn_lens`, and returns the clips' tokens
-    concatenated (sum of tokens x dim). While active, a forward pre-hook keeps the first clip of each group
-    (slicing the packed features by `feature_lens`) and a forward hook splits the output by the kept clips' token
-    counts and concatenates, for each of the B rows in order, the tokens of its group's clip. `torch.cat` of the
-    same piece for several rows sums their gradients into it in the backward pass: for an encoder without dropout
-    this is the per-clip computation.
-    """
-    import torch
-
-    if groups is None:
-        yield
-        return
-    groups = groups.reshape(-1)
-    unique, inverse = torch.unique(groups, return_inverse=True)
-    if unique.numel() == groups.numel():  # nothing to share
-        yield
-        return
-    rows = groups.numel()
-    positions = torch.arange(rows, device=groups.device)
-    first = torch.full((unique.numel(),), rows, dtype=torch.long, device=groups.device)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin").tolist()
-    inverse = inverse.tolist()
-    kept_lens = {}
-
-    def keep_first_clip_per_group(module, args, kwargs):
-        features = args[0] if args else kwargs["input_features"]
-        feature_lens = kwargs["feature_lens"]
-        if feature_lens.numel() != rows:
-            raise RuntimeError(
-                f"Audio encoder called on {feature_lens.numel()} clips, but {rows} audio groups were set."
-            )
-        clips = torch.split(features, feature_lens.tolist(), dim=-1)
-        kept = torch.cat([clips[i] for i in first], dim=-1)
-        index = torch.tensor(first, device=feature_lens.device)
-        kwargs = dict(kwargs, feature_lens=feature_lens.index_select(0, index))
-        if kwargs.get("aftercnn_lens") is not None:
-            kwargs["aftercnn_lens"] = kwargs["aftercnn_lens"].index_select(0, index.to(kwargs["aftercnn_lens"].device))
-        kept_lens["tokens"] = module._get_feat_extract_output_lengths(kwargs["feature_lens"])[1].tolist()
-        if args:
-            return (kept, *args[1:]), kwargs
-        return args, dict(kwargs, input_features=kept)
-
-    def expand_to_all_rows(module, args, kwargs, output):
-        pieces = torch.split(output.last_hidden_state, kept_lens["tokens"], dim=0)
-        expanded = torch.cat([pieces[group] for group in inverse], dim=0)
-        output.last_hidden_state = expanded
-        if getattr(output, "pooler_output", None) is not None:
-            output.pooler_output = expanded
-        return output
-
-    handles = [
-        audio_tower.register_forward_pre_hook(keep_first_clip_per_group, with_kwargs=True),
-        audio_tower.register_forward_hook(expand_to_all_rows, with_kwargs=True),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -23,10 +23,16 @@ from trl.extras.profiling import profiling_decorator
 from trl.trainer import grpo_trainer as trl_grpo
 
 from r1aqa.audio import prompts_with_audio
-from r1aqa.models import encoder_packs_batch, placeholder_token_ids, shared_audio_encoding_packed
 
 # Re-exported: tests and benchmarks import them from here.
-from r1aqa.audio_sharing import audio_groups, encoder_has_dropout, find_audio_tower, shared_audio_encoding
+from r1aqa.audio_sharing import (
+    audio_groups,
+    encoder_has_dropout,
+    find_audio_tower,
+    share_audio_encoding,
+    shared_audio_encoding,
+)
+from r1aqa.models import placeholder_token_ids
 from r1aqa.vllm_audio import AudioVLLMGeneration, audio_clips
 
 __all__ = [
@@ -136,9 +142,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         takes the whole batch concatenated along time), or nothing when sharing is off."""
         if not self.share_audio_encoding or groups is None:
             return nullcontext()
-        tower = find_audio_tower(model)
-        share = shared_audio_encoding_packed if encoder_packs_batch(tower) else shared_audio_encoding
-        return share(tower, groups)
+        return share_audio_encoding(find_audio_tower(model), groups)
 
     def _suppress_placeholders(self):
         """Never sample a multimodal placeholder. TRL suppresses `config.image_token_id` only: Qwen2.5-Omni sets it
