@@ -56,6 +56,35 @@ def encoder_has_dropout(audio_config) -> bool:
 
 
 @contextmanager
+def hooked(module: torch.nn.Module, pre_hook, hook):
+    """`pre_hook` and `hook` (both with kwargs) on `module` while active."""
+    handles = [
+        module.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        module.register_forward_hook(hook, with_kwargs=True),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def group_plan(groups: torch.Tensor | None) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """`(rows, inverse, first)` for sharing: the number of rows, each row's group (0..G-1, in order of the groups'
+    ids) and each group's first row; None when there is nothing to share (no groups, or every row its own group)."""
+    if groups is None:
+        return None
+    groups = groups.reshape(-1)
+    unique, inverse = torch.unique(groups, return_inverse=True)
+    if unique.numel() == groups.numel():
+        return None
+    rows = groups.numel()
+    positions = torch.arange(rows, device=groups.device)
+    first = torch.full((unique.numel(),), rows, dtype=torch.long, device=groups.device)
+    return rows, inverse, first.scatter_reduce(0, inverse, positions, reduce="amin")
+
+
+@contextmanager
 def shared_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | None):
     """While active, a call of `audio_tower` on B rows encodes only one row per distinct group and copies each
     encoding to the rows of its group (`index_select`, whose backward sums the copies' gradients into the one
@@ -65,18 +94,11 @@ def shared_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | N
     the model's own forward runs unchanged around it: its checks, its merge of audio embeddings into the text
     embeddings, DeepSpeed ZeRO-3's parameter hooks, DDP and PEFT all see an ordinary forward pass.
     """
-    if groups is None:
+    plan = group_plan(groups)
+    if plan is None:
         yield
         return
-    groups = groups.reshape(-1)
-    unique, inverse = torch.unique(groups, return_inverse=True)
-    if unique.numel() == groups.numel():  # nothing to share
-        yield
-        return
-    rows = groups.numel()
-    positions = torch.arange(rows, device=groups.device)
-    first = torch.full((unique.numel(),), rows, dtype=torch.long, device=groups.device)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    rows, inverse, first = plan
 
     def select(value):
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == rows:
@@ -94,15 +116,8 @@ def shared_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | N
         output.last_hidden_state = hidden.index_select(0, inverse.to(hidden.device))
         return output
 
-    handles = [
-        audio_tower.register_forward_pre_hook(keep_one_row_per_group, with_kwargs=True),
-        audio_tower.register_forward_hook(expand_to_all_rows, with_kwargs=True),
-    ]
-    try:
+    with hooked(audio_tower, keep_one_row_per_group, expand_to_all_rows):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def encoder_packs_batch(audio_tower) -> bool:
@@ -124,19 +139,12 @@ def shared_audio_encoding_packed(audio_tower, groups):
     same piece for several rows sums their gradients into it in the backward pass: for an encoder without dropout
     this is the per-clip computation.
     """
-    if groups is None:
+    plan = group_plan(groups)
+    if plan is None:
         yield
         return
-    groups = groups.reshape(-1)
-    unique, inverse = torch.unique(groups, return_inverse=True)
-    if unique.numel() == groups.numel():  # nothing to share
-        yield
-        return
-    rows = groups.numel()
-    positions = torch.arange(rows, device=groups.device)
-    first = torch.full((unique.numel(),), rows, dtype=torch.long, device=groups.device)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin").tolist()
-    inverse = inverse.tolist()
+    rows, inverse, first = plan
+    first, inverse = first.tolist(), inverse.tolist()
     kept_lens = {}
 
     def keep_first_clip_per_group(module, args, kwargs):
@@ -165,15 +173,8 @@ def shared_audio_encoding_packed(audio_tower, groups):
             output.pooler_output = expanded
         return output
 
-    handles = [
-        audio_tower.register_forward_pre_hook(keep_first_clip_per_group, with_kwargs=True),
-        audio_tower.register_forward_hook(expand_to_all_rows, with_kwargs=True),
-    ]
-    try:
+    with hooked(audio_tower, keep_first_clip_per_group, expand_to_all_rows):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def share_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | None):

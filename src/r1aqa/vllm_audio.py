@@ -248,23 +248,23 @@ def load_llm(model_path: str, device: str, seed: int = 0, max_model_len: int | N
     return llm
 
 
-# GenerationConfig fields vLLM's SamplingParams cannot express, with the value at which they do nothing.
-UNSUPPORTED_BY_VLLM = {
-    "num_beams": 1,
-    "no_repeat_ngram_size": 0,
-    "encoder_repetition_penalty": 1.0,
-    "encoder_no_repeat_ngram_size": 0,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-    "bad_words_ids": None,
-    "suppress_tokens": None,
-    "begin_suppress_tokens": None,
-    "sequence_bias": None,
-    "forced_bos_token_id": None,
-    "forced_eos_token_id": None,
-    "exponential_decay_length_penalty": None,
-}
+# GenerationConfig fields vLLM's SamplingParams cannot express; each does nothing at its `--decoding greedy` value.
+UNSUPPORTED_BY_VLLM = (
+    "num_beams",
+    "no_repeat_ngram_size",
+    "encoder_repetition_penalty",
+    "encoder_no_repeat_ngram_size",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "sequence_bias",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+)
 
 
 def sampling_settings(config, seed: int) -> dict:
@@ -273,12 +273,12 @@ def sampling_settings(config, seed: int) -> dict:
     temperature / top-k / top-p / min-p, repetition penalty, minimum and maximum new tokens, the same stop ids, and the
     batch's `seed`. A field vLLM cannot express (beam search, n-gram blocking, suppressed tokens, ...) stops with a
     message rather than decoding differently."""
-    from r1aqa.evaluate import EvalError
+    from r1aqa.evaluate import GREEDY, EvalError
 
     unsupported = {
-        name: getattr(config, name, neutral)
-        for name, neutral in UNSUPPORTED_BY_VLLM.items()
-        if getattr(config, name, neutral) not in (neutral, None, [], {})
+        name: getattr(config, name, None)
+        for name in UNSUPPORTED_BY_VLLM
+        if getattr(config, name, None) not in (GREEDY[name], None, [], {})
     }
     if unsupported:
         raise EvalError(
