@@ -287,7 +287,7 @@ def test_checkpoint_reloads_and_evaluates_the_same_with_both_backends(vllm_run, 
         argv = [
             "--model_path", str(checkpoint), "--data_file", str(data_file), "--audio_dir", str(audio_dir),
             "--out_file", str(out_file), "--max_new_tokens", "8", "--batch_size", "2", "--device", "cpu",
-            "--backend", backend,
+            "--decoding", "greedy", "--backend", backend,
         ]  # fmt: skip
         assert evaluate.main(argv) == 0
         outputs[backend] = json.loads(out_file.read_text())

@@ -61,7 +61,7 @@ OMNI_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # Named special tokens the Omni processor reads from its tokenizer (`tokenizer.audio_token`, ...).
-OMNI_SPECIAL_TOKENS = {
+OMNI_NAMED_TOKENS = {
     "audio_token": "<|AUDIO|>",
     "image_token": "<|IMAGE|>",
     "video_token": "<|VIDEO|>",
@@ -81,7 +81,7 @@ class ModelFamily:
     frozen_modules: tuple[str, ...]  # submodules (attribute paths) never trained: audio-only use leaves them idle
 
 
-FAMILY_SPECS = {
+FAMILY_TABLE = {
     QWEN2_AUDIO: ModelFamily(
         QWEN2_AUDIO, ("qwen2_audio",), "Qwen2AudioForConditionalGeneration", packed_audio_encoder=False,
         frozen_modules=(),
@@ -115,10 +115,10 @@ class Qwen2_5OmniAudioProcessor(Qwen2AudioProcessor):
 def family_of_config(config) -> ModelFamily:
     """The family of a config (a transformers config object or a config.json dict), by its `model_type`."""
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
-    for spec in FAMILY_SPECS.values():
+    for spec in FAMILY_TABLE.values():
         if model_type in spec.model_types:
             return spec
-    known = ", ".join(t for spec in FAMILY_SPECS.values() for t in spec.model_types)
+    known = ", ".join(t for spec in FAMILY_TABLE.values() for t in spec.model_types)
     raise ValueError(f"Unsupported model_type {model_type!r}: this repository trains {known}.")
 
 

@@ -43,7 +43,7 @@ from transformers.models.qwen2_audio.configuration_qwen2_audio import Qwen2Audio
 from r1aqa.models import (
     FAMILIES,
     OMNI_CHAT_TEMPLATE,
-    OMNI_SPECIAL_TOKENS,
+    OMNI_NAMED_TOKENS,
     OMNI_SYSTEM_PROMPT,
     QWEN2_5_OMNI,
     QWEN2_AUDIO,
@@ -114,7 +114,7 @@ def build_tokenizer(extra_tokens: tuple[str, ...] = (), family: str = QWEN2_AUDI
     )
     bpe.train_from_iterator((_CORPUS + [OMNI_SYSTEM_PROMPT] if omni else _CORPUS) * 4, trainer=trainer)
     # Omni's processor reads its placeholders from named tokenizer attributes (`tokenizer.audio_token`, ...).
-    named = {"extra_special_tokens": OMNI_SPECIAL_TOKENS} if omni else {}
+    named = {"extra_special_tokens": OMNI_NAMED_TOKENS} if omni else {}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=None,
@@ -204,7 +204,7 @@ def build_omni_model(processor: Qwen2_5OmniAudioProcessor, seed: int = 0, chunk_
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
     tokenizer = processor.tokenizer
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in OMNI_SPECIAL_TOKENS.items()}
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in OMNI_NAMED_TOKENS.items()}
     hidden, heads = 64, 4
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(
