@@ -3,44 +3,17 @@ two processes (DDP on gloo) and two processes under DeepSpeed ZeRO-3 on CPU."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from launch_helpers import free_port, run_grpo_sh
 
 from r1aqa import grpo
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_grpo_sh(toy, output_dir, *args, **env):
-    environment = {
-        **os.environ,
-        "DEVICE": "cpu",
-        "MODEL": toy["model"],
-        "DATA_FILE": toy["data"],
-        "OUTPUT_DIR": str(output_dir),
-        **env,
-    }
-    result = subprocess.run(
-        ["bash", str(REPO / "run_grpo.sh"), *args],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def global_step(checkpoint_dir) -> int:

@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 from data_paths import AVQA_AUDIO_DIR
+from launch_helpers import free_port
 from safetensors.torch import load_file
 
 from r1aqa.audio import load_audio
@@ -61,12 +61,6 @@ def kill_tree(process: subprocess.Popen) -> None:
     for child in [*parent.children(recursive=True), parent]:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.send_signal(signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def environment(**extra):

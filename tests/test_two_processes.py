@@ -8,13 +8,13 @@ model with a 2 s audio window to keep each launch to seconds); each rank writes 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch_helpers import free_port
 from logp_checks import summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,12 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 # log-prob pass with the other encoding, and their weight updates must agree.
 RUNS = {"ddp_per_completion": ["--unshared"], "zero3_shared": ["--deepspeed", str(REPO / "configs/ds_zero3.json")]}
 TOLERANCE, DISCRIMINATES = 1e-4, 1e-3  # as in tests/test_training_path.py
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

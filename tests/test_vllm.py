@@ -19,6 +19,7 @@ import pytest
 import torch
 from data_paths import AVQA_AUDIO_DIR, MMAU_2025_03, MMAU_AUDIO_DIR
 from datasets import Dataset
+from launch_helpers import free_port, run_grpo_sh
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 from r1aqa.audio import load_audio, prompts_with_audio
@@ -307,17 +308,8 @@ def test_run_grpo_sh_trains_with_vllm_and_saves_a_checkpoint_that_loads(toy, tmp
 
     model = write_tiny_model(str(tmp_path / "model"), extra_tokens=("<answer>", "</answer>", "low", "top"), head_dim=32)
     out = tmp_path / "run"
-    environment = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "MODEL": model, "DATA_FILE": toy["data"]}
-    result = subprocess.run(
-        ["bash", str(REPO / "run_grpo.sh"), "--use_vllm", "true", "--max_steps", "2", "--output_dir", str(out)],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "sampling/sampling_logp_difference" in result.stdout + result.stderr  # logged by TRL when vLLM generates
+    log = run_grpo_sh(toy, out, "--use_vllm", "true", "--max_steps", "2", PYTHON=sys.executable, MODEL=model)
+    assert "sampling/sampling_logp_difference" in log  # logged by TRL when vLLM generates
     for folder in (out, out / "checkpoint-2"):
         Qwen2AudioForConditionalGeneration.from_pretrained(folder)
 
@@ -326,14 +318,10 @@ def test_run_grpo_sh_trains_with_vllm_and_saves_a_checkpoint_that_loads(toy, tmp
 def test_deepspeed_zero3_two_processes_sync_gathered_weights(toy, tmp_path):
     """Two processes under DeepSpeed ZeRO-3 (gloo), a colocated vLLM engine each: the weights TRL gathers reach vLLM
     (its log-probs match the policy's after an update that moved them: lr 1e-3, gradients non-zero)."""
-    import socket
-
     from r1aqa.cpu.tiny import write_tiny_model
 
     model = write_tiny_model(str(tmp_path / "model"), extra_tokens=("<answer>", "</answer>", "low", "top"), head_dim=32)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
         str(REPO / "tests" / "grpo_with_varied_reward.py"), "--config", str(REPO / "configs/grpo_tiny_cpu.yaml"),

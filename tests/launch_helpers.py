@@ -1,0 +1,38 @@
+"""Launching the project's scripts from tests: a free local port for torchrun, and run_grpo.sh on the CPU try-out."""
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (for torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_grpo_sh(toy, output_dir, *args, **env) -> str:
+    """`DEVICE=cpu bash run_grpo.sh ARGS` on the toy model and task (`env` overrides any variable); its output, after
+    asserting that it succeeded."""
+    environment = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "MODEL": toy["model"],
+        "DATA_FILE": toy["data"],
+        "OUTPUT_DIR": str(output_dir),
+        **env,
+    }
+    result = subprocess.run(
+        ["bash", str(REPO / "run_grpo.sh"), *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
