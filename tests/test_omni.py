@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 import torch
 from test_perf import assert_same, loss_logps_and_grads
-from test_trainer import completion_rows, plain_logps
+from test_trainer import (
+    check_each_completion_is_scored_with_its_own_clip,
+    check_logps_match_a_plain_forward_with_audio,
+)
 from tiny_grpo import CLIPS, G, make_trainer, rows
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
@@ -194,29 +197,13 @@ def scored_batch(tiny_omni_dir, tmp_path_factory):
 @pytest.mark.parametrize("which", ["reference", "policy"])
 def test_logps_match_a_plain_forward_with_audio(scored_batch, which):
     trainer, inputs, batch, policy_logps, _ = scored_batch
-    model = trainer.ref_model if which == "reference" else trainer.model
-    logps = batch["ref_per_token_logps"] if which == "reference" else policy_logps
-    largest_audio_effect = 0.0
-    for i, completion, mask in completion_rows(batch):
-        with_audio = plain_logps(model, trainer.processing_class, inputs[i]["prompt"], completion, with_audio=True)
-        without = plain_logps(model, trainer.processing_class, inputs[i]["prompt"], completion, with_audio=False)
-        torch.testing.assert_close(logps[i][mask], with_audio, atol=1e-4, rtol=0)
-        largest_audio_effect = max(largest_audio_effect, (logps[i][mask] - without).abs().max().item())
-    assert largest_audio_effect > 1e-2, "log-probs should depend on the audio"
+    check_logps_match_a_plain_forward_with_audio(trainer, inputs, batch, policy_logps, which)
 
 
 def test_each_completion_is_scored_with_its_own_clip(scored_batch):
     trainer, inputs, batch, _, _ = scored_batch
-    features = batch["input_features"]
-    assert all(torch.equal(features[i], features[0]) for i in range(G))
-    assert all(torch.equal(features[i], features[G]) for i in range(G, 2 * G))
-    assert not torch.equal(features[0], features[G])
-    _, completion, mask = next(completion_rows(batch))
-    swapped = [{**inputs[G]["prompt"][0], "content": [inputs[G]["prompt"][0]["content"][0],
-                                                      inputs[0]["prompt"][0]["content"][1]]}]  # fmt: skip
-    other = plain_logps(trainer.ref_model, trainer.processing_class, swapped, completion, with_audio=True)
     # The tiny random thinker hears little difference between two real clips: 10x the match tolerance (1e-4).
-    assert (batch["ref_per_token_logps"][0][mask] - other).abs().max() > 1e-3
+    check_each_completion_is_scored_with_its_own_clip(trainer, inputs, batch, other_clip_effect=1e-3)
 
 
 def test_generation_never_samples_a_placeholder(scored_batch):

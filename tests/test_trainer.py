@@ -47,9 +47,9 @@ def completion_rows(batch):
         yield i, batch["completion_ids"][i][mask].tolist(), mask
 
 
-@pytest.mark.parametrize("which", ["reference", "policy"])
-def test_logps_match_a_plain_forward_with_audio(scored_batch, which):
-    trainer, inputs, batch, policy_logps = scored_batch
+def check_logps_match_a_plain_forward_with_audio(trainer, inputs, batch, policy_logps, which: str) -> None:
+    """The reference or policy log-probs of every completion equal a plain forward pass with its prompt's audio, and
+    (somewhere) differ from one without audio. Shared with test_omni.py (the other model family)."""
     model = trainer.ref_model if which == "reference" else trainer.model
     logps = batch["ref_per_token_logps"] if which == "reference" else policy_logps
     largest_audio_effect = 0.0
@@ -61,15 +61,15 @@ def test_logps_match_a_plain_forward_with_audio(scored_batch, which):
     assert largest_audio_effect > 1e-2, "log-probs should depend on the audio"
 
 
-def test_each_completion_is_scored_with_its_own_prompts_audio(scored_batch):
-    trainer, inputs, batch, _ = scored_batch
-    # Rows 0..G-1 belong to clip 0, G..2G-1 to clip 1: their features must be their own clip's, not a repeat.
+def check_each_completion_is_scored_with_its_own_clip(trainer, inputs, batch, other_clip_effect: float) -> None:
+    """Rows 0..G-1 belong to clip 0, G..2G-1 to clip 1: their features are their own clip's, not a repeat, and scoring
+    row 0's completion with the other clip's audio moves its log-probs by more than `other_clip_effect`. Shared with
+    test_omni.py."""
     features = batch["input_features"]
     assert features.size(0) == 2 * G
     assert all(torch.equal(features[i], features[0]) for i in range(G))
     assert all(torch.equal(features[i], features[G]) for i in range(G, 2 * G))
     assert not torch.equal(features[0], features[G])
-    # Scoring row 0's completion with the other clip's audio gives other log-probs than the trainer's.
     _, completion, mask = next(completion_rows(batch))
     swapped = [
         {
@@ -78,7 +78,17 @@ def test_each_completion_is_scored_with_its_own_prompts_audio(scored_batch):
         }
     ]
     other = plain_logps(trainer.ref_model, trainer.processing_class, swapped, completion, with_audio=True)
-    assert (batch["ref_per_token_logps"][0][mask] - other).abs().max() > 1e-2
+    assert (batch["ref_per_token_logps"][0][mask] - other).abs().max() > other_clip_effect
+
+
+@pytest.mark.parametrize("which", ["reference", "policy"])
+def test_logps_match_a_plain_forward_with_audio(scored_batch, which):
+    check_logps_match_a_plain_forward_with_audio(*scored_batch, which)
+
+
+def test_each_completion_is_scored_with_its_own_prompts_audio(scored_batch):
+    trainer, inputs, batch, _ = scored_batch
+    check_each_completion_is_scored_with_its_own_clip(trainer, inputs, batch, other_clip_effect=1e-2)
 
 
 def test_missing_audio_features_fail_loudly(scored_batch):
