@@ -151,9 +151,10 @@ def last_resumable_checkpoint(run_dir: str, warn=None) -> str | None:
         problem = checkpoint_problem(path, resumable=True)
         if problem is None:
             return path
-        if checkpoint_problem(path) is None and optimizer_problem(path):
+        missing_state = optimizer_problem(path)
+        if missing_state and checkpoint_problem(path) is None:
             raise ValueError(
-                f"{path} holds weights only ({optimizer_problem(path)}). To continue that run, start a new run from "
+                f"{path} holds weights only ({missing_state}). To continue that run, start a new run from "
                 f"those weights (--model_name_or_path {path}) or delete the weights-only checkpoints; resumable "
                 "checkpoints need save_only_model: false."
             )

@@ -188,14 +188,7 @@ def build_model(
         text_config=text_config,
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
-    torch.manual_seed(seed)
-    model = Qwen2AudioForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.pad_token_id,
-    )
-    return model.eval()
+    return random_model(Qwen2AudioForConditionalGeneration, config, tokenizer, seed)
 
 
 def build_omni_model(processor: Qwen2_5OmniAudioProcessor, seed: int = 0, chunk_length: int = 30):
@@ -252,8 +245,14 @@ def build_omni_model(processor: Qwen2_5OmniAudioProcessor, seed: int = 0, chunk_
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    return random_model(Qwen2_5OmniThinkerForConditionalGeneration, config, tokenizer, seed)
+
+
+def random_model(model_class, config, tokenizer, seed: int):
+    """`model_class(config)` with weights drawn from `seed`, in eval mode, and a generation config that stops at the
+    chat's end-of-turn token and at `<|endoftext|>` (as Qwen2-Audio-7B-Instruct's does)."""
     torch.manual_seed(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+    model = model_class(config)
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
         pad_token_id=tokenizer.pad_token_id,
