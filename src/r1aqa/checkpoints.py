@@ -116,6 +116,31 @@ def optimizer_problem(folder: str) -> str | None:
     return None
 
 
+# The resume state of a checkpoint, in the order it is removed: first what makes it resumable (so a removal cut short
+# never leaves a checkpoint that looks resumable but is not), then the rest. Weights, configs, trainer_state.json and
+# training_args.bin stay: they are what evaluation reads.
+STATE_FILES = ("latest", "optimizer.pt", "scheduler.pt", "scaler.pt")
+STATE_PATTERN = re.compile(r"^(rng_state(_\d+)?\.pth|global_step\d+)$")
+
+
+def state_paths(folder: str) -> list[str]:
+    """The resume-state files and folders of checkpoint `folder` (optimizer, scheduler, RNG, DeepSpeed shards)."""
+    names = [name for name in STATE_FILES if os.path.exists(os.path.join(folder, name))]
+    names += sorted(name for name in os.listdir(folder) if STATE_PATTERN.match(name))
+    return [os.path.join(folder, name) for name in names]
+
+
+def remove_state(folder: str) -> None:
+    """Make `folder` a weights-only checkpoint: delete its resume state (`state_paths`)."""
+    import shutil
+
+    for path in state_paths(folder):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
 def checkpoint_problem(folder: str, resumable: bool = False) -> str | None:
     """Why `folder` is not a complete checkpoint (evaluable, or with `resumable` also resumable), or None."""
     problem = weights_problem(folder)

@@ -228,8 +228,8 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.checkpoints import resume_checkpoint
-    from r1aqa.grpo import load_model
+    from r1aqa.grpo import load_model, prepare_run
+    from r1aqa.runs import start_checkpoint, write_run_info
 
     # --- seed, logging ---------------------------------------------------------------------------------------------
     set_seed(training_args.seed)
@@ -240,9 +240,14 @@ def main(script_args, training_args, model_args) -> None:
     logger.setLevel(logging.INFO if training_args.should_log else log_level)  # our progress notes: main process
     check_sft_config(training_args)  # before any data or model loads
 
-    # Which checkpoint to continue from, decided before anything loads (a weights-only run stops here).
-    checkpoint = (
-        resume_checkpoint(training_args.output_dir, training_args.save_only_model) if script_args.resume else None
+    # Which checkpoint to continue from, decided before anything loads (a weights-only run, or one that would
+    # overwrite an earlier run's checkpoints, stops here).
+    checkpoint = start_checkpoint(
+        training_args.output_dir,
+        script_args.resume,
+        training_args.resume_from_checkpoint,
+        script_args.overwrite_output_dir,
+        training_args.save_only_model,
     )
 
     # --- data ------------------------------------------------------------------------------------------------------
@@ -271,6 +276,15 @@ def main(script_args, training_args, model_args) -> None:
     if trainer.accelerator.is_main_process:
         n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         logger.info("Trainable parameters: %s", f"{n_trainable:,}")
+    prepare_run(trainer, script_args, training_args, model_args)  # disk plan; only the newest checkpoint keeps state
+    if trainer.accelerator.is_main_process:  # how evaluation must prompt this run's checkpoints (test_mmau.sh)
+        write_run_info(
+            training_args.output_dir,
+            prompt_style="answer" if script_args.format_instruction else "plain",
+            think=False,
+            seed=training_args.seed,
+            format_instruction=script_args.format_instruction,
+        )
 
     # --- train -----------------------------------------------------------------------------------------------------
     trainer.train(resume_from_checkpoint=checkpoint)
