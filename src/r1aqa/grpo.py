@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from r1aqa.preflight import run_entry_point
 
 logger = logging.getLogger("r1aqa.grpo")
+AUDIO_CHECK_CACHE = "audio_check.json"  # in output_dir: the start-up audio check, reused on resume
 
 
 @dataclass
@@ -194,7 +195,10 @@ def main(script_args, training_args, model_args) -> None:
 
     # --- data ------------------------------------------------------------------------------------------------------
     dataset = load_avqa_dataset(
-        script_args.data_file, think=script_args.think, check_audio_files=script_args.check_audio_files
+        script_args.data_file,
+        think=script_args.think,
+        check_audio_files=script_args.check_audio_files,
+        audio_cache=os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE),
     )
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))

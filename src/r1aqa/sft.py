@@ -23,6 +23,7 @@ not audio.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -70,7 +71,9 @@ def assistant_turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def load_sft_dataset(path: str, format_instruction: bool = False, check_audio_files: bool = True):
+def load_sft_dataset(
+    path: str, format_instruction: bool = False, check_audio_files: bool = True, audio_cache: str | None = None
+):
     """AVQA training rows (`r1aqa.data.load_avqa_dataset`, same checks and drops) plus a `completion` column.
 
     With `format_instruction=False` the prompt is Prompt <1> and the target is the gold option text
@@ -79,7 +82,11 @@ def load_sft_dataset(path: str, format_instruction: bool = False, check_audio_fi
     from r1aqa.data import load_avqa_dataset
 
     dataset = load_avqa_dataset(
-        path, think=False, check_audio_files=check_audio_files, format_instruction=format_instruction
+        path,
+        think=False,
+        check_audio_files=check_audio_files,
+        format_instruction=format_instruction,
+        audio_cache=audio_cache,
     )
     if format_instruction:
         targets = dataset["solution"]
@@ -228,7 +235,7 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.grpo import load_model, prepare_run
+    from r1aqa.grpo import AUDIO_CHECK_CACHE, load_model, prepare_run
     from r1aqa.runs import start_checkpoint, write_run_info
 
     # --- seed, logging ---------------------------------------------------------------------------------------------
@@ -255,6 +262,7 @@ def main(script_args, training_args, model_args) -> None:
         script_args.data_file,
         format_instruction=script_args.format_instruction,
         check_audio_files=script_args.check_audio_files,
+        audio_cache=os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE),
     )
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
