@@ -296,3 +296,28 @@ def test_unknown_recipe_key_is_named(toy, tmp_path):
     recipe.write_text((REPO / "configs/grpo_tiny_cpu.yaml").read_text() + "lerning_rate: 0.1\n")
     with pytest.raises(ValueError, match="lerning_rate"):
         grpo.parse_args(["--config", str(recipe), "--data_file", toy["data"], "--output_dir", str(tmp_path)])
+
+
+def launch_command(tmp_path, *args, **env) -> str:
+    """What run_grpo.sh would start, run from `tmp_path` with a stand-in PYTHON that prints its folder and arguments."""
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\necho "cwd=$(pwd) args=$*"\n')
+    python.chmod(0o755)
+    environment = {k: v for k, v in os.environ.items() if k not in ("OUTPUT_DIR", "SMOKE", "RECIPE", "DS_CONFIG")}
+    environment |= {"DEVICE": "cpu", "PYTHON": str(python), **env}
+    result = subprocess.run(
+        ["bash", str(REPO / "run_grpo.sh"), *args], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return next(line for line in result.stdout.splitlines() if line.startswith("cwd="))
+
+
+def test_user_paths_are_relative_to_the_current_folder_and_defaults_to_the_repository(toy, tmp_path):
+    line = launch_command(tmp_path, MODEL=toy["model"], DATA_FILE="my/train.jsonl", OUTPUT_DIR="runs/a")
+    assert line.startswith(f"cwd={tmp_path} "), "the launcher stays in the user's folder"
+    assert "--data_file my/train.jsonl" in line and "--output_dir runs/a" in line
+    assert f"--config {REPO}/configs/grpo_tiny_cpu.yaml" in line
+    line = launch_command(tmp_path, "--think", "true", MODEL=toy["model"], DATA_FILE=toy["data"])
+    assert f"--output_dir {REPO}/outputs/grpo-tiny-cpu-think " in line, "think mode: its own default folder"
+    line = launch_command(tmp_path, "--think=false", MODEL=toy["model"], DATA_FILE=toy["data"], SMOKE="1")
+    assert f"--output_dir {REPO}/outputs/grpo-tiny-cpu-smoke " in line and "--smoke true" in line
