@@ -92,6 +92,6 @@ bench-perf: setup
 plan: setup
 	$(PY) -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml
 
-sft-smoke: setup
-	DEVICE=cpu bash run_sft.sh
-	DEVICE=cpu SFT_TYPE=lora bash run_sft.sh
+sft-smoke: setup  # disposable runs: each replaces the previous one's checkpoints
+	DEVICE=cpu bash run_sft.sh --overwrite_output_dir true
+	DEVICE=cpu SFT_TYPE=lora bash run_sft.sh --overwrite_output_dir true

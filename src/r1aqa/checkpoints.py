@@ -13,6 +13,10 @@ looks like a checkpoint but is not one. Such a folder must be neither resumed fr
 - **resumable**: evaluable, plus the optimizer state (`optimizer.pt`, or DeepSpeed's `latest` tag naming an existing
   `global_stepN/` folder) and the scheduler state (`scheduler.pt`). A weights-only checkpoint
   (`save_only_model: true`) is evaluable, never resumable.
+
+Training keeps the resume state (optimizer, scheduler, RNG, DeepSpeed's `global_step*/`) in the newest complete
+checkpoint only (`r1aqa.runs.make_state_callback`, `remove_state` here): the older ones become weights-only, still
+evaluable.
 """
 
 from __future__ import annotations
@@ -110,7 +114,10 @@ def optimizer_problem(folder: str) -> str | None:
         if not tag or not os.path.isdir(tag_dir) or not os.listdir(tag_dir):
             return f"DeepSpeed's `latest` names {tag!r}, which is missing or empty"
     elif not os.path.isfile(os.path.join(folder, "optimizer.pt")):
-        return "no optimizer state (optimizer.pt): a weights-only checkpoint (save_only_model) cannot be resumed"
+        return (
+            "no optimizer state (optimizer.pt): a weights-only checkpoint (save_only_model, or an older checkpoint "
+            "whose state was removed once a newer one had it) cannot be resumed"
+        )
     if not os.path.isfile(os.path.join(folder, "scheduler.pt")):
         return "no scheduler.pt"
     return None
