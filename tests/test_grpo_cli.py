@@ -321,3 +321,33 @@ def test_user_paths_are_relative_to_the_current_folder_and_defaults_to_the_repos
     assert f"--output_dir {REPO}/outputs/grpo-tiny-cpu-think " in line, "think mode: its own default folder"
     line = launch_command(tmp_path, "--think=false", MODEL=toy["model"], DATA_FILE=toy["data"], SMOKE="1")
     assert f"--output_dir {REPO}/outputs/grpo-tiny-cpu-smoke " in line and "--smoke true" in line
+
+
+def test_smoke_memory_estimate_is_the_plans_row_for_the_run(tmp_path):
+    """The smoke report's GPU estimate is r1aqa.plan's own number for that GPU count, offload and checkpointing."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from r1aqa import plan
+    from r1aqa.smoke import plan_estimate
+
+    folder = tmp_path / "qwen2-audio-7b"
+    folder.mkdir()
+    (folder / "config.json").write_text((REPO / "configs/qwen2_audio_7b_instruct_config.json").read_text())
+    config = AutoConfig.from_pretrained(folder)
+    args = SimpleNamespace(
+        deepspeed=str(REPO / "configs/ds_zero3_offload.json"),
+        per_device_train_batch_size=8,
+        num_generations=8,
+        max_completion_length=256,
+        share_audio_encoding=True,
+        gradient_checkpointing=False,
+    )
+    estimate, assumed = plan_estimate(config, args, gpus=4)
+    report = plan.main(["--recipe", str(REPO / "configs/grpo_qwen2_audio_7b.yaml")])
+    row = next(line for line in report.splitlines() if line.split()[:3] == ["4", "cpu", "no"])
+    assert f"{estimate / 2**30:.1f}" == row.split("|")[1].split()[4], (row, estimate)
+    assert "4 GPU(s), ZeRO-3 + CPU offload" in assumed
+    assert plan_estimate(config, SimpleNamespace(**{**vars(args), "deepspeed": None}), gpus=4)[0] is None
+    assert plan_estimate(config, args, gpus=3)[0] is None
