@@ -183,6 +183,7 @@ def test_cpu_procs_1_and_2_train_the_same_questions_per_step_with_different_accu
         log = run_grpo_sh(toy, tmp_path / f"procs{procs}", "--max_steps", "1", "--save_steps", "1",
                           CPU_PROCS=str(procs), MASTER_PORT=str(free_port()))  # fmt: skip
         lines[procs] = next(line for line in log.splitlines() if "Batch: " in line).split("Batch: ", 1)[1]
+        assert f"decoded now (over {procs} process(es))" in log, "the audio check is shared by the processes"
     assert lines[1].startswith("2 questions x 4 completions per step = world size 1 x per-device batch 4 ")
     assert lines[2].startswith("2 questions x 4 completions per step = world size 2 x per-device batch 4 ")
     assert lines[1].split(" = ")[0] == lines[2].split(" = ")[0]
