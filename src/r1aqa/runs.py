@@ -35,7 +35,9 @@ class RunRefused(SystemExit):
 
 
 def refuse(message: str):
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """Stop with exit code 2; the message is printed once (by rank 0: every rank reaches the same decision)."""
+    if is_main_process():
+        print(f"error: {message}", file=sys.stderr, flush=True)
     raise RunRefused(message)
 
 
