@@ -9,30 +9,31 @@
 #   DEVICE=cpu bash run_sft.sh                        # CPU smoke test: tiny random model, toy tone task, 4 steps
 #
 # With no GPU visible and no DEVICE=cpu it stops and says so. The CPU smoke test checks that the whole path runs
-# (the same recipe, shrunk); it trains nothing meaningful.
+# (the same recipe, shrunk); it trains nothing meaningful. Paths you give are relative to the folder you run it from;
+# the defaults are in the repository. A folder that already holds checkpoints is continued with --resume true.
 set -euo pipefail
-cd "$(dirname "$0")"
-source scripts/launch.sh                             # PYTHON, DEVICE, SEEDS, node variables, launch_seeds
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$REPO/scripts/launch.sh"                             # PYTHON, DEVICE, SEEDS, node variables, launch_seeds
 check_device
 
 # --- quick config --------------------------------------------------------------------------------------------------
 : "${SFT_TYPE:=full}"                                # full | lora
 case "$SFT_TYPE" in
-  full) DEFAULT_DS=configs/ds_zero3.json ;;
+  full) DEFAULT_DS=$REPO/configs/ds_zero3.json ;;
   lora) DEFAULT_DS= ;;                               # LoRA on a 7B model fits in plain DDP
   *) launch_die "SFT_TYPE must be full or lora, got '$SFT_TYPE'" ;;
 esac
-: "${RECIPE:=configs/sft_qwen2_audio_7b_${SFT_TYPE}.yaml}"
+: "${RECIPE:=$REPO/configs/sft_qwen2_audio_7b_${SFT_TYPE}.yaml}"
 if [ "$DEVICE" = gpu ]; then
   : "${MODEL:=Qwen/Qwen2-Audio-7B-Instruct}"
-  : "${DATA_FILE:=data/avqa/train.jsonl}"
-  : "${OUTPUT_DIR:=outputs/sft-qwen2-audio-7b-${SFT_TYPE}}"
+  : "${DATA_FILE:=$REPO/data/avqa/train.jsonl}"
+  : "${OUTPUT_DIR:=$REPO/outputs/sft-qwen2-audio-7b-${SFT_TYPE}}"
   : "${DS_CONFIG=$DEFAULT_DS}"                       # set it empty for plain DDP
   : "${NPROC_PER_NODE:=$GPUS}"
 else
   : "${MODEL:=$CPU_MODEL}"
   : "${DATA_FILE:=$CPU_DATA}"
-  : "${OUTPUT_DIR:=outputs/sft-tiny-cpu-${SFT_TYPE}}"
+  : "${OUTPUT_DIR:=$REPO/outputs/sft-tiny-cpu-${SFT_TYPE}}"
   : "${DS_CONFIG:=}"
   : "${NPROC_PER_NODE:=${CPU_PROCS:-1}}"
 fi

@@ -1,6 +1,7 @@
 # The launcher run_grpo.sh and run_sft.sh share: which device, the CPU try-out's model and data, and how processes
-# start (one process, or torchrun over NPROC_PER_NODE x NNODES). Sourced by those scripts from the repository root;
-# not meant to be run by itself.
+# start (one process, or torchrun over NPROC_PER_NODE x NNODES). Sourced by those scripts, which set REPO (the
+# repository folder) and stay in the user's folder; not meant to be run by itself. Works on bash 4.2: an array that
+# may be empty is expanded as ${a[@]+"${a[@]}"} (a bare "${a[@]}" is an unbound variable there under set -u).
 #
 #   DEVICE=gpu (default)  the real run. With no GPU visible it stops at once and says why: a training job that
 #                         silently fell back to a toy model would "succeed" and train nothing.
@@ -8,17 +9,17 @@
 #                         both built on first use (CPU_PROCS=2 for two processes; DS_CONFIG=configs/ds_zero3.json for
 #                         DeepSpeed ZeRO-3 on CPU).
 
-: "${PYTHON:=$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}"
+: "${PYTHON:=$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python)}"
 : "${DEVICE:=gpu}"
 : "${NNODES:=1}"
 : "${NODE_RANK:=0}"
 : "${MASTER_ADDR:=127.0.0.1}"
 : "${MASTER_PORT:=29500}"
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 SCRIPT_NAME="$(basename "$0")"
-CPU_MODEL=outputs/tiny-qwen2-audio                   # the CPU try-out's defaults (built on first use)
+CPU_MODEL=$REPO/outputs/tiny-qwen2-audio             # the CPU try-out's defaults (built on first use)
 CPU_TINY_ARGS=()                                     # extra arguments of r1aqa.cpu.tiny for CPU_MODEL
-CPU_DATA=outputs/toy/train.jsonl
+CPU_DATA=$REPO/outputs/toy/train.jsonl
 
 launch_die() { echo "$SCRIPT_NAME: $*" >&2; exit 2; }
 
@@ -48,7 +49,7 @@ MSG
 # on CPU (see src/r1aqa/cpu/deepspeed_patch.py) needs use_cpu=false, plain CPU runs need use_cpu=true.
 prepare_cpu_tryout() {
   if [ "$MODEL" = "$CPU_MODEL" ] && [ ! -f "$MODEL/config.json" ]; then
-    "$PYTHON" -m r1aqa.cpu.tiny --out "$MODEL" --extra_tokens "<answer>" "</answer>" low top "${CPU_TINY_ARGS[@]}"
+    "$PYTHON" -m r1aqa.cpu.tiny --out "$MODEL" --extra_tokens "<answer>" "</answer>" low top ${CPU_TINY_ARGS[@]+"${CPU_TINY_ARGS[@]}"}
   fi
   if [ "$DATA_FILE" = "$CPU_DATA" ] && [ ! -f "$DATA_FILE" ]; then
     "$PYTHON" -m r1aqa.cpu.toy_task --out "$(dirname "$CPU_DATA")" > /dev/null
@@ -58,17 +59,19 @@ prepare_cpu_tryout() {
   if [ -n "$DS_CONFIG" ]; then ARGS+=(--use_cpu false); else ARGS+=(--use_cpu true); fi
 }
 
-# wants_vllm ARG...: whether the arguments turn vLLM generation on (--use_vllm true).
-wants_vllm() {
-  local previous=""
+# flag_true --NAME ARG...: whether the arguments set the boolean --NAME true (the last one given counts).
+flag_true() {
+  local name="$1" previous="" value=""; shift
   for arg in "$@"; do
-    case "$previous $arg" in
-      "--use_vllm true" | "--use_vllm True" | "--use_vllm 1" | *" --use_vllm=true" | *" --use_vllm=True") return 0 ;;
-    esac
+    case "$arg" in "$name="*) value="${arg#"$name="}" ;; esac
+    [ "$previous" = "$name" ] && value="$arg"
     previous="$arg"
   done
-  return 1
+  case "$value" in true | True | 1) return 0 ;; *) return 1 ;; esac
 }
+
+# wants_vllm ARG...: whether the arguments turn vLLM generation on (--use_vllm true).
+wants_vllm() { flag_true --use_vllm "$@"; }
 
 # launch MODULE ARG...: one process, or torchrun when there are several processes or nodes.
 launch() {
@@ -105,6 +108,6 @@ launch_seeds() {
   done
   for seed in $SEEDS; do
     echo "=== seed $seed -> $base/seed-$seed ==="
-    launch "$module" "${ARGS[@]}" --seed "$seed" --output_dir "$base/seed-$seed" "${user[@]}"
+    launch "$module" "${ARGS[@]}" --seed "$seed" --output_dir "$base/seed-$seed" ${user[@]+"${user[@]}"}
   done
 }

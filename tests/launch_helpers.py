@@ -15,9 +15,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_grpo_sh(toy, output_dir, *args, **env) -> str:
-    """`DEVICE=cpu bash run_grpo.sh ARGS` on the toy model and task (`env` overrides any variable); its output, after
-    asserting that it succeeded."""
+def run_grpo_sh(toy, output_dir, *args, expect: int = 0, script: str = "run_grpo.sh", **env) -> str:
+    """`DEVICE=cpu bash run_grpo.sh ARGS` (or `script`) on the toy model and task (`env` overrides any variable); its
+    output, after asserting that it ended with exit code `expect` (0: it succeeded)."""
     environment = {
         **os.environ,
         "DEVICE": "cpu",
@@ -27,12 +27,12 @@ def run_grpo_sh(toy, output_dir, *args, **env) -> str:
         **env,
     }
     result = subprocess.run(
-        ["bash", str(REPO / "run_grpo.sh"), *args],
+        ["bash", str(REPO / script), *args],
         cwd=REPO,
         env=environment,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr

@@ -115,3 +115,163 @@ def test_cli_lists_evaluable_steps(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.split() == ["3", "20"]
     assert "checkpoint-100: no trainer_state.json" in captured.err
+
+
+# --- bounded disk: only the newest checkpoint keeps its resume state ---------------------------------------------------
+
+
+def add_rng_state(folder, ranks=1):
+    for rank in range(ranks):
+        (folder / (f"rng_state_{rank}.pth" if ranks > 1 else "rng_state.pth")).write_bytes(b"rng")
+    return folder
+
+
+@pytest.mark.parametrize("deepspeed", [False, True])
+def test_removing_the_state_keeps_an_evaluable_weights_only_checkpoint(tmp_path, deepspeed):
+    folder = add_rng_state(make_checkpoint(tmp_path / "checkpoint-3", deepspeed=deepspeed), ranks=2)
+    (folder / "config.json").write_text("{}")
+    assert checkpoint_problem(str(folder), resumable=True) is None
+    checkpoints.remove_state(str(folder))
+    assert checkpoints.state_paths(str(folder)) == []
+    assert checkpoint_problem(str(folder)) is None, "still evaluable"
+    assert checkpoint_problem(str(folder), resumable=True) is not None, "no longer resumable"
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["config.json", "model.safetensors", "trainer_state.json", "training_args.bin"]
+
+
+def on_save(callback, run, step):
+    from types import SimpleNamespace
+
+    callback.on_save(
+        SimpleNamespace(output_dir=str(run)), SimpleNamespace(global_step=step, is_world_process_zero=True), None
+    )
+
+
+def has_state(folder) -> bool:
+    return bool(checkpoints.state_paths(str(folder)))
+
+
+def test_older_state_is_removed_only_once_a_newer_checkpoint_is_resumable(tmp_path):
+    from r1aqa.runs import make_state_callback
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        add_rng_state(make_checkpoint(run / f"checkpoint-{step}"))
+    # A save cut short (no scheduler.pt yet): the last good state must survive.
+    add_rng_state(make_checkpoint(run / "checkpoint-3"))
+    (run / "checkpoint-3" / "scheduler.pt").unlink()
+    callback = make_state_callback(keep_all_state=False)
+    on_save(callback, run, 3)
+    assert all(has_state(run / f"checkpoint-{step}") for step in (1, 2))
+    (run / "checkpoint-3" / "scheduler.pt").write_bytes(b"x")  # now complete
+    on_save(callback, run, 3)
+    assert [has_state(run / f"checkpoint-{step}") for step in (1, 2, 3)] == [False, False, True]
+    assert last_resumable_checkpoint(str(run)) == str(run / "checkpoint-3")
+    assert [step for step, _ in complete_checkpoints(str(run))] == [1, 2, 3], "all still evaluable"
+
+
+def test_keep_all_checkpoint_state_keeps_every_state(tmp_path):
+    from r1aqa.runs import make_state_callback
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        make_checkpoint(run / f"checkpoint-{step}")
+    on_save(make_state_callback(keep_all_state=True), run, 2)
+    assert has_state(run / "checkpoint-1") and has_state(run / "checkpoint-2")
+
+
+# --- where a run starts: never silently over an earlier run ------------------------------------------------------------
+
+
+def start(run, resume=False, resume_from=None, overwrite=False, save_only_model=False):
+    from r1aqa.runs import start_checkpoint
+
+    return start_checkpoint(str(run), resume, resume_from, overwrite, save_only_model)
+
+
+def test_a_folder_with_checkpoints_and_no_resume_is_refused_with_exit_code_2(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert start(run) is None, "an empty or new folder starts from step 0"
+    make_checkpoint(run / "checkpoint-2")
+    with pytest.raises(SystemExit) as stopped:
+        start(run)
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert "--resume true" in message and "OUTPUT_DIR" in message and "--overwrite_output_dir true" in message
+    assert (run / "checkpoint-2").is_dir(), "nothing was touched"
+
+
+def test_overwrite_output_dir_deletes_the_old_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    make_checkpoint(run / "checkpoint-2")
+    (run / "keep.txt").write_text("x")
+    assert start(run, overwrite=True) is None
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+
+
+def test_resume_from_checkpoint_path_resumes_there_or_names_the_newest_with_state(tmp_path, capsys):
+    run = tmp_path / "run"
+    for step in (1, 2):
+        make_checkpoint(run / f"checkpoint-{step}", optimizer=step == 2)
+    make_checkpoint(run / "checkpoint-3", state=False)  # a save cut short
+    assert start(run, resume_from=str(run / "checkpoint-2")) == str(run / "checkpoint-2")
+    with pytest.raises(SystemExit) as stopped:
+        start(run, resume_from=str(run / "checkpoint-1"))
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert "no optimizer state" in message and f"--resume_from_checkpoint {run / 'checkpoint-2'}" in message
+    with pytest.raises(SystemExit) as stopped:
+        start(run, resume_from=str(run / "checkpoint-9"))
+    assert stopped.value.code == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert start(run, resume_from="true") == str(run / "checkpoint-2"), "`true` means --resume true"
+
+
+# --- the paper's batch on any number of processes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("world", "accumulation"), [(1, 16), (2, 8), (4, 4), (8, 2), (16, 1)])
+def test_accumulation_reaches_16_questions_on_any_reachable_world_size(world, accumulation):
+    from r1aqa.runs import derive_accumulation
+
+    assert derive_accumulation(16, 8, 8, world) == accumulation
+    assert world * 8 * accumulation == 16 * 8
+
+
+@pytest.mark.parametrize("world", [3, 5, 32])
+def test_a_world_size_that_cannot_reach_the_batch_is_refused_naming_those_that_can(world, capsys):
+    from r1aqa.runs import derive_accumulation
+
+    with pytest.raises(SystemExit) as stopped:
+        derive_accumulation(16, 8, 8, world)
+    assert stopped.value.code == 2
+    assert "World sizes that can: 1, 2, 4, 8, 16" in capsys.readouterr().err
+
+
+def test_batch_line_says_when_an_explicit_accumulation_is_not_the_recipes_batch():
+    from r1aqa.runs import batch_line
+
+    paper = batch_line(16, 8, 8, 4, 4, explicit=False)
+    assert paper.startswith("Batch: 16 questions x 8 completions per step = world size 4 x per-device batch 8")
+    assert "NOT" not in paper
+    other = batch_line(16, 8, 8, 4, 2, explicit=True)
+    assert other.startswith("Batch: 8 questions x 8 completions per step") and "NOT the recipe's 16" in other
+
+
+# --- disk sizes at the start -----------------------------------------------------------------------------------------
+
+
+def test_checkpoint_sizes_count_weights_and_adam_state():
+    import torch
+
+    from r1aqa.runs import checkpoint_sizes, disk_plan
+
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10)).to(torch.bfloat16)  # 220 params
+    model[1].requires_grad_(False)
+    assert checkpoint_sizes(model, deepspeed=False, peft=False) == (440.0, 440.0 + 2 * 2 * 110)
+    assert checkpoint_sizes(model, deepspeed=True, peft=False) == (440.0, 440.0 + 12 * 110)
+    assert checkpoint_sizes(model, deepspeed=True, peft=True) == (220.0, 220.0 + 12 * 110), "adapters only"
+    gb = 2**30
+    # 1000 steps, a save every 100: 10 checkpoints, 9 weights-only + 1 with state, + the final model.
+    assert "~116.00 GB for the whole run" in disk_plan(10 * gb, 16 * gb, 1000, 100, keep_all_state=False)
+    assert "~170.00 GB for the whole run" in disk_plan(10 * gb, 16 * gb, 1000, 100, keep_all_state=True)

@@ -12,6 +12,7 @@ import pytest
 from launch_helpers import free_port, run_grpo_sh
 
 from r1aqa import grpo
+from r1aqa.checkpoints import checkpoint_dirs, checkpoint_problem
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,10 @@ def test_paper_recipe_parses_to_the_paper_hyperparameters(toy, tmp_path):
     )
     assert model_args.model_name_or_path == "Qwen/Qwen2-Audio-7B-Instruct"
     assert (training_args.num_generations, training_args.per_device_train_batch_size) == (8, 8)
-    assert training_args.gradient_accumulation_steps == 2
+    # The paper's 16 questions x 8 completions per step, reached on this one process by accumulation (2 on 8 GPUs).
+    assert script_args.questions_per_step == 16 and training_args.gradient_accumulation_steps == 16
+    assert training_args.generation_batch_size == 128
+    assert script_args.batch_line.startswith("Batch: 16 questions x 8 completions per step = world size 1 x ")
     assert (training_args.learning_rate, training_args.beta, training_args.loss_type) == (1e-6, 0.04, "grpo")
     assert (training_args.temperature, training_args.top_k, training_args.top_p) == (1.0, 50, 1.0)
     assert training_args.max_completion_length == 256 and training_args.max_steps == 1000
@@ -125,22 +129,104 @@ def test_launch_script_rejects_an_unknown_device():
 # --- runs ------------------------------------------------------------------------------------------------------------
 
 
-def test_run_grpo_sh_trains_saves_and_resumes_on_cpu(toy, tmp_path):
+def optimizer_steps(run) -> list[int]:
+    """Steps of the checkpoints of `run` that still hold optimizer state."""
+    return [step for step, path in checkpoint_dirs(str(run)) if (Path(path) / "optimizer.pt").is_file()]
+
+
+def test_run_grpo_sh_keeps_state_in_the_newest_checkpoint_refuses_a_rerun_and_resumes(toy, tmp_path):
     out = tmp_path / "run"
-    log = run_grpo_sh(toy, out, "--max_steps", "2", "--save_steps", "1")
-    assert "DEVICE=cpu: the CPU try-out" in log
-    assert global_step(out / "checkpoint-1") == 1 and global_step(out / "checkpoint-2") == 2
+    log = run_grpo_sh(toy, out, "--max_steps", "4", "--save_steps", "1")
+    assert "DEVICE=cpu: the CPU try-out" in log and "Disk: a checkpoint is ~" in log
+    assert [global_step(out / f"checkpoint-{step}") for step in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert optimizer_steps(out) == [4], "only the newest checkpoint keeps optimizer state"
+    assert all(checkpoint_problem(str(out / f"checkpoint-{step}")) is None for step in (1, 2, 3, 4)), "all evaluable"
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
-    assert json.loads((out / "r1aqa_run.json").read_text())["think"] is False  # read by test_mmau.sh
-    # The newest checkpoint's trainer_state.json cut short (a kill or a full disk while saving): resume skips it,
-    # says why, and continues from the one before; the broken one is written again, whole.
-    state = out / "checkpoint-2" / "trainer_state.json"
-    state.write_text(state.read_text()[:100])
-    log = run_grpo_sh(toy, out, "--max_steps", "3", "--save_steps", "1", "--resume", "true")
-    assert f"Skipping {out / 'checkpoint-2'} for resuming: trainer_state.json is unreadable or truncated" in log
-    assert f"Resuming from {out / 'checkpoint-1'}" in log
-    assert global_step(out / "checkpoint-2") == 2 and global_step(out / "checkpoint-3") == 3
-    reloads_and_generates(out / "checkpoint-3")
+    run_info = json.loads((out / "r1aqa_run.json").read_text())  # read by test_mmau.sh
+    assert run_info["think"] is False and run_info["prompt_style"] == "answer"
+    reloads_and_generates(out / "checkpoint-2")  # a weights-only checkpoint still loads and generates
+
+    # A second run into the same folder without --resume: stopped before any data or model loads.
+    log = run_grpo_sh(toy, out, "--max_steps", "6", expect=2)
+    assert "--resume true" in log and "OUTPUT_DIR" in log and "Model family" not in log
+    # --resume_from_checkpoint a checkpoint whose state was removed: refused, naming the one that has it.
+    log = run_grpo_sh(toy, out, "--resume_from_checkpoint", str(out / "checkpoint-2"), expect=2)
+    assert f"--resume_from_checkpoint {out / 'checkpoint-4'}" in log and "Model family" not in log
+
+    # A save cut short at step 5 (no trainer_state.json): resume skips it, continues from 4 and writes it whole.
+    (out / "checkpoint-5").mkdir()
+    (out / "checkpoint-5" / "model.safetensors").write_bytes(b"\0" * 8)
+    log = run_grpo_sh(toy, out, "--max_steps", "6", "--save_steps", "1", "--resume", "true")
+    assert f"Skipping {out / 'checkpoint-5'} for resuming" in log
+    assert f"Resuming from {out / 'checkpoint-4'}" in log
+    assert global_step(out / "checkpoint-5") == 5 and global_step(out / "checkpoint-6") == 6
+    assert optimizer_steps(out) == [6]
+    # --resume_from_checkpoint PATH with state resumes from it.
+    log = run_grpo_sh(
+        toy, out, "--max_steps", "7", "--save_steps", "1", "--resume_from_checkpoint", str(out / "checkpoint-6")
+    )
+    assert f"Resuming from {out / 'checkpoint-6'}" in log and global_step(out / "checkpoint-7") == 7
+    reloads_and_generates(out / "checkpoint-7")
+
+
+def test_overwrite_output_dir_starts_again_from_step_0(toy, tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoint-9").mkdir(parents=True)
+    run_grpo_sh(toy, out, "--max_steps", "1", "--save_steps", "1", "--overwrite_output_dir", "true")
+    assert [path.name for path in sorted(out.glob("checkpoint-*"))] == ["checkpoint-1"]
+
+
+@pytest.mark.slow
+def test_cpu_procs_1_and_2_train_the_same_questions_per_step_with_different_accumulation(toy, tmp_path):
+    lines = {}
+    for procs in (1, 2):
+        log = run_grpo_sh(toy, tmp_path / f"procs{procs}", "--max_steps", "1", "--save_steps", "1",
+                          CPU_PROCS=str(procs), MASTER_PORT=str(free_port()))  # fmt: skip
+        lines[procs] = next(line for line in log.splitlines() if "Batch: " in line).split("Batch: ", 1)[1]
+        assert f"decoded now (over {procs} process(es))" in log, "the audio check is shared by the processes"
+    assert lines[1].startswith("2 questions x 4 completions per step = world size 1 x per-device batch 4 ")
+    assert lines[2].startswith("2 questions x 4 completions per step = world size 2 x per-device batch 4 ")
+    assert lines[1].split(" = ")[0] == lines[2].split(" = ")[0]
+    assert "accumulation 2" in lines[1] and "accumulation 1" in lines[2]
+    log = run_grpo_sh(toy, tmp_path / "explicit", "--max_steps", "1", "--save_steps", "1",
+                      "--gradient_accumulation_steps", "1")  # fmt: skip
+    assert "Batch: 1 questions x 4 completions per step" in log and "NOT the recipe's 2" in log
+
+
+def test_a_world_size_that_cannot_reach_the_recipes_batch_stops(toy, tmp_path, capsys):
+    argv = ["--config", str(REPO / "configs/grpo_qwen2_audio_7b.yaml"), "--data_file", toy["data"]]
+    argv += ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"]
+    with pytest.raises(SystemExit) as stopped:
+        grpo.parse_args([*argv, "--per_device_train_batch_size", "48"])
+    assert stopped.value.code == 2 and "World sizes that can: none" in capsys.readouterr().err
+    _, training_args, _ = grpo.parse_args([*argv, "--per_device_train_batch_size", "16"])
+    assert training_args.gradient_accumulation_steps == 8
+
+
+def test_smoke_run_ends_with_the_report_and_reruns_into_its_folder(toy, tmp_path):
+    out = tmp_path / "smoke"
+    for _ in range(2):  # a smoke run is disposable: the second replaces the first instead of being refused
+        log = run_grpo_sh(toy, out, "--smoke_steps", "4", SMOKE="1")
+    screen = log[log.index("First run (smoke)") :]
+    assert "First run (smoke): 4 of 4 steps on 1 process(es), CPU" in screen
+    assert "Batch: 2 questions x 4 completions per step" in screen
+    assert " s/step (median of steps 2-4" in screen and "the recipe's 6 steps: ~" in screen
+    assert "Memory: peak RSS per rank: rank 0: " in screen
+    assert "checkpoint-2 " in screen and "(weights only)" in screen and "checkpoint-4 " in screen
+    assert "(with optimizer state)" in screen and "the recipe's 2 checkpoints (save_steps 3)" in screen
+    assert "If it did not fit" in screen
+    assert [path.name for path in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / "wandb").exists()
+
+
+def test_run_sft_sh_records_the_plain_prompt_and_refuses_a_rerun(toy, tmp_path):
+    out = tmp_path / "sft"
+    run_grpo_sh(toy, out, "--max_steps", "2", "--save_steps", "1", script="run_sft.sh")
+    run_info = json.loads((out / "r1aqa_run.json").read_text())
+    assert run_info["prompt_style"] == "plain" and run_info["think"] is False and run_info["system_prompt"] is None
+    assert optimizer_steps(out) == [2]
+    log = run_grpo_sh(toy, out, "--max_steps", "2", script="run_sft.sh", expect=2)
+    assert "--resume true" in log and "Model family" not in log
 
 
 def test_resume_from_weights_only_checkpoints_stops_before_anything_loads(toy, tmp_path, monkeypatch):
@@ -211,3 +297,58 @@ def test_unknown_recipe_key_is_named(toy, tmp_path):
     recipe.write_text((REPO / "configs/grpo_tiny_cpu.yaml").read_text() + "lerning_rate: 0.1\n")
     with pytest.raises(ValueError, match="lerning_rate"):
         grpo.parse_args(["--config", str(recipe), "--data_file", toy["data"], "--output_dir", str(tmp_path)])
+
+
+def launch_command(tmp_path, *args, **env) -> str:
+    """What run_grpo.sh would start, run from `tmp_path` with a stand-in PYTHON that prints its folder and arguments."""
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\necho "cwd=$(pwd) args=$*"\n')
+    python.chmod(0o755)
+    environment = {k: v for k, v in os.environ.items() if k not in ("OUTPUT_DIR", "SMOKE", "RECIPE", "DS_CONFIG")}
+    environment |= {"DEVICE": "cpu", "PYTHON": str(python), **env}
+    result = subprocess.run(
+        ["bash", str(REPO / "run_grpo.sh"), *args], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return next(line for line in result.stdout.splitlines() if line.startswith("cwd="))
+
+
+def test_user_paths_are_relative_to_the_current_folder_and_defaults_to_the_repository(toy, tmp_path):
+    line = launch_command(tmp_path, MODEL=toy["model"], DATA_FILE="my/train.jsonl", OUTPUT_DIR="runs/a")
+    assert line.startswith(f"cwd={tmp_path} "), "the launcher stays in the user's folder"
+    assert "--data_file my/train.jsonl" in line and "--output_dir runs/a" in line
+    assert f"--config {REPO}/configs/grpo_tiny_cpu.yaml" in line
+    line = launch_command(tmp_path, "--think", "true", MODEL=toy["model"], DATA_FILE=toy["data"])
+    assert f"--output_dir {REPO}/outputs/grpo-tiny-cpu-think " in line, "think mode: its own default folder"
+    line = launch_command(tmp_path, "--think=false", MODEL=toy["model"], DATA_FILE=toy["data"], SMOKE="1")
+    assert f"--output_dir {REPO}/outputs/grpo-tiny-cpu-smoke " in line and "--smoke true" in line
+
+
+def test_smoke_memory_estimate_is_the_plans_row_for_the_run(tmp_path):
+    """The smoke report's GPU estimate is r1aqa.plan's own number for that GPU count, offload and checkpointing."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from r1aqa import plan
+    from r1aqa.smoke import plan_estimate
+
+    folder = tmp_path / "qwen2-audio-7b"
+    folder.mkdir()
+    (folder / "config.json").write_text((REPO / "configs/qwen2_audio_7b_instruct_config.json").read_text())
+    config = AutoConfig.from_pretrained(folder)
+    args = SimpleNamespace(
+        deepspeed=str(REPO / "configs/ds_zero3_offload.json"),
+        per_device_train_batch_size=8,
+        num_generations=8,
+        max_completion_length=256,
+        share_audio_encoding=True,
+        gradient_checkpointing=False,
+    )
+    estimate, assumed = plan_estimate(config, args, gpus=4)
+    report = plan.main(["--recipe", str(REPO / "configs/grpo_qwen2_audio_7b.yaml")])
+    row = next(line for line in report.splitlines() if line.split()[:3] == ["4", "cpu", "no"])
+    assert f"{estimate / 2**30:.1f}" == row.split("|")[1].split()[4], (row, estimate)
+    assert "4 GPU(s), ZeRO-3 + CPU offload" in assumed
+    assert plan_estimate(config, SimpleNamespace(**{**vars(args), "deepspeed": None}), gpus=4)[0] is None
+    assert plan_estimate(config, args, gpus=3)[0] is None

@@ -257,6 +257,38 @@ def test_audio_with_a_good_header_and_a_bad_body_is_dropped_before_training(tmp_
     assert "dropped 3 of 4 rows (audio_corrupt: 2, audio_truncated: 1)" in caplog.text
 
 
+def test_audio_check_is_reused_for_unchanged_files_and_redone_for_changed_ones(tmp_path, monkeypatch, caplog):
+    """What a resume gets: files whose size and modification time are unchanged are not decoded again; a file
+    replaced since (here: cut in half) is, and its new problem counts."""
+    import logging
+    import shutil
+
+    from r1aqa import data
+
+    wavs = sorted(AVQA_AUDIO_DIR.glob("*.wav"))[:3]
+    copies = [tmp_path / wav.name for wav in wavs]
+    for wav, copy in zip(wavs, copies, strict=True):
+        shutil.copy(wav, copy)
+    question = {"question_text": "What is making the sound?", "multi_choice": ["a boat", "a dog"], "answer": 1}
+    records = [{**question, "id": i, "audio_path": str(p)} for i, p in enumerate([*copies, copies[0]])]
+    decoded = []
+    real_check = data.check_audio
+    monkeypatch.setattr(data, "check_audio", lambda path: decoded.append(path) or real_check(path))
+    cache = str(tmp_path / "out" / "audio_check.json")
+
+    with caplog.at_level(logging.INFO, logger="r1aqa.data"):
+        usable, dropped = data.usable_records(records, cache_file=cache)
+    assert len(usable) == 4 and not dropped and sorted(decoded) == sorted(map(str, copies)), "each file once"
+    assert "Audio check: 3 files, 3 decoded now (over 1 process(es)), 0 unchanged" in caplog.text
+    decoded.clear()
+    assert len(data.usable_records(records, cache_file=cache)[0]) == 4 and decoded == [], "all reused"
+    copies[1].write_bytes(copies[1].read_bytes()[:2000])  # replaced by a truncated file
+    with caplog.at_level(logging.INFO, logger="r1aqa.data"):
+        usable, dropped = data.usable_records(records, cache_file=cache)
+    assert decoded == [str(copies[1])] and dropped == {"audio_truncated": 1} and len(usable) == 3
+    assert "Audio check: 3 files, 1 decoded now (over 1 process(es)), 2 unchanged" in caplog.text
+
+
 def test_audio_longer_than_30_s_fills_the_window_without_error(tiny_model_and_processor):
     """Qwen2-Audio sees at most 30 s: longer audio is cut to the window (750 audio tokens), never an error, and the
     prompt text around it is never truncated (the original's max_prompt_length=512 did that)."""

@@ -13,6 +13,10 @@ looks like a checkpoint but is not one. Such a folder must be neither resumed fr
 - **resumable**: evaluable, plus the optimizer state (`optimizer.pt`, or DeepSpeed's `latest` tag naming an existing
   `global_stepN/` folder) and the scheduler state (`scheduler.pt`). A weights-only checkpoint
   (`save_only_model: true`) is evaluable, never resumable.
+
+Training keeps the resume state (optimizer, scheduler, RNG, DeepSpeed's `global_step*/`) in the newest complete
+checkpoint only (`r1aqa.runs.make_state_callback`, `remove_state` here): the older ones become weights-only, still
+evaluable.
 """
 
 from __future__ import annotations
@@ -110,10 +114,38 @@ def optimizer_problem(folder: str) -> str | None:
         if not tag or not os.path.isdir(tag_dir) or not os.listdir(tag_dir):
             return f"DeepSpeed's `latest` names {tag!r}, which is missing or empty"
     elif not os.path.isfile(os.path.join(folder, "optimizer.pt")):
-        return "no optimizer state (optimizer.pt): a weights-only checkpoint (save_only_model) cannot be resumed"
+        return (
+            "no optimizer state (optimizer.pt): a weights-only checkpoint (save_only_model, or an older checkpoint "
+            "whose state was removed once a newer one had it) cannot be resumed"
+        )
     if not os.path.isfile(os.path.join(folder, "scheduler.pt")):
         return "no scheduler.pt"
     return None
+
+
+# The resume state of a checkpoint, in the order it is removed: first what makes it resumable (so a removal cut short
+# never leaves a checkpoint that looks resumable but is not), then the rest. Weights, configs, trainer_state.json and
+# training_args.bin stay: they are what evaluation reads.
+STATE_FILES = ("latest", "optimizer.pt", "scheduler.pt", "scaler.pt")
+STATE_PATTERN = re.compile(r"^(rng_state(_\d+)?\.pth|global_step\d+)$")
+
+
+def state_paths(folder: str) -> list[str]:
+    """The resume-state files and folders of checkpoint `folder` (optimizer, scheduler, RNG, DeepSpeed shards)."""
+    names = [name for name in STATE_FILES if os.path.exists(os.path.join(folder, name))]
+    names += sorted(name for name in os.listdir(folder) if STATE_PATTERN.match(name))
+    return [os.path.join(folder, name) for name in names]
+
+
+def remove_state(folder: str) -> None:
+    """Make `folder` a weights-only checkpoint: delete its resume state (`state_paths`)."""
+    import shutil
+
+    for path in state_paths(folder):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 def checkpoint_problem(folder: str, resumable: bool = False) -> str | None:

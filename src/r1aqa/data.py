@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
 from collections import Counter
 
 from r1aqa.audio import check_audio
@@ -186,11 +188,21 @@ def _parse_line(line: str, path: str, line_number: int) -> dict:
     return record
 
 
-def usable_records(records: list[dict], check_audio_files: bool = True) -> tuple[list[dict], Counter]:
-    """The records that can be trained on, and the count of the others by reason (`audio_missing`, ...)."""
+def usable_records(
+    records: list[dict], check_audio_files: bool = True, cache_file: str | None = None
+) -> tuple[list[dict], Counter]:
+    """The records that can be trained on, and the count of the others by reason (`audio_missing`, ...). Each distinct
+    audio file is checked once (`audio_problems`, with `cache_file` to reuse an earlier check)."""
+    reasons = [_record_reason(record) for record in records]
+    audio = {}
+    if check_audio_files:
+        audio = audio_problems(
+            [r["audio_path"] for r, why in zip(records, reasons, strict=True) if not why], cache_file
+        )
     usable, dropped = [], Counter()
-    for record in records:
-        reason = _unusable_reason(record, check_audio_files)
+    for record, reason in zip(records, reasons, strict=True):
+        if not reason and audio.get(record["audio_path"]):
+            reason = f"audio_{audio[record['audio_path']]}"
         if reason:
             dropped[reason] += 1
         else:
@@ -198,27 +210,113 @@ def usable_records(records: list[dict], check_audio_files: bool = True) -> tuple
     return usable, dropped
 
 
-def _unusable_reason(record: dict, check_audio_files: bool) -> str | None:
+def _record_reason(record: dict) -> str | None:
     problem = record_problem(record)
     if problem:
         return problem[0]
     if not _is_text(record["audio_path"]):
         return "bad_audio_path"
-    if not check_audio_files:
+    return None
+
+
+def _file_key(path: str) -> list[int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
         return None
-    audio_problem = check_audio(record["audio_path"])
-    return f"audio_{audio_problem}" if audio_problem else None
+    return [stat.st_size, stat.st_mtime_ns]
 
 
-def load_avqa_dataset(path: str, think: bool = False, check_audio_files: bool = True, format_instruction: bool = True):
+def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str, str | None]:
+    """`r1aqa.audio.check_audio` of each distinct path in `paths`.
+
+    A file whose size and modification time match `cache_file` (written by an earlier check, e.g. before a resume)
+    is not decoded again. In a launched job (torch.distributed initialised) each process checks its share of the
+    remaining files and the processes exchange their results, so no file is decoded twice; rank 0 writes the cache.
+    The log says how many files were checked, how many were reused and how long it took.
+    """
+    started = time.perf_counter()
+    unique = list(dict.fromkeys(paths))
+    cache = _read_audio_cache(cache_file)
+    keys = {path: _file_key(path) for path in unique}
+    results, todo = {}, []
+    for path in unique:
+        entry = cache.get(path)
+        if keys[path] is not None and isinstance(entry, list) and len(entry) == 3 and entry[:2] == keys[path]:
+            results[path] = entry[2]
+        else:
+            todo.append(path)
+    rank, world = _process_group()
+    for share in _all_gather({path: check_audio(path) for path in todo[rank::world]}):
+        results.update(share)
+    if cache_file and rank == 0:
+        _write_audio_cache(cache_file, {p: [*keys[p], results[p]] for p in unique if keys[p] is not None})
+    logger.info(
+        "Audio check: %d files, %d decoded now (over %d process(es)), %d unchanged since %s; %.1f s",
+        len(unique),
+        len(todo),
+        world,
+        len(unique) - len(todo),
+        cache_file or "(no cache)",
+        time.perf_counter() - started,
+    )
+    return results
+
+
+def _read_audio_cache(cache_file: str | None) -> dict:
+    if not cache_file or not os.path.isfile(cache_file):
+        return {}
+    try:
+        with open(cache_file, encoding="utf-8") as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        logger.warning("%s is unreadable: every audio file is checked again.", cache_file)
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_audio_cache(cache_file: str, entries: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
+    partial = f"{cache_file}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(entries, f)
+    os.replace(partial, cache_file)  # a reader never sees half a file
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1); torch is not imported for it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(value: dict) -> list[dict]:
+    rank, world = _process_group()
+    if world == 1:
+        return [value]
+    dist = sys.modules["torch.distributed"]
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def load_avqa_dataset(
+    path: str,
+    think: bool = False,
+    check_audio_files: bool = True,
+    format_instruction: bool = True,
+    audio_cache: str | None = None,
+):
     """The JSONL at `path` as a `datasets.Dataset` of training rows (see `avqa_example`).
 
     Every audio file is checked first (exists, readable header, not empty, the whole body decodes to finite samples:
     `r1aqa.audio.check_audio`) unless `check_audio_files=False`; unusable rows are dropped and counted in one warning.
-    Raises `DataError` when no row is usable.
+    Raises `DataError` when no row is usable. `audio_cache`: a file that keeps the check's results, so that an
+    unchanged file is not decoded again (training keeps it in its output folder, reused on resume).
     """
     records = read_jsonl(path)
-    usable, dropped = usable_records(records, check_audio_files)
+    usable, dropped = usable_records(records, check_audio_files, audio_cache)
     _report(path, len(records), len(usable), dropped)
     rows = [avqa_example(record, think, format_instruction) for record in usable]
     return _to_dataset(rows)

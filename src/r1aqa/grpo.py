@@ -11,14 +11,15 @@ Every hyperparameter lives in the recipe YAML; any field can be overridden on th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
 from r1aqa.preflight import run_entry_point
 
 logger = logging.getLogger("r1aqa.grpo")
+AUDIO_CHECK_CACHE = "audio_check.json"  # in output_dir: the start-up audio check, reused on resume
 
 
 @dataclass
@@ -35,6 +36,20 @@ class RunArguments:
     )
     resume: bool = field(
         default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir, if any."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start again in an output_dir that holds checkpoints, deleting them first. Without it (and "
+            "without --resume true) such a run stops before loading anything."
+        },
+    )
+    keep_all_checkpoint_state: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep optimizer, scheduler and RNG state in every checkpoint. False: only the newest complete "
+            "checkpoint keeps it (enough to resume); the others keep their weights (enough to evaluate)."
+        },
     )
 
     def __post_init__(self):
@@ -62,6 +77,22 @@ class ScriptArguments(RunArguments):
         default=None,
         metadata={"help": "Reward names from r1aqa.rewards. Default: accuracy + the format reward of the mode."},
     )
+    questions_per_step: int = field(
+        default=None,
+        metadata={
+            "help": "The global batch in questions per optimizer step (each with num_generations completions): "
+            "gradient_accumulation_steps is derived from it, the world size and per_device_train_batch_size. An "
+            "explicit --gradient_accumulation_steps wins. None: use gradient_accumulation_steps as given."
+        },
+    )
+    smoke: bool = field(
+        default=False,
+        metadata={
+            "help": "A first short run: smoke_steps steps, a checkpoint halfway, no W&B; ends with a report (time "
+            "per step, peak memory, projected hours for max_steps, disk per checkpoint)."
+        },
+    )
+    smoke_steps: int = field(default=20, metadata={"help": "Steps of a smoke run (a checkpoint at half of them)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,12 +103,40 @@ class ScriptArguments(RunArguments):
 
 
 def parse_args(argv: list[str] | None = None):
+    """Recipe + command line. With `questions_per_step`, gradient_accumulation_steps is derived from the world size
+    (refused when no integer reaches the batch); a smoke run then gets its short schedule."""
     from trl import ModelConfig, TrlParser
 
+    from r1aqa.runs import batch_line, derive_accumulation, gave_option
     from r1aqa.trainer import AudioGRPOConfig  # GRPOConfig + share_audio_encoding
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = TrlParser((ScriptArguments, AudioGRPOConfig, ModelConfig))
-    return parser.parse_args_and_config(args=argv)
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    explicit = gave_option(argv, "gradient_accumulation_steps")
+    if script_args.questions_per_step is not None and not explicit:
+        accumulation = derive_accumulation(
+            script_args.questions_per_step,
+            training_args.num_generations,
+            training_args.per_device_train_batch_size,
+            training_args.world_size,
+        )
+        if accumulation != training_args.gradient_accumulation_steps:  # parsed again: TRL derives batch sizes from it
+            argv += ["--gradient_accumulation_steps", str(accumulation)]
+            script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    script_args.batch_line = batch_line(
+        script_args.questions_per_step,
+        training_args.num_generations,
+        training_args.per_device_train_batch_size,
+        training_args.world_size,
+        training_args.gradient_accumulation_steps,
+        explicit,
+    )
+    if script_args.smoke:
+        from r1aqa.smoke import apply_smoke
+
+        apply_smoke(script_args, training_args)
+    return script_args, training_args, model_args
 
 
 def load_model(model_args, training_args, freeze_audio_encoder: bool):
@@ -111,9 +170,9 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.checkpoints import resume_checkpoint
     from r1aqa.data import load_avqa_dataset
     from r1aqa.rewards import default_reward_names, get_reward_funcs
+    from r1aqa.runs import start_checkpoint, write_run_info
     from r1aqa.trainer import AudioGRPOTrainer
 
     # --- seed, logging ---------------------------------------------------------------------------------------------
@@ -123,14 +182,23 @@ def main(script_args, training_args, model_args) -> None:
     datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
 
-    # Which checkpoint to continue from, decided before anything loads (a weights-only run stops here).
-    checkpoint = (
-        resume_checkpoint(training_args.output_dir, training_args.save_only_model) if script_args.resume else None
+    # Which checkpoint to continue from, decided before anything loads (a weights-only run, or one that would
+    # overwrite an earlier run's checkpoints, stops here).
+    checkpoint = start_checkpoint(
+        training_args.output_dir,
+        script_args.resume,
+        training_args.resume_from_checkpoint,
+        script_args.overwrite_output_dir,
+        training_args.save_only_model,
     )
+    logger.info(script_args.batch_line)
 
     # --- data ------------------------------------------------------------------------------------------------------
     dataset = load_avqa_dataset(
-        script_args.data_file, think=script_args.think, check_audio_files=script_args.check_audio_files
+        script_args.data_file,
+        think=script_args.think,
+        check_audio_files=script_args.check_audio_files,
+        audio_cache=os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE),
     )
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
@@ -154,22 +222,62 @@ def main(script_args, training_args, model_args) -> None:
         peft_config=get_peft_config(model_args),
     )
 
+    report = prepare_run(trainer, script_args, training_args, model_args)
+
     # The run's mode, read by test_mmau.sh so evaluation uses the prompt the model was trained with.
     if trainer.accelerator.is_main_process:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, "r1aqa_run.json"), "w") as f:
-            json.dump(
-                {"think": script_args.think, "reward_funcs": reward_names, "seed": training_args.seed}, f, indent=1
-            )
+        write_run_info(
+            training_args.output_dir,
+            prompt_style="think" if script_args.think else "answer",
+            think=script_args.think,
+            seed=training_args.seed,
+            reward_funcs=reward_names,
+        )
 
     # --- train -----------------------------------------------------------------------------------------------------
-    trainer.train(resume_from_checkpoint=checkpoint)
+    train(trainer, checkpoint, report)
 
     # --- save ------------------------------------------------------------------------------------------------------
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
     logger.info("Saved the final model to %s", training_args.output_dir)
+    if report is not None and trainer.accelerator.is_main_process:
+        print(report.screen(), flush=True)
+
+
+def prepare_run(trainer, script_args, training_args, model_args):
+    """What both entry points add to their trainer: the disk plan (logged), the callback that keeps the resume state
+    in the newest checkpoint only, and with `smoke` the report's callback (returned; None otherwise)."""
+    from r1aqa.runs import checkpoint_sizes, disk_plan, make_state_callback
+
+    trainer.add_callback(make_state_callback(script_args.keep_all_checkpoint_state))
+    weights, with_state = checkpoint_sizes(trainer.model, bool(training_args.deepspeed), bool(model_args.use_peft))
+    if trainer.accelerator.is_main_process:
+        max_steps = getattr(script_args, "recipe_max_steps", None) or training_args.max_steps
+        save_steps = getattr(script_args, "recipe_save_steps", None) or training_args.save_steps
+        logger.info(disk_plan(weights, with_state, max_steps, int(save_steps), script_args.keep_all_checkpoint_state))
+    if not getattr(script_args, "smoke", False):
+        return None
+    from r1aqa.smoke import SmokeReport
+
+    report = SmokeReport(script_args, training_args, model_args, trainer.model, weights, with_state)
+    trainer.add_callback(report)
+    return report
+
+
+def train(trainer, checkpoint, report) -> None:
+    """`trainer.train`; a smoke run that runs out of memory prints what to change before it fails."""
+    if report is None:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        return
+    import torch
+
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        print(report.screen(out_of_memory=error), file=sys.stderr, flush=True)
+        raise
 
 
 def cli(argv: list[str] | None = None) -> None:

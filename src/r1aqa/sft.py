@@ -23,6 +23,7 @@ not audio.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -70,7 +71,9 @@ def assistant_turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def load_sft_dataset(path: str, format_instruction: bool = False, check_audio_files: bool = True):
+def load_sft_dataset(
+    path: str, format_instruction: bool = False, check_audio_files: bool = True, audio_cache: str | None = None
+):
     """AVQA training rows (`r1aqa.data.load_avqa_dataset`, same checks and drops) plus a `completion` column.
 
     With `format_instruction=False` the prompt is Prompt <1> and the target is the gold option text
@@ -79,7 +82,11 @@ def load_sft_dataset(path: str, format_instruction: bool = False, check_audio_fi
     from r1aqa.data import load_avqa_dataset
 
     dataset = load_avqa_dataset(
-        path, think=False, check_audio_files=check_audio_files, format_instruction=format_instruction
+        path,
+        think=False,
+        check_audio_files=check_audio_files,
+        format_instruction=format_instruction,
+        audio_cache=audio_cache,
     )
     if format_instruction:
         targets = dataset["solution"]
@@ -228,8 +235,8 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.checkpoints import resume_checkpoint
-    from r1aqa.grpo import load_model
+    from r1aqa.grpo import AUDIO_CHECK_CACHE, load_model, prepare_run
+    from r1aqa.runs import start_checkpoint, write_run_info
 
     # --- seed, logging ---------------------------------------------------------------------------------------------
     set_seed(training_args.seed)
@@ -240,9 +247,14 @@ def main(script_args, training_args, model_args) -> None:
     logger.setLevel(logging.INFO if training_args.should_log else log_level)  # our progress notes: main process
     check_sft_config(training_args)  # before any data or model loads
 
-    # Which checkpoint to continue from, decided before anything loads (a weights-only run stops here).
-    checkpoint = (
-        resume_checkpoint(training_args.output_dir, training_args.save_only_model) if script_args.resume else None
+    # Which checkpoint to continue from, decided before anything loads (a weights-only run, or one that would
+    # overwrite an earlier run's checkpoints, stops here).
+    checkpoint = start_checkpoint(
+        training_args.output_dir,
+        script_args.resume,
+        training_args.resume_from_checkpoint,
+        script_args.overwrite_output_dir,
+        training_args.save_only_model,
     )
 
     # --- data ------------------------------------------------------------------------------------------------------
@@ -250,6 +262,7 @@ def main(script_args, training_args, model_args) -> None:
         script_args.data_file,
         format_instruction=script_args.format_instruction,
         check_audio_files=script_args.check_audio_files,
+        audio_cache=os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE),
     )
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
@@ -271,6 +284,15 @@ def main(script_args, training_args, model_args) -> None:
     if trainer.accelerator.is_main_process:
         n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         logger.info("Trainable parameters: %s", f"{n_trainable:,}")
+    prepare_run(trainer, script_args, training_args, model_args)  # disk plan; only the newest checkpoint keeps state
+    if trainer.accelerator.is_main_process:  # how evaluation must prompt this run's checkpoints (test_mmau.sh)
+        write_run_info(
+            training_args.output_dir,
+            prompt_style="answer" if script_args.format_instruction else "plain",
+            think=False,
+            seed=training_args.seed,
+            format_instruction=script_args.format_instruction,
+        )
 
     # --- train -----------------------------------------------------------------------------------------------------
     trainer.train(resume_from_checkpoint=checkpoint)
