@@ -166,12 +166,13 @@ if [[ -n "$AUDIO_DIR" || "$BENCHMARK" != avqa ]]; then                # AVQA row
     [[ -d "$AUDIO_DIR" ]] || die "AUDIO_DIR=$AUDIO_DIR is not a folder (see data/README.md)"
     AUDIO_ARGS=(--audio_dir "$AUDIO_DIR")
 fi
-# One folder per benchmark file, prompt style and decoding (+ number of passes), so settings never mix:
-# $RUN_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K]; the silent control goes to the same name + .silent.
+# One folder per benchmark file, prompt style, decoding, protocol (+ number of passes), so settings never mix:
+# $RUN_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K][.paper]; the silent control: the same name + .silent.
 DATA_NAME=$(basename "$DATA_FILE"); DATA_NAME=${DATA_NAME%.jsonl}; DATA_NAME=${DATA_NAME%.json}
 SUFFIX=""
 [[ "$DECODING" == greedy ]] && SUFFIX+=".greedy"
 ((NUM_SAMPLES > 1)) && SUFFIX+=".samples-$NUM_SAMPLES"
+[[ "$PROTOCOL" == paper ]] && SUFFIX+=".paper"
 : "${OUT_DIR:=$RUN_DIR/$BENCHMARK/$DATA_NAME.$PROMPT_STYLE$SUFFIX}"
 EVAL_DIR="$OUT_DIR"
 [[ "$AUDIO" == silent ]] && EVAL_DIR="$OUT_DIR.silent"

@@ -913,7 +913,7 @@ def test_paper_protocol_from_another_folder_scores_checkpoints_100_to_500_with_b
     env = {"PROTOCOL": "paper", "RUN_DIR": "../run", "MMAU_FILE": "../data/mmau-1.json", "AUDIO_DIR": str(audio_dir)}
     result = _script(env, elsewhere)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    scores = tmp_path / "run" / "mmau" / "mmau-1.answer"
+    scores = tmp_path / "run" / "mmau" / "mmau-1.answer.paper"
     assert sorted(path.name for path in scores.glob("checkpoint-*.score.json")) == [
         f"checkpoint-{step}.score.json" for step in (100, 200, 300, 400, 500)
     ]
