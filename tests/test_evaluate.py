@@ -1009,3 +1009,11 @@ def test_missing_clips_are_shown_in_the_table_json_and_plot(tmp_path, monkeypatc
     note = "2 of 8 clips missing or unreadable (counted wrong)"
     assert f"Audio: {note}." in capsys.readouterr().out
     assert _read(tmp_path / "checkpoints.json")["missing_clips"] == note and note in titles[0]
+
+
+def test_default_paths_are_the_repositorys_wherever_the_script_is_started(tmp_path):
+    default_run = REPO / "outputs" / "grpo-qwen2-audio-7b"
+    if default_run.exists():
+        pytest.skip(f"{default_run} exists here: the default run would be evaluated")
+    result = _script({}, tmp_path, timeout=60)
+    assert result.returncode == 2 and f"RUN_DIR={default_run} is not a folder" in result.stderr
