@@ -116,9 +116,9 @@ BENCHMARK_NAMES = tuple(ITEM_KEYS)
 PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output", "answer_prediction")
 DECODING_MODES = ("original", "greedy")
 # `--protocol`: the settings it fixes. `paper` is what the paper-time release (original repo commit 45def50, its
-# src/test.py and test_mmau.sh) did: `model.generate(**inputs, max_new_tokens=256)` with the checkpoint's own generation
-# config, 16 items per batch, Prompt <2>, the first audio channel (what r1aqa.audio always loads), checkpoints 100-500
-# (test_mmau.sh). `default` is this project's default for users; only the batch differs (32, faster on one GPU).
+# src/test.py and test_mmau.sh) did: `model.generate(**inputs, max_new_tokens=256)` with the checkpoint's own
+# generation config, 16 items per batch, Prompt <2>, the first audio channel (what r1aqa.audio loads for Qwen2-Audio),
+# checkpoints 100-500 (test_mmau.sh). `default` is this project's default for users; only the batch differs (32).
 PROTOCOLS = {
     "default": {"decoding": "original", "batch_size": 32, "max_new_tokens": 256, "prompt_style": "answer"},
     "paper": {"decoding": "original", "batch_size": 16, "max_new_tokens": 256, "prompt_style": "answer"},
