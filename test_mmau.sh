@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Evaluate every checkpoint-N of a training run on MMAU (or MMAR), then print accuracy per step (best marked), write
-# it as CSV/JSON and plot it. The paper scored steps 100..1000 on MMAU test-mini and reported the best (paper §4,
-# Table 1; docs/recipe.md §7), decoding with each checkpoint's own generation config: DECODING=original (default).
+# it as CSV/JSON and plot it. The table names the benchmark file's release, told from its content (docs/recipe.md §7).
+# Defaults: every checkpoint, batch 32, DECODING=original (each checkpoint's own generation config, as the paper),
+# Prompt <2> or the prompt the run was trained with (r1aqa_run.json). PROTOCOL=paper: what the paper-time release
+# (original repo commit 45def50) did: checkpoints 100-500, batch 16, decoding original, Prompt <2>, first channel.
+# Paths you give are relative to the current folder; the defaults are relative to this repository.
 #
 #   bash test_mmau.sh                                            # every checkpoint in $RUN_DIR, in step order
+#   PROTOCOL=paper bash test_mmau.sh                             # the paper-time protocol (steps 100-500, batch 16)
+#   EVAL_DEVICES="0 1" bash test_mmau.sh                         # checkpoints spread over GPUs 0 and 1
 #   THINK=true RUN_DIR=outputs/grpo-think bash test_mmau.sh       # Prompt <3> (think mode)
 #   STEPS="100 500" BATCH_SIZE=8 bash test_mmau.sh --limit 50    # extra arguments go to r1aqa.evaluate
 #   DECODING=greedy bash test_mmau.sh                            # fully specified greedy decoding
@@ -32,31 +37,47 @@
 # $AGG_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K][.silent]/aggregate.{csv,json,png}, AGG_DIR defaulting
 # to <the runs' common parent folder>/aggregate.
 set -euo pipefail
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+die() { echo "test_mmau.sh: error: $*" >&2; exit 2; }
 
 # ---- quick config (override any of these from the environment) -------------------------------------------------
-: "${RUN_DIR:=outputs/grpo-qwen2-audio-7b}"                        # output_dir of the training run
-: "${MMAU_FILE:=data/mmau/mmau-test-mini.json}"                     # paper: the 2025-03-25 version
+: "${PROTOCOL:=default}"                                            # default | paper (see above)
+if [[ "$PROTOCOL" == paper ]]; then                                 # fixed; a different value is refused
+    for fixed in DECODING=original BATCH_SIZE=16 MAX_NEW_TOKENS=256; do
+        name=${fixed%%=*}
+        [[ -z "${!name:-}" || "${!name}" == "${fixed#*=}" ]] || die "PROTOCOL=paper sets $fixed (the paper-time \
+release), got $name=${!name}: unset $name, or drop PROTOCOL"
+        printf -v "$name" %s "${fixed#*=}"
+    done
+    : "${STEPS:=100 200 300 400 500}"
+elif [[ "$PROTOCOL" != default ]]; then
+    die "PROTOCOL must be default or paper, got '$PROTOCOL'"
+fi
+: "${RUN_DIR:=$REPO_DIR/outputs/grpo-qwen2-audio-7b}"              # output_dir of the training run
+: "${MMAU_FILE:=$REPO_DIR/data/mmau/mmau-test-mini.json}"           # the paper's: MMAU a5cd89a (data/README.md)
 : "${DATA_FILE:=$MMAU_FILE}"                                        # MMAU JSON list or MMAR-meta.jsonl
 : "${BENCHMARK:=auto}"                                              # auto|mmau|mmar (auto: from the file)
 : "${AUDIO_DIR:=}"                                                  # default: data/mmau/test-mini-audios;
                                                                     # AVQA: the audio_path of each row
-: "${DECODING:=original}"                                           # original (paper) | greedy
+: "${DECODING:=original}"                                           # original (as the paper) | greedy
 : "${SEED:=42}"                                                     # seed of the first pass
 : "${NUM_SAMPLES:=1}"                                               # K seeded passes: mean ± std
 : "${AUDIO:=real}"                                                  # real | silent (audio-dependence control)
-: "${BATCH_SIZE:=32}"                                               # paper: 32
+: "${BATCH_SIZE:=32}"                                               # paper-time release: 16 (PROTOCOL=paper)
 : "${MAX_NEW_TOKENS:=256}"                                          # paper: 256
 : "${THINK:=}"                                                      # true: Prompt <3>; false: Prompt <2>;
-                                                                    # empty: as the run was trained (r1aqa_run.json)
-: "${PROMPT_STYLE:=}"                                               # answer|think|plain; default from THINK
+: "${PROMPT_STYLE:=}"                                               # answer|think|plain; both empty: as the run was
+                                                                    # trained (r1aqa_run.json), else answer
 : "${STEPS:=}"                                                      # e.g. "100 200 300"; empty: every checkpoint
+: "${EVAL_DEVICES:=}"                                               # GPUs, one worker each, e.g. "0 1"; cpu: none;
+                                                                    # default: every visible GPU
+: "${EVAL_PROCS:=1}"                                                # workers on CPU (no GPU)
 : "${OUT_DIR:=}"                                                    # default: see below
 : "${SELECT_FILE:=}"                                                # AVQA validation JSONL: selects a step
 : "${SELECT_AUDIO_DIR:=}"                                           # its WAVs, if moved (default: its audio_path)
 : "${RUN_DIRS:=}"                                                   # several runs, e.g. "out/seed-42 out/seed-43"
 : "${AGG_DIR:=}"                                                    # default: <the runs' parent>/aggregate
 : "${BACKEND:=hf}"                                                  # hf (transformers) or vllm
-REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
     VENV_PYTHON="$REPO_DIR/.venv/bin/python"
     [[ "$BACKEND" == vllm ]] && VENV_PYTHON="$REPO_DIR/.venv-vllm/bin/python"   # made by `make setup-vllm`
@@ -64,7 +85,6 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 export PYTHONPATH="$REPO_DIR/src${PYTHONPATH:+:$PYTHONPATH}"   # works without `pip install -e .`
 
-die() { echo "test_mmau.sh: error: $*" >&2; exit 2; }
 SELF="${BASH_SOURCE[0]}"
 
 # ---- several runs: each evaluated as alone (this script, once per run), then aggregated -------------------------
@@ -111,21 +131,24 @@ print(os.path.commonpath([os.path.dirname(os.path.abspath(run)) for run in sys.a
     exit 0
 fi
 
-if [[ -z "$THINK" ]]; then
-    # The training run records its mode; evaluating with the prompt it was trained with needs no second setting.
-    THINK=$("$PYTHON" -c 'import json, sys; print(str(json.load(open(sys.argv[1]))["think"]).lower())' \
-        "$RUN_DIR/r1aqa_run.json" 2>/dev/null || echo false)
+if [[ -z "$THINK$PROMPT_STYLE" ]]; then
+    # The training run records its prompt (`prompt_style`, else `think`): evaluating with the prompt it was trained
+    # with needs no setting. Without r1aqa_run.json: Prompt <2>.
+    PROMPT_STYLE=$("$PYTHON" -c 'import json, os, sys
+run = json.load(open(sys.argv[1])) if os.path.isfile(sys.argv[1]) else {}
+print(run.get("prompt_style") or ("think" if run.get("think") else "answer"))' "$RUN_DIR/r1aqa_run.json") \
+        || die "cannot read $RUN_DIR/r1aqa_run.json"
 fi
 case "$THINK" in
-    true) THINK_STYLE=think ;;
-    false) THINK_STYLE=answer ;;
+    true) [[ -z "$PROMPT_STYLE" || "$PROMPT_STYLE" == think ]] || die "THINK=true contradicts PROMPT_STYLE=$PROMPT_STYLE"
+          PROMPT_STYLE=think ;;
+    false) : "${PROMPT_STYLE:=answer}" ;;
+    "") ;;
     *) die "THINK must be true or false, got '$THINK'" ;;
 esac
-if [[ -z "$PROMPT_STYLE" ]]; then
-    PROMPT_STYLE="$THINK_STYLE"
-elif [[ "$THINK" == true && "$PROMPT_STYLE" != think ]]; then
-    die "THINK=true contradicts PROMPT_STYLE=$PROMPT_STYLE: set one of them"
-fi
+case "$PROMPT_STYLE" in answer|think|plain) ;; *) die "PROMPT_STYLE must be answer, think or plain, got '$PROMPT_STYLE'" ;; esac
+[[ "$PROTOCOL" != paper || "$PROMPT_STYLE" == answer ]] || die "PROTOCOL=paper evaluates with Prompt <2> (answer), not \
+$PROMPT_STYLE (from THINK, PROMPT_STYLE or $RUN_DIR/r1aqa_run.json): set PROMPT_STYLE=answer, or drop PROTOCOL"
 [[ -d "$RUN_DIR" ]] || die "RUN_DIR=$RUN_DIR is not a folder (set RUN_DIR to the training run's output_dir)"
 [[ -f "$DATA_FILE" ]] || die "DATA_FILE=$DATA_FILE does not exist (see data/README.md)"
 [[ -z "$SELECT_FILE" || -f "$SELECT_FILE" ]] || die "SELECT_FILE=$SELECT_FILE does not exist (python -m r1aqa.prepare_avqa --qa_json val_qa.json ... writes it)"
@@ -139,16 +162,17 @@ print(detect_benchmark(load_items(sys.argv[1])))' "$DATA_FILE") || die "cannot r
 fi
 AUDIO_ARGS=()
 if [[ -n "$AUDIO_DIR" || "$BENCHMARK" != avqa ]]; then                # AVQA rows name their own clips
-    : "${AUDIO_DIR:=data/mmau/test-mini-audios}"
+    : "${AUDIO_DIR:=$REPO_DIR/data/mmau/test-mini-audios}"
     [[ -d "$AUDIO_DIR" ]] || die "AUDIO_DIR=$AUDIO_DIR is not a folder (see data/README.md)"
     AUDIO_ARGS=(--audio_dir "$AUDIO_DIR")
 fi
-# One folder per benchmark file, prompt style and decoding (+ number of passes), so settings never mix:
-# $RUN_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K]; the silent control goes to the same name + .silent.
+# One folder per benchmark file, prompt style, decoding, protocol (+ number of passes), so settings never mix:
+# $RUN_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K][.paper]; the silent control: the same name + .silent.
 DATA_NAME=$(basename "$DATA_FILE"); DATA_NAME=${DATA_NAME%.jsonl}; DATA_NAME=${DATA_NAME%.json}
 SUFFIX=""
 [[ "$DECODING" == greedy ]] && SUFFIX+=".greedy"
 ((NUM_SAMPLES > 1)) && SUFFIX+=".samples-$NUM_SAMPLES"
+[[ "$PROTOCOL" == paper ]] && SUFFIX+=".paper"
 : "${OUT_DIR:=$RUN_DIR/$BENCHMARK/$DATA_NAME.$PROMPT_STYLE$SUFFIX}"
 EVAL_DIR="$OUT_DIR"
 [[ "$AUDIO" == silent ]] && EVAL_DIR="$OUT_DIR.silent"
@@ -178,30 +202,27 @@ else
     ((${#steps[@]})) || die "no complete checkpoint-N folder in RUN_DIR=$RUN_DIR (training saves one every save_steps)"
 fi
 echo "${BENCHMARK^^}: ${#steps[@]} checkpoint(s) of $RUN_DIR (steps ${steps[*]}), $DATA_FILE, prompt $PROMPT_STYLE," \
-    "decoding $DECODING (seed $SEED, $NUM_SAMPLES pass(es)), audio $AUDIO -> $EVAL_DIR"
+    "decoding $DECODING (seed $SEED, $NUM_SAMPLES pass(es)), batch $BATCH_SIZE, protocol $PROTOCOL, audio $AUDIO -> $EVAL_DIR"
 
-# ---- evaluate ----------------------------------------------------------------------------------------------------
+# ---- evaluate: one worker per GPU (EVAL_DEVICES) or EVAL_PROCS on CPU, checkpoints in step order (r1aqa.eval_workers)
+# A checkpoint already scored with the same settings is skipped at once (no model loaded); one whose output was made
+# with other settings (--limit, prompt, decoding...) stops with an error. A failed checkpoint is redone next time.
 mkdir -p "$EVAL_DIR"
-for step in "${steps[@]}"; do
-    echo "=== checkpoint-$step ==="
-    # Skips at once (no model loaded) when the checkpoint was already scored with the same settings; stops with an
-    # error when its output was made with other settings (--limit, prompt, decoding...).
-    "$PYTHON" -m r1aqa.evaluate \
-        --model_path "$RUN_DIR/checkpoint-$step" \
-        --data_file "$DATA_FILE" \
-        --benchmark "$BENCHMARK" \
-        "${AUDIO_ARGS[@]}" \
-        --out_file "$EVAL_DIR/checkpoint-$step.json" \
-        --batch_size "$BATCH_SIZE" \
-        --max_new_tokens "$MAX_NEW_TOKENS" \
-        --prompt_style "$PROMPT_STYLE" \
-        --decoding "$DECODING" \
-        --seed "$SEED" \
-        --num_samples "$NUM_SAMPLES" \
-        --audio "$AUDIO" \
-        --backend "$BACKEND" \
-        "$@"
-done
+"$PYTHON" -m r1aqa.eval_workers --run_dir "$RUN_DIR" --steps "${steps[@]}" --out_dir "$EVAL_DIR" \
+    --devices $EVAL_DEVICES --procs "$EVAL_PROCS" -- \
+    --data_file "$DATA_FILE" \
+    --benchmark "$BENCHMARK" \
+    ${AUDIO_ARGS[@]+"${AUDIO_ARGS[@]}"} \
+    --batch_size "$BATCH_SIZE" \
+    --max_new_tokens "$MAX_NEW_TOKENS" \
+    --prompt_style "$PROMPT_STYLE" \
+    --decoding "$DECODING" \
+    --protocol "$PROTOCOL" \
+    --seed "$SEED" \
+    --num_samples "$NUM_SAMPLES" \
+    --audio "$AUDIO" \
+    --backend "$BACKEND" \
+    "$@"
 
 # ---- the validation file (SELECT_FILE) -----------------------------------------------------------------------------
 TABLE=()
@@ -218,8 +239,8 @@ if ! compgen -G "$EVAL_DIR/checkpoint-*.score.json" >/dev/null; then
 elif [[ "$AUDIO" == silent ]] && compgen -G "$OUT_DIR/checkpoint-*.score.json" >/dev/null; then
     # With audio (scored earlier into $OUT_DIR) beside silent, per step and task; files in the silent folder.
     "$PYTHON" -m r1aqa.tables --score_dir "$OUT_DIR" --silent_score_dir "$EVAL_DIR" \
-        --out_prefix "$EVAL_DIR/checkpoints" "${TABLE[@]}"
+        --out_prefix "$EVAL_DIR/checkpoints" ${TABLE[@]+"${TABLE[@]}"}
 else
     [[ "$AUDIO" == silent ]] && echo "No scores with audio in $OUT_DIR yet: the table shows silent accuracy only."
-    "$PYTHON" -m r1aqa.tables --score_dir "$EVAL_DIR" "${TABLE[@]}"
+    "$PYTHON" -m r1aqa.tables --score_dir "$EVAL_DIR" ${TABLE[@]+"${TABLE[@]}"}
 fi

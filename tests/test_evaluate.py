@@ -150,7 +150,9 @@ def test_meta_records_decoding_and_processor_fallback(scored_run, run_dir):
 def test_score_file_is_the_official_rule(scored_run):
     predictions = _read(scored_run / "checkpoint-100.json")
     summary = _read(scored_run / "checkpoint-100.score.json")
-    assert summary == {**score(predictions), "audio_errors": 0}
+    data = _read(scored_run / "checkpoint-100.meta.json")["settings"]["data_sha256"]
+    assert summary == {**score(predictions), "audio_errors": 0, "data_sha256": data,
+                       "data_release": f"unknown release (sha256 {data[:12]})"}  # fmt: skip
     assert summary["total"]["total"] == 6
     assert {task: row["total"] for task, row in summary["task"].items()} == {"sound": 2, "music": 2, "speech": 2}
 
@@ -808,3 +810,208 @@ def test_table_of_sampled_mmar_passes_shows_mean_and_std(tmp_path, capsys):
     assert lines[2].split()[-1] == "75.00±35.36" and "mean±std over 2 sampled passes" in lines[3]
     row = _read(tmp_path / "checkpoints.json")["rows"][0]
     assert (row["benchmark"], row["total"], row["std"]["total"]) == ("mmar", 75.0, 35.36)
+
+
+# ---- which benchmark file, the paper's protocol, workers, LoRA checkpoints (issues 21, 22) -------------------------
+
+
+def _quiet_model(folder: Path) -> str:
+    """A tiny model whose final norm is zero: every logit is 0, greedy picks id 0, an eos id of its generation
+    config, so every answer is one token: runs at the paper's 256 new tokens cost nothing."""
+    import torch
+
+    write_tiny_model(str(folder), seed=3)
+    model = evaluator.load_model_and_processor(str(folder), str(folder), "cpu")[0]
+    with torch.no_grad():
+        model.model.language_model.norm.weight.zero_()
+    assert 0 in model.generation_config.eos_token_id and not model.generation_config.do_sample
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def _one_item_file(folder: Path) -> tuple[Path, Path]:
+    """(data file, audio dir): the test-mini item whose real WAV ships in tests/data."""
+    items = [item for item in json.loads(MMAU_2025_03.read_text()) if item["id"] == MMAU_REAL_ITEM_ID]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mmau-1.json").write_text(json.dumps(items))
+    return folder / "mmau-1.json", MMAU_AUDIO_DIR
+
+
+@pytest.mark.parametrize(
+    "name,release",
+    [
+        ("mmau-test-mini.2025-03-25.json", "MMAU test-mini 1f675a9 (2025-03-25)"),
+        ("mmau-test-mini.v05.15.25.json", "MMAU test-mini v05.15.25 (f0a4a97, 2025-08-09)"),
+        ("edited", "unknown release (sha256 "),
+    ],
+)
+def test_the_release_of_the_data_file_is_in_meta_score_table_json_and_plot(
+    run_dir, tmp_path, monkeypatch, capsys, name, release
+):
+    import matplotlib.axes
+
+    source = MMAU_2025_03 if name == "edited" else MMAU_AUDIO_DIR.parent / name
+    items = json.loads(source.read_text())
+    data_file = tmp_path / "mmau-test-mini.json"  # the name says nothing: the content decides
+    text = source.read_text()
+    if name == "edited":  # the last item's answer changed, as a hand-edited or re-exported copy would be
+        at = text.rindex('"answer": "') + len('"answer": "')
+        text = text[:at] + "edited " + text[at:]
+    data_file.write_text(text)
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    sf.write(audio_dir / os.path.basename(items[0]["audio_id"]), *_made_clip(0))
+    out = tmp_path / "scores" / "checkpoint-100.json"
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--limit", 1, "--max_new_tokens", 2) == 0
+    assert release in capsys.readouterr().out
+    meta, summary = _read(out.with_suffix(".meta.json")), _read(tmp_path / "scores" / "checkpoint-100.score.json")
+    assert meta["data_release"].startswith(release) and summary["data_release"] == meta["data_release"]
+    if name == "edited":
+        assert meta["data_release"] == f"unknown release (sha256 {meta['settings']['data_sha256'][:12]})"
+    titles = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, text, **kw: titles.append(text))
+    assert tables.main(["--score_dir", str(tmp_path / "scores")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == f"{meta['data_release']}, 1 items"
+    assert _read(tmp_path / "scores" / "checkpoints.json")["data_release"] == meta["data_release"]
+    assert meta["data_release"] in titles[0]
+
+
+def test_paper_protocol_fixes_its_settings_and_refuses_others():
+    base = ["--model_path", "m", "--data_file", "d", "--out_file", "o"]
+    paper = evaluator.parse_args([*base, "--protocol", "paper"])
+    assert (paper.decoding, paper.batch_size, paper.max_new_tokens, paper.prompt_style) == (
+        "original",
+        16,
+        256,
+        "answer",
+    )
+    default = evaluator.parse_args(base)
+    assert (default.decoding, default.batch_size, default.max_new_tokens, default.prompt_style) == (
+        "original", 32, 256, "answer")  # fmt: skip
+    assert evaluator.parse_args([*base, "--protocol", "paper", "--batch_size", "16"]).batch_size == 16
+    for conflict in (["--batch_size", "32"], ["--decoding", "greedy"], ["--think"], ["--temperature", "1.0"]):
+        with pytest.raises(SystemExit):
+            evaluator.parse_args([*base, "--protocol", "paper", *conflict])
+
+
+def _script(env: dict, cwd, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "test_mmau.sh"), *args], env={**os.environ, "PYTHON": sys.executable,
+                          **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.slow  # five evaluations of one item in subprocesses
+def test_paper_protocol_from_another_folder_scores_checkpoints_100_to_500_with_batch_16(tmp_path):
+    model = _quiet_model(tmp_path / "model")
+    for step in range(100, 800, 100):
+        os.makedirs(tmp_path / "run", exist_ok=True)
+        os.symlink(model, tmp_path / "run" / f"checkpoint-{step}")
+    data_file, audio_dir = _one_item_file(tmp_path / "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # every path relative to the current folder, which is neither the repository nor the run's
+    env = {"PROTOCOL": "paper", "RUN_DIR": "../run", "MMAU_FILE": "../data/mmau-1.json", "AUDIO_DIR": str(audio_dir)}
+    result = _script(env, elsewhere)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    scores = tmp_path / "run" / "mmau" / "mmau-1.answer.paper"
+    assert sorted(path.name for path in scores.glob("checkpoint-*.score.json")) == [
+        f"checkpoint-{step}.score.json" for step in (100, 200, 300, 400, 500)
+    ]
+    for step in (100, 200, 300, 400, 500):
+        settings = _read(scores / f"checkpoint-{step}.meta.json")["settings"]
+        assert settings["protocol"] == "paper" and settings["prompt_style"] == "answer"
+        assert (settings["decoding"]["mode"], settings["decoding"]["batch_size"]) == ("original", 16)
+        assert settings["decoding"]["max_new_tokens"] == 256
+    refused = _script({**env, "BATCH_SIZE": "32"}, elsewhere)
+    assert refused.returncode == 2 and "PROTOCOL=paper sets BATCH_SIZE=16" in refused.stderr
+
+
+@pytest.mark.slow  # nine subprocesses of one item each
+def test_two_workers_give_one_workers_predictions_and_a_failed_checkpoint_is_redone(tmp_path, tiny_model_dir):
+    other = write_tiny_model(str(tmp_path / "other"), seed=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(tiny_model_dir, run / "checkpoint-100")
+    (run / "checkpoint-100" / "config.json").write_text("{")  # its worker dies first, before any model is loaded
+    os.symlink(other, run / "checkpoint-200")
+    os.symlink(tiny_model_dir, run / "checkpoint-300")
+    os.symlink(other, run / "checkpoint-400")
+    data_file, audio_dir = _one_item_file(tmp_path / "data")
+    env = {"RUN_DIR": str(run), "MMAU_FILE": str(data_file), "AUDIO_DIR": str(audio_dir), "MAX_NEW_TOKENS": "6",
+           "DECODING": "greedy", "STEPS": "100 200 300 400", "EVAL_PROCS": "2", "EVAL_DEVICES": "cpu"}  # fmt: skip
+    two = run / "mmau" / "mmau-1.answer.greedy"
+
+    first = _script(env, tmp_path)
+    assert first.returncode != 0 and "checkpoint-100 (cpu" in first.stderr and "2 workers" in first.stdout
+    # only the failed checkpoint is lost: the other worker took the rest of the queue
+    scored = {path.name for path in two.glob("checkpoint-*.score.json")}
+    assert scored == {f"checkpoint-{step}.score.json" for step in (200, 300, 400)}
+
+    (run / "checkpoint-100" / "config.json").write_text((Path(tiny_model_dir) / "config.json").read_text())
+    again = _script(env, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("Skipping") == 3 and (two / "checkpoint-100.json").exists()
+
+    one = tmp_path / "one"
+    alone = _script({**env, "EVAL_PROCS": "1", "OUT_DIR": str(one)}, tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    raws = {step: _raws(one / f"checkpoint-{step}.json") for step in (100, 200, 300, 400)}
+    assert raws[100] != raws[200]  # the two models answer differently: a mix-up of checkpoints would show
+    for step in (100, 200, 300, 400):
+        assert _raws(two / f"checkpoint-{step}.json") == raws[step]
+
+
+@pytest.mark.slow  # two subprocesses and two evaluations
+def test_lora_checkpoint_and_recorded_plain_prompt_are_evaluated_without_settings(tmp_path, tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from r1aqa.merge_lora import merge_lora
+
+    model = evaluator.load_model_and_processor(tiny_model_dir, tiny_model_dir, "cpu")[0]
+    torch.manual_seed(0)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    run = tmp_path / "sft-lora"
+    lora.save_pretrained(run / "checkpoint-10")  # adapters only: no config.json, no processor
+    assert not (run / "checkpoint-10" / "config.json").exists()
+    (run / "r1aqa_run.json").write_text(json.dumps({"prompt_style": "plain", "think": False}))
+    data_file, audio_dir = _one_item_file(tmp_path / "data")
+    env = {"RUN_DIR": str(run), "MMAU_FILE": str(data_file), "AUDIO_DIR": str(audio_dir), "MAX_NEW_TOKENS": "6",
+           "DECODING": "greedy"}  # fmt: skip
+    result = _script(env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run / "mmau" / "mmau-1.plain.greedy" / "checkpoint-10.json"
+    settings = _read(out.with_suffix(".meta.json"))["settings"]
+    assert settings["prompt_style"] == "plain" and settings["base_model_path"] == tiny_model_dir
+    # the same predictions as the merged model's
+    merged = merge_lora(str(run / "checkpoint-10"), str(tmp_path / "merged"))
+    assert _run(merged, data_file, audio_dir, tmp_path / "merged.json", "--max_new_tokens", 6, "--decoding", "greedy",
+                "--prompt_style", "plain") == 0  # fmt: skip
+    assert _raws(out) == _raws(tmp_path / "merged.json")
+    plain_base = tmp_path / "base.json"
+    assert _run(tiny_model_dir, data_file, audio_dir, plain_base, "--max_new_tokens", 6, "--decoding", "greedy",
+                "--prompt_style", "plain") == 0  # fmt: skip
+    assert _raws(out) != _raws(plain_base)  # the adapters took part
+
+
+def test_missing_clips_are_shown_in_the_table_json_and_plot(tmp_path, monkeypatch, capsys):
+    import matplotlib.axes
+
+    for step, missing in ((100, 2), (200, 2)):
+        _write_score(tmp_path, step, {"sound": 2, "music": 3})
+        summary = _read(tmp_path / f"checkpoint-{step}.score.json")
+        (tmp_path / f"checkpoint-{step}.score.json").write_text(json.dumps({**summary, "audio_errors": missing}))
+    titles = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, text, **kw: titles.append(text))
+    assert tables.main(["--score_dir", str(tmp_path)]) == 0
+    note = "2 of 8 clips missing or unreadable (counted wrong)"
+    assert f"Audio: {note}." in capsys.readouterr().out
+    assert _read(tmp_path / "checkpoints.json")["missing_clips"] == note and note in titles[0]
+
+
+def test_default_paths_are_the_repositorys_wherever_the_script_is_started(tmp_path):
+    default_run = REPO / "outputs" / "grpo-qwen2-audio-7b"
+    if default_run.exists():
+        pytest.skip(f"{default_run} exists here: the default run would be evaluated")
+    result = _script({}, tmp_path, timeout=60)
+    assert result.returncode == 2 and f"RUN_DIR={default_run} is not a folder" in result.stderr

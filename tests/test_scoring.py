@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from data_paths import MMAR_SAMPLE, MMAU_2025_03, MMAU_2025_05
+from data_paths import MMAR_SAMPLE, MMAU_2025_01, MMAU_2025_03, MMAU_2025_05
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +25,7 @@ from r1aqa.scoring import (
     score,
 )
 
-MMAU_FILES = {"2025-03-25": MMAU_2025_03, "v05.15.25": MMAU_2025_05}
+MMAU_FILES = {"2025-01-28": MMAU_2025_01, "2025-03-25": MMAU_2025_03, "v05.15.25": MMAU_2025_05}
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -110,7 +110,7 @@ def test_answers_as_predictions_score_100_everywhere(version):
 
 
 # Measured once with the official rule; pinned so a change to the scorer or the data shows up.
-FIRST_CHOICE_TOTAL = {"2025-03-25": 37.80, "v05.15.25": 39.80}
+FIRST_CHOICE_TOTAL = {"2025-01-28": 37.80, "2025-03-25": 37.80, "v05.15.25": 39.80}
 
 
 @pytest.mark.parametrize("version", MMAU_FILES)
@@ -449,3 +449,22 @@ def test_avqa_is_detected_and_scored_against_the_indexed_option_by_type_and_rela
 def test_avqa_answer_must_index_the_options(answer):
     with pytest.raises(ValueError, match=r"item 0 \(id 1\): answer must index multi_choice"):
         score([avqa_row(1, "motorboat", answer=answer)])
+
+
+# ---- which release a benchmark file is ----------------------------------------------------------------------------
+
+
+def test_releases_are_told_by_content_and_the_paper_time_file_differs_in_one_answer(tmp_path):
+    from r1aqa.scoring import PAPER_RELEASE, data_release
+
+    assert data_release(MMAU_2025_01)["release"] == PAPER_RELEASE == "MMAU test-mini a5cd89a (2025-01-28)"
+    assert data_release(MMAU_2025_03)["release"] == "MMAU test-mini 1f675a9 (2025-03-25)"
+    assert data_release(MMAU_2025_05)["release"].startswith("MMAU test-mini v05.15.25")
+    paper, later = (json.loads(path.read_text(encoding="utf-8")) for path in (MMAU_2025_01, MMAU_2025_03))
+    changed = [(a["id"], a["answer"], b["answer"]) for a, b in zip(paper, later, strict=True) if a != b]
+    assert changed == [("1a5dd76a-7905-4a83-bd88-7ae26730656d", "A bird chirping", "A cat meowing")]
+    copy_ = tmp_path / "mmau-test-mini.2025-01-28.json"  # the same name, one byte more
+    copy_.write_bytes(MMAU_2025_01.read_bytes() + b"\n")
+    found = data_release(copy_)
+    assert found["release"] == f"unknown release (sha256 {found['sha256'][:12]})"
+    assert data_release(MMAR_SAMPLE)["release"].startswith("unknown release")  # an excerpt is not the release

@@ -20,8 +20,13 @@ choose a checkpoint without the test set), each row prompted exactly as training
 `video` -> `audio`), scored by the same rule against `multi_choice[answer]`, grouped by `question_type` and
 `question_relation`; its clip is the row's `audio_path` (or that file name in `--audio_dir`, if given).
 
+Protocol (`--protocol`): `paper` fixes what the paper-time release (original repo commit 45def50) did, and refuses
+other values for them: decoding `original`, 16 items per batch, 256 new tokens, Prompt <2> (its test_mmau.sh scored
+checkpoints 100-500; `PROTOCOL=paper bash test_mmau.sh` does). `default`: the same with 32 items per batch (faster;
+with sampling the batch decides which random numbers an item gets, so numbers differ by sampling noise).
+
 Decoding (`--decoding`, recorded in the meta file with every generation field actually used; docs/recipe.md §7):
-- `original` (default): the paper's protocol, what the original's `model.generate(**inputs, max_new_tokens=256)`
+- `original` (default): the paper's decoding, what the original's `model.generate(**inputs, max_new_tokens=256)`
   did: the checkpoint's own generation_config.json decides (for Qwen2-Audio-7B-Instruct and checkpoints trained
   from it that is sampling: temperature 0.7, top-k 20, top-p 0.5, repetition penalty 1.1), only `max_new_tokens`
   is set. Unlike the original it is seeded: each batch draws from `torch.manual_seed(batch_seed(seed, batch index))`,
@@ -56,14 +61,19 @@ than mixing results. Checking this needs no model, torch or GPU: test_mmau.sh re
 checkpoints.
 
 The processor comes from `--processor_path`, else from the model folder itself, else, when the model folder is a
-`checkpoint-N` inside a run directory (a trainer may save weights only), from that run directory.
+`checkpoint-N` inside a run directory (a trainer may save weights only), from that run directory. A LoRA checkpoint
+(`adapter_config.json`: GRPO or SFT with `use_peft: true`) is evaluated on its base model (`base_model_name_or_path`),
+the adapters merged on load; its processor falls back to the base model's.
+
+The data file is identified by its content: `OUT.meta.json` and `OUT.score.json` name its release
+(`r1aqa.scoring.RELEASES`, e.g. MMAU test-mini a5cd89a, the file of the paper's numbers) or "unknown release" with
+its sha256.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import platform
@@ -77,7 +87,16 @@ from pathlib import Path
 from r1aqa.audio import AudioError, check_audio
 from r1aqa.data import DataError, avqa_eval_example, mmar_example, mmau_example, record_problem
 from r1aqa.prompts import extract_answer
-from r1aqa.scoring import aggregate, detect_benchmark, format_aggregate, format_report, load_items, score
+from r1aqa.scoring import (
+    aggregate,
+    data_release,
+    detect_benchmark,
+    format_aggregate,
+    format_report,
+    load_items,
+    release_name,
+    score,
+)
 
 # Prompt <2> (the paper's main result), Prompt <3> (think) and Prompt <1> (question and options only: SFT baselines).
 PROMPT_STYLES = {
@@ -96,6 +115,16 @@ BENCHMARK_NAMES = tuple(ITEM_KEYS)
 # The raw output, then the extracted answer under the key of each consumer: ours, MMAU's and MMAR's evaluation.py.
 PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output", "answer_prediction")
 DECODING_MODES = ("original", "greedy")
+# `--protocol`: the settings it fixes. `paper` is what the paper-time release (original repo commit 45def50, its
+# src/test.py and test_mmau.sh) did: `model.generate(**inputs, max_new_tokens=256)` with the checkpoint's own
+# generation config, 16 items per batch, Prompt <2>, the first audio channel (what r1aqa.audio loads for Qwen2-Audio),
+# checkpoints 100-500 (test_mmau.sh). `default` is this project's default for users; only the batch differs (32).
+PROTOCOLS = {
+    "default": {"decoding": "original", "batch_size": 32, "max_new_tokens": 256, "prompt_style": "answer"},
+    "paper": {"decoding": "original", "batch_size": 16, "max_new_tokens": 256, "prompt_style": "answer"},
+}
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT (LoRA) checkpoint: adapters only, evaluated on their base model
+REPO_DIR = Path(__file__).resolve().parents[2]
 # Generation fields a user may override on top of either decoding mode (recorded in the settings).
 OVERRIDES = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
 # `--decoding greedy`: every field that changes which token is picked, set here. None means "off" for the fields that
@@ -164,6 +193,23 @@ def _local_or_hub(path: str) -> str:
     return os.path.abspath(path) if os.path.exists(path) else path
 
 
+def adapter_base_model(model_path: str) -> str | None:
+    """The base model of a LoRA checkpoint (`base_model_name_or_path` of its adapter_config.json), None for a full
+    model. A relative path is tried from the current folder, then from the repository (where run_grpo.sh and
+    run_sft.sh train); otherwise it is a hub id."""
+    config = os.path.join(model_path, ADAPTER_CONFIG)
+    if not os.path.isfile(config):
+        return None
+    base = json.loads(Path(config).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise EvalError(f"{config} names no base model (base_model_name_or_path): merge the adapter with "
+                        "`python -m r1aqa.merge_lora --adapter ... --base MODEL` and evaluate the merged folder.")  # fmt: skip
+    for candidate in (base, os.path.join(REPO_DIR, base)):
+        if os.path.exists(candidate):
+            return os.path.abspath(candidate)
+    return base
+
+
 def has_processor(folder: str) -> bool:
     """A saved processor: a feature-extractor/processor config and a tokenizer."""
     return any(os.path.isfile(os.path.join(folder, name)) for name in PROCESSOR_FILES) and any(
@@ -175,7 +221,7 @@ def resolve_processor_path(model_path: str, processor_path: str | None = None) -
     """`processor_path` if given; else the model folder; else its run directory if it is a `checkpoint-N` folder.
 
     A hub id (not a local folder) is its own processor path. The run directory is only tried for `checkpoint-N`
-    folders: the parent of any other folder may hold an unrelated processor.
+    folders: the parent of any other folder may hold an unrelated processor. A LoRA checkpoint's base model comes last.
     """
     if processor_path:
         return _local_or_hub(processor_path)
@@ -188,6 +234,9 @@ def resolve_processor_path(model_path: str, processor_path: str | None = None) -
     for folder in candidates:
         if has_processor(folder):
             return folder
+    base = adapter_base_model(model_dir)
+    if base is not None:
+        return _local_or_hub(base)
     raise EvalError(
         f"no processor (a {' or '.join(PROCESSOR_FILES)} and a tokenizer) in {' or '.join(candidates)}. Pass "
         "--processor_path with the folder or hub id of the model this checkpoint was trained from."
@@ -252,18 +301,23 @@ def has_answers(items: list[dict]) -> bool:
 
 def load_model_and_processor(model_path: str, processor_path: str, device: str):
     """The checkpoint's model (Qwen2-Audio, or a Qwen2.5-Omni thinker: r1aqa.models) in bf16 on GPU, fp32 on CPU
-    (eval mode), and its processor with left padding."""
+    (eval mode), and its processor with left padding. A LoRA checkpoint is loaded on its base model and merged."""
     import torch
 
     from r1aqa.models import detect_family, load_model, load_processor
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    family = detect_family(model_path)
+    base = adapter_base_model(model_path)
+    family = detect_family(base or model_path)
     processor = load_processor(processor_path, family)
     if not hasattr(processor, "feature_extractor"):
         raise EvalError(f"{processor_path}: {type(processor).__name__} is not an audio processor.")
-    model = load_model(model_path, family, dtype=dtype).to(device).eval()
-    return model, processor
+    model = load_model(base or model_path, family, dtype=dtype)
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+    return model.to(device).eval(), processor
 
 
 def decoding_settings(args: argparse.Namespace, seed: int) -> dict:
@@ -631,6 +685,7 @@ def run_inference(
     ]
     meta = {
         "settings": settings,
+        "data_release": release_name(settings["data_sha256"]),
         "generation_config": config.to_dict(),  # every field generate used (the resolved config)
         "seeding": "batch_seed(seed, batch index) for each batch: torch.manual_seed before generate (hf), "
         "SamplingParams.seed (vllm)",
@@ -659,18 +714,19 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def score_output(predictions: list[dict], paths: dict[str, str], n_audio_errors: int, benchmark: str) -> dict:
-    """Official-rule accuracies of OUT.json, written to OUT.score.json and printed."""
-    summary = {**score(predictions, benchmark), "audio_errors": n_audio_errors}
+def score_output(predictions: list[dict], paths: dict[str, str], n_audio_errors: int, settings: dict) -> dict:
+    """Official-rule accuracies of OUT.json, with the data file's release, written to OUT.score.json and printed."""
+    summary = {
+        **score(predictions, settings["benchmark"]),
+        "audio_errors": n_audio_errors,
+        "data_release": release_name(settings["data_sha256"]),
+        "data_sha256": settings["data_sha256"],
+    }
     write_json_atomic(paths["score"], summary)
     print(format_report(summary))
     print(f"Audio errors (empty prediction, counted wrong): {n_audio_errors}")
     print(f"Wrote {paths['score']}", flush=True)
     return summary
-
-
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _total(score_file: str) -> str:
@@ -712,8 +768,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--processor_path",
         help="Processor folder or hub id. Default: the model folder, else the run directory of a checkpoint-N folder.",
     )
-    parser.add_argument("--batch_size", type=int, default=32, help="Items per generate call (paper: 32).")
-    parser.add_argument("--max_new_tokens", type=int, default=256, help="Paper: 256.")
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="default",
+        help="paper: what the paper-time release (original repo commit 45def50) did: decoding original, batch 16, "
+        "256 new tokens, Prompt <2>, first channel; other values for these are refused. default: the same with batch "
+        "32; each setting may be changed.",
+    )
+    parser.add_argument(
+        "--batch_size", type=int, help="Items per generate call (default 32; the paper-time release: 16)."
+    )
+    parser.add_argument("--max_new_tokens", type=int, help="Default 256, as the paper.")
     parser.add_argument(
         "--prompt_style",
         choices=sorted(PROMPT_STYLES),
@@ -724,7 +790,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--decoding",
         choices=DECODING_MODES,
-        default="original",
         help="original (default): the checkpoint's generation_config.json, as the paper evaluated, seeded; "
         "greedy: fully specified greedy decoding, nothing taken from generation_config.json.",
     )
@@ -756,7 +821,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.think and args.prompt_style not in (None, "think"):
         parser.error(f"--think contradicts --prompt_style {args.prompt_style}: give one of them.")
-    args.prompt_style = "think" if args.think else (args.prompt_style or "answer")
+    args.prompt_style = "think" if args.think else args.prompt_style
+    protocol = PROTOCOLS[args.protocol]
+    if args.protocol != "default":
+        given = {name: getattr(args, name) for name in protocol if getattr(args, name) is not None}
+        given.update({name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None})
+        conflicts = [f"--{name} {value}" for name, value in given.items() if protocol.get(name) != value]
+        if conflicts:
+            parser.error(f"--protocol {args.protocol} fixes {', '.join(f'{k} {v}' for k, v in protocol.items())}: "
+                         f"{', '.join(conflicts)} contradicts it (drop it, or drop --protocol).")  # fmt: skip
+    for name, value in protocol.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("batch_size", "max_new_tokens", "limit", "num_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -780,11 +856,13 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.audio_dir is None and benchmark != "avqa":
         raise EvalError(f"--audio_dir is required for {benchmark.upper()}: the folder holding the clips.")
     examples = build_examples(items, args.audio_dir, args.prompt_style, benchmark)
+    release = data_release(args.data_file)
+    print(f"Data: {args.data_file}: {release['release']} (sha256 {release['sha256']}).", flush=True)
     base = {
         "model_path": _local_or_hub(args.model_path),
         "processor_path": resolve_processor_path(args.model_path, args.processor_path),
         "data_file": os.path.abspath(args.data_file),
-        "data_sha256": _sha256(args.data_file),  # another file version under the same name is not the same data
+        "data_sha256": release["sha256"],  # another file version under the same name is not the same data
         "benchmark": benchmark,
         "audio_dir": None if args.audio_dir is None else os.path.abspath(args.audio_dir),
         "audio": args.audio,
@@ -801,6 +879,14 @@ def evaluate(args: argparse.Namespace) -> int:
                         "--out_file.")  # fmt: skip
     if args.backend != "hf":  # recorded only when not the default, so outputs made before --backend stay reusable
         base["backend"] = args.backend
+    if args.protocol != "default":  # likewise
+        base["protocol"] = args.protocol
+    adapter_base = adapter_base_model(args.model_path) if os.path.isdir(args.model_path) else None
+    if adapter_base is not None:
+        if args.backend == "vllm":
+            raise EvalError(f"{args.model_path} holds LoRA adapters: --backend vllm needs a full model. Use --backend "
+                            "hf (merges them on load), or merge with `python -m r1aqa.merge_lora`.")  # fmt: skip
+        base["base_model_path"] = adapter_base
 
     loaded = Model(args, base["processor_path"])
     problems = None
@@ -820,6 +906,8 @@ def evaluate(args: argparse.Namespace) -> int:
             **aggregate(summaries),
             "seeds": [args.seed + sample for sample in range(args.num_samples)],
             "audio_errors": summaries[0]["audio_errors"],
+            "data_release": release["release"],
+            "data_sha256": release["sha256"],
             "sample_score_files": [output_paths(args.out_file, k)["score"] for k in range(args.num_samples)],
         }
         write_json_atomic(paths["score"], summary)
@@ -871,7 +959,7 @@ def _evaluate_pass(args, items, examples, problems, settings, paths, loaded: Mod
         )
 
     if has_answers(items):
-        return score_output(predictions, paths, n_audio_errors, settings["benchmark"])
+        return score_output(predictions, paths, n_audio_errors, settings)
     print("The items carry no `answer` (test split): predictions only, nothing scored.", flush=True)
     return None
 

@@ -30,6 +30,7 @@ are, exactly as the official scripts do: `r1aqa.evaluate` has already reduced ea
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import statistics
@@ -69,6 +70,17 @@ BENCHMARKS = {
         "sub_category": False,
     },
 }
+# Known releases of the benchmark files, by the sha256 of the file's bytes (what `data_release` reports). MMAU
+# test-mini: `mmau-test-mini.json` of github.com/Sakshi113/MMAU at each commit; MMAR: github.com/ddlBoJack/MMAR.
+RELEASES = {
+    "ed2fd6b6c24ebec1a5a496de5d767e7ebfe79556044d8f0d8bd00ad0cf02d623": "MMAU test-mini a5cd89a (2025-01-28)",
+    "e8cc09223b497191781756212cb616315690aaa6ea7ac359db1b65d97d1e2433": "MMAU test-mini 1f675a9 (2025-03-25)",
+    "9f18fda99f8dbc2bc5ecd6323fb5063309f54969810b5c6f1caeb3b8d904cf1c": "MMAU test-mini v05.15.25 (f0a4a97, 2025-08-09)",
+    "1c9a343e7bebf1037482b935c54eacd43cc63df7b2c668724b5560caf1f84fad": "MMAR MMAR-meta.jsonl a355584 (2026-02-16)",
+    "7240ecca11b252c782ef44d4d19f711dd9b8424656a2bc3f92c548e318d25cee": "MMAR MMAR-meta.json 6249700 (2025-05-11)",
+}
+# The release the paper's numbers were measured on: 64.50 was published on 2025-03-14, before 1f675a9.
+PAPER_RELEASE = RELEASES["ed2fd6b6c24ebec1a5a496de5d767e7ebfe79556044d8f0d8bd00ad0cf02d623"]
 PREDICTION_KEYS = BENCHMARKS["mmau"]["prediction_keys"]  # MMAU's official evaluation.py reads the first
 _WORD = re.compile(r"\b\w+\b")
 RULE = "*" * 30
@@ -279,6 +291,19 @@ def format_aggregate(summary: dict) -> str:
 
 
 # ---- files ---------------------------------------------------------------------------------------------------------
+
+
+def release_name(sha256: str | None) -> str:
+    """The known release whose file has this sha256, else `unknown release (sha256 <first 12 hex digits>)`."""
+    if sha256 in RELEASES:
+        return RELEASES[sha256]
+    return f"unknown release (sha256 {(sha256 or '?')[:12]})"
+
+
+def data_release(path: str | Path) -> dict:
+    """`{"release", "sha256"}` of a benchmark file, identified by its content (`RELEASES`), not by its name."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"release": release_name(digest), "sha256": digest}
 
 
 def load_items(path: str | Path) -> list[dict]:

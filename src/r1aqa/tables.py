@@ -8,9 +8,11 @@
 Reads the `checkpoint-N.score.json` files that `python -m r1aqa.evaluate` writes (test_mmau.sh puts them in one
 folder per run, data file and settings) and writes `checkpoints.csv`, `checkpoints.json` and `checkpoints.png`
 beside them (`--out_prefix` to change). Columns are MMAU's tasks or MMAR's modalities (from the score files), then
-the total. A score of several sampled passes (`--num_samples`) shows as `mean±std`. The paper evaluated steps 100,
-200, ..., 1000 and reported the best; the best row here is the highest total accuracy (the earliest step on a tie).
-A group with no items shows as `-`.
+the total. A score of several sampled passes (`--num_samples`) shows as `mean±std`. The paper-time release evaluated
+steps 100, 200, ..., 500 and reported the best; the best row here is the highest total accuracy (the earliest step on
+a tie). A group with no items shows as `-`. The first line names the data file's release (from the score files, or
+the sha256 in the meta files beside them), the plot's title too; missing or unreadable clips are counted under the
+table and in the title.
 
 With `--silent_score_dir` (the same checkpoints evaluated with `--audio silent`), a second table shows per step and
 column the accuracy with the audio, with silence and their difference (how much of the accuracy needs the audio);
@@ -49,7 +51,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from r1aqa.scoring import MODALITIES, TASKS
+from r1aqa.scoring import MODALITIES, TASKS, release_name
 
 SCORE_FILE = re.compile(r"^checkpoint-(\d+)\.score\.json$")
 # The table's columns per benchmark: a group key of the score file and its fixed names (None: as the file lists
@@ -88,13 +90,47 @@ def collect(score_dir: str) -> list[dict]:
             row["num_samples"] = summary.get("num_samples")
         row["n_items"] = summary["total"]["total"]
         row["audio_errors"] = summary.get("audio_errors")
+        row["release"] = _release(summary, path)
         row["score_file"] = path
         rows.append(row)
-    benchmarks = {row["benchmark"] for row in rows}
-    if len(benchmarks) > 1:
-        raise ValueError(f"{score_dir} mixes the score files of {sorted(benchmarks)}: one benchmark per folder.")
+    for what, key in (("benchmarks", "benchmark"), ("data releases", "release")):
+        found = {row[key] for row in rows if row[key] is not None}
+        if len(found) > 1:
+            raise ValueError(f"{score_dir} mixes the score files of {len(found)} {what} ({sorted(found)}): one per "
+                             "folder.")  # fmt: skip
     _same_columns(rows)
     return sorted(rows, key=lambda row: row["step"])
+
+
+def _release(summary: dict, score_file: str) -> str | None:
+    """The data file's release: recorded in the score file, else told from the sha256 in the meta file beside it
+    (scores made before releases were recorded); None when neither says."""
+    if "data_release" in summary:
+        return summary["data_release"]
+    stem = score_file[: -len(".score.json")]
+    for meta in (stem + ".meta.json", stem + ".sample-0.meta.json"):
+        if os.path.isfile(meta):
+            sha256 = json.loads(Path(meta).read_text(encoding="utf-8")).get("settings", {}).get("data_sha256")
+            return release_name(sha256) if sha256 else None
+    return None
+
+
+def heading(rows: list[dict]) -> str | None:
+    """`<release>, <n> items`: which benchmark file the table scores; None when the scores do not say."""
+    release = rows[0].get("release")
+    return None if release is None else f"{release}, {rows[0]['n_items']} items"
+
+
+def missing_clips(rows: list[dict]) -> str | None:
+    """How many clips were missing or unreadable (empty predictions, counted wrong); None when none was."""
+    counts = {row["step"]: row.get("audio_errors") or 0 for row in rows}
+    if not any(counts.values()):
+        return None
+    n_items = rows[0]["n_items"]
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} of {n_items} clips missing or unreadable (counted wrong)"
+    each = ", ".join(f"step {step}: {count}" for step, count in counts.items())
+    return f"clips missing or unreadable of {n_items} (counted wrong): {each}"
 
 
 def _same_columns(rows: list[dict]) -> None:
@@ -257,6 +293,7 @@ def aggregate_runs(runs: list[list[dict]], labels: list[str]) -> list[dict]:
         ("benchmarks", "benchmark"),
         ("numbers of items", "n_items"),
         ("numbers of passes", "num_samples"),
+        ("data releases", "release"),
     ):
         values = {
             label: sorted({row.get(key) for row in rows}, key=str) for label, rows in zip(labels, runs, strict=True)
@@ -282,6 +319,8 @@ def aggregate_runs(runs: list[list[dict]], labels: list[str]) -> list[dict]:
             "missing_runs": [label for label in labels if label not in dict(present)],
             "n_items": all_rows[0]["n_items"],
             "num_samples": all_rows[0].get("num_samples"),
+            "release": all_rows[0].get("release"),
+            "audio_errors": max((run.get("audio_errors") or 0 for _, run in present), default=0),
             "std": {},
             "min": {},
             "max": {},
@@ -343,7 +382,7 @@ def _table_lines(rows: list[dict], best: int, selected: int | None) -> list[str]
 def format_table(rows: list[dict], best: int, selected: int | None = None, select_name: str | None = None) -> str:
     """A fixed-width table, step x groups / total, the best row marked with `*`; with a selection (`add_selection`)
     a `validation` column, the selected row marked at its end, and selected on validation beside best on test."""
-    lines = _table_lines(rows, best, selected)
+    lines = [text for text in (heading(rows),) if text] + _table_lines(rows, best, selected)
     passes = rows[0].get("num_samples")
     note = f"; mean±std over {passes} sampled passes" if passes else ""
     if "select" in rows[0]:
@@ -352,7 +391,8 @@ def format_table(rows: list[dict], best: int, selected: int | None = None, selec
         )
     else:
         lines.append(f"* best: step {best} ({_cell(_row(rows, best)['total'])}% total{note})")
-    return "\n".join(lines)
+    missing = missing_clips(rows)
+    return "\n".join(lines + ([f"Audio: {missing}."] if missing else []))
 
 
 def _selection_lines(rows: list[dict], best: int, selected: int | None, select_name: str | None) -> list[str]:
@@ -395,7 +435,7 @@ def format_aggregate_table(
     columns, n_runs = rows[0]["columns"], rows[0]["n_runs"]
     labels = list(dict.fromkeys(label for row in rows for label in row["runs"] + row["missing_runs"]))
     passes = rows[0].get("num_samples")
-    lines = [
+    lines = [text for text in (heading(rows),) if text] + [
         f"{rows[0]['benchmark'].upper()} over {n_runs} run(s) ({', '.join(labels)}): per step, mean±std (n-1) over the "
         "runs that have the step" + (f"; each run counts with its mean over {passes} sampled passes" if passes else "")
     ]
@@ -422,7 +462,8 @@ def format_aggregate_table(
         lines.append(f"* best on test: step {best}: test {_test_cell(_row(rows, best))}")
     if choices is not None:
         lines += format_per_run_choices(choices)
-    return "\n".join(lines)
+    missing = missing_clips(rows)
+    return "\n".join(lines + ([f"Audio: {missing} (the most of any run)."] if missing else []))
 
 
 def format_silent_table(rows: list[dict]) -> str:
@@ -515,7 +556,7 @@ def _choice(rows: list[dict], step: int | None, select_name: str | None = None) 
 def write_json(
     rows: list[dict], best: int, path: str, selected: int | None = None, select_name: str | None = None, **extra
 ) -> None:
-    data = {"best_step": best, **extra}
+    data = {"best_step": best, "data_release": rows[0].get("release"), "missing_clips": missing_clips(rows), **extra}
     if "select" in rows[0]:
         data.update(
             selected_step=selected,
@@ -593,7 +634,7 @@ def plot(
         ylabel += f", mean of {rows[0]['n_runs']} runs"
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel + (" (dashed: silent audio)" if "silent" in rows[0] else ""), fontsize=9)
-    ax.set_title(title)
+    ax.set_title("\n".join(text for text in (title, heading(rows), missing_clips(rows)) if text), fontsize=9)
     ax.set_xticks(steps)
     ax.set_ylim(max(0.0, min(values) - 5), min(100.0, max(values) + 5))  # flat curves still get a readable axis
     ax.grid(alpha=0.3)
