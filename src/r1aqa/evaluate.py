@@ -540,12 +540,14 @@ class Model:
             self.load_seconds = time.time() - started
         return self
 
-    def generate(self, conversations: list[list[dict]], config, seed: int) -> list[str]:
-        """Decoded completions (special tokens skipped) of one batch, its random numbers drawn from `seed`."""
+    def generate(self, conversations: list[list[dict]], config, seed: int, item_seeds: tuple = ()) -> list[str]:
+        """Decoded completions (special tokens skipped) of one batch, its random numbers drawn from `seed` (hf) or
+        each request's from its item (vllm: `item_seeds` = (run seed, item ids), r1aqa.vllm_audio.item_seed)."""
         if self.engine is not None:
-            from r1aqa.vllm_audio import generate_batch_vllm, sampling_params
+            from r1aqa.vllm_audio import generate_batch_vllm, item_sampling_params
 
-            return generate_batch_vllm(self.engine, self.processor, conversations, sampling_params(config, seed))
+            params = item_sampling_params(config, *item_seeds)
+            return generate_batch_vllm(self.engine, self.processor, conversations, params)
         import torch
 
         torch.manual_seed(seed)
@@ -603,7 +605,8 @@ def run_inference(
                     progress.write(f"Audio error, empty prediction for item {items[index]['id']}: {error}")
                     done[index] = {"raw": "", "audio_error": str(error)}
             seed = batch_seed(decoding["seed"], batch_index)
-            raws = generator.generate(conversations, config, seed) if conversations else []
+            item_seeds = (decoding["seed"], [items[index]["id"] for index in ready])
+            raws = generator.generate(conversations, config, seed, item_seeds) if conversations else []
             for index, raw in zip(ready, raws, strict=True):
                 done[index] = {"raw": raw, "audio_error": None}
             for index in new:
@@ -632,8 +635,8 @@ def run_inference(
     meta = {
         "settings": settings,
         "generation_config": config.to_dict(),  # every field generate used (the resolved config)
-        "seeding": "batch_seed(seed, batch index) for each batch: torch.manual_seed before generate (hf), "
-        "SamplingParams.seed (vllm)",
+        "seeding": "batch_seed(seed, batch index) for each batch: torch.manual_seed before generate (hf); "
+        "item_seed(seed, item id) for each request: SamplingParams.seed (vllm)",
         "n_items": len(items),
         "n_audio_errors": len(audio_errors),
         "audio_errors": audio_errors,

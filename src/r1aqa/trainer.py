@@ -106,7 +106,9 @@ class AudioGRPOTrainer(GRPOTrainer):
     Stop tokens need no override: TRL 1.16's `GRPOTrainer.__init__` already ends rollouts at every id of
     `model.generation_config.eos_token_id` plus the tokenizer's eos (`self.eos_token_ids`, passed to the
     GenerationConfig it builds and used to mask completions), as the original did (docs/recipe.md §6): for
-    Qwen2-Audio-7B-Instruct both `<|endoftext|>` and `<|im_end|>`. tests/test_stop_tokens.py pins this.
+    Qwen2-Audio-7B-Instruct both `<|endoftext|>` and `<|im_end|>`. tests/test_stop_tokens.py pins this. TRL's vLLM
+    rollouts do not get these ids (vLLM reads the model folder's generation_config.json): `_suppress_placeholders`
+    passes them.
     """
 
     def __init__(self, model, reward_funcs, args=None, **kwargs):
@@ -147,9 +149,13 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _suppress_placeholders(self):
         """Never sample a multimodal placeholder. TRL suppresses `config.image_token_id` only: Qwen2.5-Omni sets it
         (to `<|IMAGE|>`), so its `<|AUDIO|>` and `<|VIDEO|>` are added here (a sampled `<|AUDIO|>` would shift the
-        audio features in every log-prob pass)."""
+        audio features in every log-prob pass). With vLLM, which TRL gives neither, the placeholders and the
+        trainer's end ids (`eos_token_ids`) are passed to every rollout (`AudioVLLMGeneration.pin_rollout_tokens`)."""
+        if self.use_vllm:  # vLLM: the trainer's end ids and the placeholders, into every rollout's SamplingParams
+            self.vllm_generation.pin_rollout_tokens(self.eos_token_ids, placeholder_token_ids(self.model.config))
+            return
         config = getattr(self, "generation_config", None)
-        if config is None:  # generation outside transformers (e.g. vLLM) has its own settings
+        if config is None:
             return
         suppress = sorted(set(config.suppress_tokens or []) | set(placeholder_token_ids(self.model.config)))
         config.suppress_tokens = suppress
