@@ -49,6 +49,7 @@ set -euo pipefail
 : "${THINK:=}"                                                      # true: Prompt <3>; false: Prompt <2>;
                                                                     # empty: as the run was trained (r1aqa_run.json)
 : "${PROMPT_STYLE:=}"                                               # answer|think|plain; default from THINK
+: "${SYSTEM_PROMPT:=}"                                              # default|qwen|none; empty: as the run was trained
 : "${STEPS:=}"                                                      # e.g. "100 200 300"; empty: every checkpoint
 : "${OUT_DIR:=}"                                                    # default: see below
 : "${SELECT_FILE:=}"                                                # AVQA validation JSONL: selects a step
@@ -126,6 +127,11 @@ if [[ -z "$PROMPT_STYLE" ]]; then
 elif [[ "$THINK" == true && "$PROMPT_STYLE" != think ]]; then
     die "THINK=true contradicts PROMPT_STYLE=$PROMPT_STYLE: set one of them"
 fi
+if [[ -z "$SYSTEM_PROMPT" ]]; then  # likewise the system turn (runs made before the setting existed: default)
+    SYSTEM_PROMPT=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("system_prompt", "default"))' \
+        "$RUN_DIR/r1aqa_run.json" 2>/dev/null || echo default)
+fi
+case "$SYSTEM_PROMPT" in default|qwen|none) ;; *) die "SYSTEM_PROMPT must be default, qwen or none, got '$SYSTEM_PROMPT'" ;; esac
 [[ -d "$RUN_DIR" ]] || die "RUN_DIR=$RUN_DIR is not a folder (set RUN_DIR to the training run's output_dir)"
 [[ -f "$DATA_FILE" ]] || die "DATA_FILE=$DATA_FILE does not exist (see data/README.md)"
 [[ -z "$SELECT_FILE" || -f "$SELECT_FILE" ]] || die "SELECT_FILE=$SELECT_FILE does not exist (python -m r1aqa.prepare_avqa --qa_json val_qa.json ... writes it)"
@@ -149,6 +155,7 @@ DATA_NAME=$(basename "$DATA_FILE"); DATA_NAME=${DATA_NAME%.jsonl}; DATA_NAME=${D
 SUFFIX=""
 [[ "$DECODING" == greedy ]] && SUFFIX+=".greedy"
 ((NUM_SAMPLES > 1)) && SUFFIX+=".samples-$NUM_SAMPLES"
+[[ "$SYSTEM_PROMPT" != default ]] && SUFFIX+=".system-$SYSTEM_PROMPT"
 : "${OUT_DIR:=$RUN_DIR/$BENCHMARK/$DATA_NAME.$PROMPT_STYLE$SUFFIX}"
 EVAL_DIR="$OUT_DIR"
 [[ "$AUDIO" == silent ]] && EVAL_DIR="$OUT_DIR.silent"
@@ -195,6 +202,7 @@ for step in "${steps[@]}"; do
         --batch_size "$BATCH_SIZE" \
         --max_new_tokens "$MAX_NEW_TOKENS" \
         --prompt_style "$PROMPT_STYLE" \
+        --system_prompt "$SYSTEM_PROMPT" \
         --decoding "$DECODING" \
         --seed "$SEED" \
         --num_samples "$NUM_SAMPLES" \

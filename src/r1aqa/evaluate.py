@@ -537,6 +537,10 @@ class Model:
                     self.args.model_path, self.processor_path, self.device
                 )
                 self.checkpoint_config, self.dtype = self.model.generation_config, self.model.dtype
+            from r1aqa.models import detect_family, set_system_prompt
+
+            set_system_prompt(self.processor, self.args.system_prompt)
+            self.audio_channels = detect_family(self.args.model_path).audio_channels  # first (Qwen2-Audio) or mean
             self.load_seconds = time.time() - started
         return self
 
@@ -598,7 +602,7 @@ def run_inference(
                 try:
                     if problems[index]:
                         raise AudioError(f"{examples[index]['audio_path']}: {problems[index]}")
-                    conversation = prompts_with_audio([examples[index]["prompt"]])[0]
+                    conversation = prompts_with_audio([examples[index]["prompt"]], channels=generator.audio_channels)[0]
                     conversations.append(silenced(conversation) if settings["audio"] == "silent" else conversation)
                     ready.append(index)
                 except AudioError as error:
@@ -637,6 +641,7 @@ def run_inference(
         "generation_config": config.to_dict(),  # every field generate used (the resolved config)
         "seeding": "batch_seed(seed, batch index) for each batch: torch.manual_seed before generate (hf); "
         "item_seed(seed, item id) for each request: SamplingParams.seed (vllm)",
+        "audio_channels": generator.audio_channels,  # how a multi-channel file was made mono (the model's family)
         "n_items": len(items),
         "n_audio_errors": len(audio_errors),
         "audio_errors": audio_errors,
@@ -725,6 +730,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--think", action="store_true", help="Shorthand for --prompt_style think.")
     parser.add_argument(
+        "--system_prompt",
+        choices=("default", "qwen", "none"),
+        default="default",
+        help="The system turn: default (the chat template's own, as the paper and Ke-Omni-R); qwen (the "
+        "Qwen2.5-Omni model card's); none. test_mmau.sh passes the one the run was trained with (r1aqa_run.json).",
+    )
+    parser.add_argument(
         "--decoding",
         choices=DECODING_MODES,
         default="original",
@@ -804,6 +816,8 @@ def evaluate(args: argparse.Namespace) -> int:
                         "--out_file.")  # fmt: skip
     if args.backend != "hf":  # recorded only when not the default, so outputs made before --backend stay reusable
         base["backend"] = args.backend
+    if args.system_prompt != "default":  # likewise
+        base["system_prompt"] = args.system_prompt
 
     loaded = Model(args, base["processor_path"])
     problems = None

@@ -62,9 +62,20 @@ class ScriptArguments(RunArguments):
         default=None,
         metadata={"help": "Reward names from r1aqa.rewards. Default: accuracy + the format reward of the mode."},
     )
+    system_prompt: str = field(
+        default="default",
+        metadata={
+            "help": "The system turn of every prompt: default (the chat template's own, `You are a helpful "
+            "assistant.`: the paper's, and Ke-Omni-R's on Qwen2.5-Omni), qwen (the Qwen2.5-Omni model card's `You are "
+            "Qwen, a virtual human...`), none (no system turn). Recorded in r1aqa_run.json for evaluation.",
+            "choices": ["default", "qwen", "none"],
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.system_prompt not in ("default", "qwen", "none"):  # a recipe value skips argparse's choices
+            raise ValueError(f"system_prompt must be default, qwen or none; got {self.system_prompt!r}.")
         if self.reward_funcs is not None:
             from r1aqa.rewards import get_reward_funcs
 
@@ -80,9 +91,9 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args_and_config(args=argv)
 
 
-def load_model(model_args, training_args, freeze_audio_encoder: bool):
+def load_model(model_args, training_args, freeze_audio_encoder: bool, system_prompt: str = "default"):
     """The model of the checkpoint's family (Qwen2-Audio, or a Qwen2.5-Omni thinker with its vision tower frozen:
-    r1aqa.models) and its processor (left padding)."""
+    r1aqa.models) and its processor (left padding, `system_prompt` set)."""
     import torch
 
     from r1aqa.models import detect_family, load_processor
@@ -99,7 +110,7 @@ def load_model(model_args, training_args, freeze_audio_encoder: bool):
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=training_args.trust_remote_code,
     )
-    processor = load_processor(model_args.model_name_or_path, family, model_args.model_revision)
+    processor = load_processor(model_args.model_name_or_path, family, model_args.model_revision, system_prompt)
     if freeze_audio_encoder:
         model.model.audio_tower.requires_grad_(False)
     return model, processor
@@ -137,7 +148,9 @@ def main(script_args, training_args, model_args) -> None:
     logger.info("Training on %d questions from %s (think=%s)", len(dataset), script_args.data_file, script_args.think)
 
     # --- model -----------------------------------------------------------------------------------------------------
-    model, processor = load_model(model_args, training_args, script_args.freeze_audio_encoder)
+    model, processor = load_model(
+        model_args, training_args, script_args.freeze_audio_encoder, script_args.system_prompt
+    )
 
     # --- rewards ---------------------------------------------------------------------------------------------------
     reward_names = script_args.reward_funcs or default_reward_names(script_args.think)
@@ -154,12 +167,19 @@ def main(script_args, training_args, model_args) -> None:
         peft_config=get_peft_config(model_args),
     )
 
-    # The run's mode, read by test_mmau.sh so evaluation uses the prompt the model was trained with.
+    # The run's mode, read by test_mmau.sh so evaluation uses the prompt (and system turn) the model was trained with.
     if trainer.accelerator.is_main_process:
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, "r1aqa_run.json"), "w") as f:
             json.dump(
-                {"think": script_args.think, "reward_funcs": reward_names, "seed": training_args.seed}, f, indent=1
+                {
+                    "think": script_args.think,
+                    "system_prompt": script_args.system_prompt,
+                    "reward_funcs": reward_names,
+                    "seed": training_args.seed,
+                },
+                f,
+                indent=1,
             )
 
     # --- train -----------------------------------------------------------------------------------------------------
