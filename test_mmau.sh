@@ -68,6 +68,7 @@ fi
 : "${THINK:=}"                                                      # true: Prompt <3>; false: Prompt <2>;
 : "${PROMPT_STYLE:=}"                                               # answer|think|plain; both empty: as the run was
                                                                     # trained (r1aqa_run.json), else answer
+: "${SYSTEM_PROMPT:=}"                                              # default|qwen|none; empty: as the run was trained
 : "${STEPS:=}"                                                      # e.g. "100 200 300"; empty: every checkpoint
 : "${EVAL_DEVICES:=}"                                               # GPUs, one worker each, e.g. "0 1"; cpu: none;
                                                                     # default: every visible GPU
@@ -149,6 +150,11 @@ esac
 case "$PROMPT_STYLE" in answer|think|plain) ;; *) die "PROMPT_STYLE must be answer, think or plain, got '$PROMPT_STYLE'" ;; esac
 [[ "$PROTOCOL" != paper || "$PROMPT_STYLE" == answer ]] || die "PROTOCOL=paper evaluates with Prompt <2> (answer), not \
 $PROMPT_STYLE (from THINK, PROMPT_STYLE or $RUN_DIR/r1aqa_run.json): set PROMPT_STYLE=answer, or drop PROTOCOL"
+if [[ -z "$SYSTEM_PROMPT" ]]; then  # likewise the system turn (runs made before the setting existed: default)
+    SYSTEM_PROMPT=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("system_prompt") or "default")' \
+        "$RUN_DIR/r1aqa_run.json" 2>/dev/null || echo default)
+fi
+case "$SYSTEM_PROMPT" in default|qwen|none) ;; *) die "SYSTEM_PROMPT must be default, qwen or none, got '$SYSTEM_PROMPT'" ;; esac
 [[ -d "$RUN_DIR" ]] || die "RUN_DIR=$RUN_DIR is not a folder (set RUN_DIR to the training run's output_dir)"
 [[ -f "$DATA_FILE" ]] || die "DATA_FILE=$DATA_FILE does not exist (see data/README.md)"
 [[ -z "$SELECT_FILE" || -f "$SELECT_FILE" ]] || die "SELECT_FILE=$SELECT_FILE does not exist (python -m r1aqa.prepare_avqa --qa_json val_qa.json ... writes it)"
@@ -173,6 +179,7 @@ SUFFIX=""
 [[ "$DECODING" == greedy ]] && SUFFIX+=".greedy"
 ((NUM_SAMPLES > 1)) && SUFFIX+=".samples-$NUM_SAMPLES"
 [[ "$PROTOCOL" == paper ]] && SUFFIX+=".paper"
+[[ "$SYSTEM_PROMPT" != default ]] && SUFFIX+=".system-$SYSTEM_PROMPT"
 : "${OUT_DIR:=$RUN_DIR/$BENCHMARK/$DATA_NAME.$PROMPT_STYLE$SUFFIX}"
 EVAL_DIR="$OUT_DIR"
 [[ "$AUDIO" == silent ]] && EVAL_DIR="$OUT_DIR.silent"
@@ -216,6 +223,7 @@ mkdir -p "$EVAL_DIR"
     --batch_size "$BATCH_SIZE" \
     --max_new_tokens "$MAX_NEW_TOKENS" \
     --prompt_style "$PROMPT_STYLE" \
+    --system_prompt "$SYSTEM_PROMPT" \
     --decoding "$DECODING" \
     --protocol "$PROTOCOL" \
     --seed "$SEED" \

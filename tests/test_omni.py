@@ -54,9 +54,9 @@ HUB_TEMPLATE = (
     "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
     "<|im_start|>assistant\n{% endif %}"
 )
-# docs/recipe.md §11's rendering of one training prompt.
+# docs/recipe.md §11's rendering of one training prompt (the recipes' `system_prompt: default`).
 RECIPE_RENDERING = (
-    "<|im_start|>system\n" + OMNI_SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
     "<|audio_bos|><|AUDIO|><|audio_eos|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
 )
 PARAMETERS = [
@@ -104,16 +104,24 @@ def test_tiny_omni_is_a_thinker_with_frozen_vision_and_all_placeholders_known(om
     assert placeholder_token_ids(model.config) == sorted(processor.tokenizer.convert_tokens_to_ids(tokens))
 
 
-def test_chat_template_is_the_hub_template_with_the_model_card_system_prompt(omni):
+def test_chat_template_is_the_hub_template(omni, tiny_omni_dir):
     _, processor = omni
+    assert processor.chat_template == HUB_TEMPLATE
     prompt = format_question("What happened in the audio?", ["motorboat", "Yacht consignment"])
     conversation = user_turn("clip.wav", prompt)
     ours = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    system = [{"role": "system", "content": OMNI_SYSTEM_PROMPT}]
     hub = processor.tokenizer.apply_chat_template(
-        system + conversation, chat_template=HUB_TEMPLATE, add_generation_prompt=True, tokenize=False
+        conversation, chat_template=HUB_TEMPLATE, add_generation_prompt=True, tokenize=False
     )
     assert ours == hub == RECIPE_RENDERING.format(prompt=prompt)
+    # `system_prompt: qwen` renders as the hub template given the model card's prompt as a system message
+    card = load_processor(tiny_omni_dir, system_prompt="qwen")
+    system = [{"role": "system", "content": OMNI_SYSTEM_PROMPT}]
+    assert card.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False) == (
+        processor.tokenizer.apply_chat_template(
+            system + conversation, chat_template=HUB_TEMPLATE, add_generation_prompt=True, tokenize=False
+        )
+    )
     # `datasets` gives every content part every key (missing ones as None): the rendering must not change
     padded = [{"role": "user", "content": [{"type": p["type"], "text": p.get("text"), "path": p.get("path")}
                                            for p in conversation[0]["content"]]}]  # fmt: skip

@@ -6,13 +6,15 @@ import torch
 from tiny_grpo import CLIPS, G, make_trainer, rows
 
 from r1aqa.audio import load_audio
+from r1aqa.models import family_of_config
 
 
 def plain_logps(model, processor, prompt, completion_ids: list[int], with_audio: bool) -> torch.Tensor:
     """Log-probs of the completion tokens from one ordinary forward pass, computed independently of the trainer."""
     path = prompt[0]["content"][0]["path"]
     text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[text], audio=[load_audio(path)], return_tensors="pt")
+    channels = family_of_config(model.config).audio_channels  # Qwen2-Audio: first channel; Qwen2.5-Omni: the mean
+    inputs = processor(text=[text], audio=[load_audio(path, channels=channels)], return_tensors="pt")
     ids = torch.cat([inputs["input_ids"], torch.tensor([completion_ids])], dim=1)
     kwargs = {"input_features": inputs["input_features"], "feature_attention_mask": inputs["feature_attention_mask"]}
     with torch.no_grad():

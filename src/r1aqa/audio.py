@@ -1,5 +1,6 @@
-"""Audio loading as the original trained on it (docs/recipe.md §3): first channel only, 16 kHz, float32, 1-D; and the same for
-the audio parts of chat conversations, before a processor sees them."""
+"""Audio loading as the original trained on it (docs/recipe.md §3): first channel only, 16 kHz, float32, 1-D (for
+Qwen2.5-Omni: the channels' mean, as Qwen's own loader); and the same for the audio parts of chat conversations,
+before a processor sees them."""
 
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and what to do."""
 
 
-def load_audio(path: str, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Decode `path`, keep the first channel (no down-mix, as the original), resample to `sampling_rate`."""
+CHANNEL_RULES = ("first", "mean")
+
+
+def load_audio(path: str, sampling_rate: int = SAMPLING_RATE, channels: str = "first") -> np.ndarray:
+    """Decode `path`, make it one channel, resample to `sampling_rate` (librosa's default soxr_hq resampler).
+
+    `channels`: "first" keeps the first channel (no down-mix), as the original R1-AQA read audio for Qwen2-Audio;
+    "mean" averages the channels, as Qwen's loader for Qwen2.5-Omni does (qwen_omni_utils calls
+    `librosa.load(path, sr=16000)`, which down-mixes with the mean, then resamples). Which one a model family uses is
+    `r1aqa.models.ModelFamily.audio_channels`."""
+    if channels not in CHANNEL_RULES:
+        raise ValueError(f"channels must be one of {CHANNEL_RULES}; got {channels!r}.")
     try:
         samples, source_rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises several types; all mean "this file is unusable"
@@ -25,14 +36,14 @@ def load_audio(path: str, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
         ) from error
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no samples. Re-extract it or drop the question.")
-    if not np.isfinite(samples[:, 0]).all():  # a float WAV can hold NaN/inf: the features and the loss would be NaN
+    mono = np.ascontiguousarray(samples[:, 0]) if channels == "first" else samples.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(mono).all():  # a float WAV can hold NaN/inf: the features and the loss would be NaN
         raise AudioError(f"{path}: the audio holds NaN or infinite samples. Re-extract it or drop the question.")
-    first_channel = np.ascontiguousarray(samples[:, 0])
     if source_rate != sampling_rate:
         import librosa  # deferred: its first import compiles numba code for ~25 s
 
-        first_channel = librosa.resample(first_channel, orig_sr=source_rate, target_sr=sampling_rate)
-    return first_channel.astype(np.float32, copy=False)
+        mono = librosa.resample(mono, orig_sr=source_rate, target_sr=sampling_rate)
+    return mono.astype(np.float32, copy=False)
 
 
 def check_audio(path: str) -> str | None:
@@ -83,8 +94,11 @@ def _wav_data_truncated(path: str) -> bool:
     return False
 
 
-def prompts_with_audio(prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE) -> list[list[dict]]:
-    """Replace each audio part's file path by its samples (first channel, 16 kHz) and drop None-valued keys.
+def prompts_with_audio(
+    prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE, channels: str = "first"
+) -> list[list[dict]]:
+    """Replace each audio part's file path by its samples (`load_audio`: 16 kHz, `channels` rule) and drop
+    None-valued keys.
 
     `datasets` stores every content part with every key (missing ones as None); the processor would try to load
     `audio=None`, and Qwen2-Audio's hub template, which tests `'audio' in content`, would render text parts as audio.
@@ -104,7 +118,7 @@ def prompts_with_audio(prompts: list[list[dict]], sampling_rate: int = SAMPLING_
                     if part.get("type") == "audio" and isinstance(part.get("path"), str):
                         path = part.pop("path")
                         if path not in cache:
-                            cache[path] = load_audio(path, sampling_rate)
+                            cache[path] = load_audio(path, sampling_rate, channels)
                         part["audio"] = cache[path]
                     parts.append(part)
                 content = parts

@@ -591,15 +591,21 @@ class Model:
                     self.args.model_path, self.processor_path, self.device
                 )
                 self.checkpoint_config, self.dtype = self.model.generation_config, self.model.dtype
+            from r1aqa.models import detect_family, set_system_prompt
+
+            set_system_prompt(self.processor, self.args.system_prompt)
+            self.audio_channels = detect_family(self.args.model_path).audio_channels  # first (Qwen2-Audio) or mean
             self.load_seconds = time.time() - started
         return self
 
-    def generate(self, conversations: list[list[dict]], config, seed: int) -> list[str]:
-        """Decoded completions (special tokens skipped) of one batch, its random numbers drawn from `seed`."""
+    def generate(self, conversations: list[list[dict]], config, seed: int, item_seeds: tuple = ()) -> list[str]:
+        """Decoded completions (special tokens skipped) of one batch, its random numbers drawn from `seed` (hf) or
+        each request's from its item (vllm: `item_seeds` = (run seed, item ids), r1aqa.vllm_audio.item_seed)."""
         if self.engine is not None:
-            from r1aqa.vllm_audio import generate_batch_vllm, sampling_params
+            from r1aqa.vllm_audio import generate_batch_vllm, item_sampling_params
 
-            return generate_batch_vllm(self.engine, self.processor, conversations, sampling_params(config, seed))
+            params = item_sampling_params(config, *item_seeds)
+            return generate_batch_vllm(self.engine, self.processor, conversations, params)
         import torch
 
         torch.manual_seed(seed)
@@ -650,14 +656,15 @@ def run_inference(
                 try:
                     if problems[index]:
                         raise AudioError(f"{examples[index]['audio_path']}: {problems[index]}")
-                    conversation = prompts_with_audio([examples[index]["prompt"]])[0]
+                    conversation = prompts_with_audio([examples[index]["prompt"]], channels=generator.audio_channels)[0]
                     conversations.append(silenced(conversation) if settings["audio"] == "silent" else conversation)
                     ready.append(index)
                 except AudioError as error:
                     progress.write(f"Audio error, empty prediction for item {items[index]['id']}: {error}")
                     done[index] = {"raw": "", "audio_error": str(error)}
             seed = batch_seed(decoding["seed"], batch_index)
-            raws = generator.generate(conversations, config, seed) if conversations else []
+            item_seeds = (decoding["seed"], [items[index]["id"] for index in ready])
+            raws = generator.generate(conversations, config, seed, item_seeds) if conversations else []
             for index, raw in zip(ready, raws, strict=True):
                 done[index] = {"raw": raw, "audio_error": None}
             for index in new:
@@ -687,8 +694,9 @@ def run_inference(
         "settings": settings,
         "data_release": release_name(settings["data_sha256"]),
         "generation_config": config.to_dict(),  # every field generate used (the resolved config)
-        "seeding": "batch_seed(seed, batch index) for each batch: torch.manual_seed before generate (hf), "
-        "SamplingParams.seed (vllm)",
+        "seeding": "batch_seed(seed, batch index) for each batch: torch.manual_seed before generate (hf); "
+        "item_seed(seed, item id) for each request: SamplingParams.seed (vllm)",
+        "audio_channels": generator.audio_channels,  # how a multi-channel file was made mono (the model's family)
         "n_items": len(items),
         "n_audio_errors": len(audio_errors),
         "audio_errors": audio_errors,
@@ -788,6 +796,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--think", action="store_true", help="Shorthand for --prompt_style think.")
     parser.add_argument(
+        "--system_prompt",
+        choices=("default", "qwen", "none"),
+        default="default",
+        help="The system turn: default (the chat template's own, as the paper and Ke-Omni-R); qwen (the "
+        "Qwen2.5-Omni model card's); none. test_mmau.sh passes the one the run was trained with (r1aqa_run.json).",
+    )
+    parser.add_argument(
         "--decoding",
         choices=DECODING_MODES,
         help="original (default): the checkpoint's generation_config.json, as the paper evaluated, seeded; "
@@ -879,6 +894,8 @@ def evaluate(args: argparse.Namespace) -> int:
                         "--out_file.")  # fmt: skip
     if args.backend != "hf":  # recorded only when not the default, so outputs made before --backend stay reusable
         base["backend"] = args.backend
+    if args.system_prompt != "default":  # likewise
+        base["system_prompt"] = args.system_prompt
     if args.protocol != "default":  # likewise
         base["protocol"] = args.protocol
     adapter_base = adapter_base_model(args.model_path) if os.path.isdir(args.model_path) else None

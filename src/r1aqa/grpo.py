@@ -93,9 +93,20 @@ class ScriptArguments(RunArguments):
         },
     )
     smoke_steps: int = field(default=20, metadata={"help": "Steps of a smoke run (a checkpoint at half of them)."})
+    system_prompt: str = field(
+        default="default",
+        metadata={
+            "help": "The system turn of every prompt: default (the chat template's own, `You are a helpful "
+            "assistant.`: the paper's, and Ke-Omni-R's on Qwen2.5-Omni), qwen (the Qwen2.5-Omni model card's `You are "
+            "Qwen, a virtual human...`), none (no system turn). Recorded in r1aqa_run.json for evaluation.",
+            "choices": ["default", "qwen", "none"],
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.system_prompt not in ("default", "qwen", "none"):  # a recipe value skips argparse's choices
+            raise ValueError(f"system_prompt must be default, qwen or none; got {self.system_prompt!r}.")
         if self.reward_funcs is not None:
             from r1aqa.rewards import get_reward_funcs
 
@@ -139,9 +150,9 @@ def parse_args(argv: list[str] | None = None):
     return script_args, training_args, model_args
 
 
-def load_model(model_args, training_args, freeze_audio_encoder: bool):
+def load_model(model_args, training_args, freeze_audio_encoder: bool, system_prompt: str = "default"):
     """The model of the checkpoint's family (Qwen2-Audio, or a Qwen2.5-Omni thinker with its vision tower frozen:
-    r1aqa.models) and its processor (left padding)."""
+    r1aqa.models) and its processor (left padding, `system_prompt` set)."""
     import torch
 
     from r1aqa.models import detect_family, load_processor
@@ -158,7 +169,7 @@ def load_model(model_args, training_args, freeze_audio_encoder: bool):
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=training_args.trust_remote_code,
     )
-    processor = load_processor(model_args.model_name_or_path, family, model_args.model_revision)
+    processor = load_processor(model_args.model_name_or_path, family, model_args.model_revision, system_prompt)
     if freeze_audio_encoder:
         model.model.audio_tower.requires_grad_(False)
     return model, processor
@@ -205,7 +216,9 @@ def main(script_args, training_args, model_args) -> None:
     logger.info("Training on %d questions from %s (think=%s)", len(dataset), script_args.data_file, script_args.think)
 
     # --- model -----------------------------------------------------------------------------------------------------
-    model, processor = load_model(model_args, training_args, script_args.freeze_audio_encoder)
+    model, processor = load_model(
+        model_args, training_args, script_args.freeze_audio_encoder, script_args.system_prompt
+    )
 
     # --- rewards ---------------------------------------------------------------------------------------------------
     reward_names = script_args.reward_funcs or default_reward_names(script_args.think)
@@ -224,13 +237,14 @@ def main(script_args, training_args, model_args) -> None:
 
     report = prepare_run(trainer, script_args, training_args, model_args)
 
-    # The run's mode, read by test_mmau.sh so evaluation uses the prompt the model was trained with.
+    # The run's mode, read by test_mmau.sh so evaluation uses the prompt (and system turn) the model was trained with.
     if trainer.accelerator.is_main_process:
         write_run_info(
             training_args.output_dir,
             prompt_style="think" if script_args.think else "answer",
             think=script_args.think,
             seed=training_args.seed,
+            system_prompt=script_args.system_prompt,
             reward_funcs=reward_names,
         )
 

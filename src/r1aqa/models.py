@@ -38,14 +38,24 @@ OMNI_SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory and "
     "visual inputs, as well as generating text and speech."
 )
-# Qwen2.5-Omni's chat template (docs/recipe.md §11) with one change: a conversation without a system message gets the
-# model card's system prompt instead of `You are a helpful assistant.`. Rendered, that is byte for byte the hub
-# template given an explicit system message with the model card's prompt (tests/test_omni.py checks it).
+# The system turn both families' chat templates add to a conversation that has none (docs/recipe.md §4, §11).
+DEFAULT_SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+# `system_prompt` settings (training and evaluation): `default` keeps the template's own system turn (what the paper
+# ran on Qwen2-Audio and Ke-Omni-R on Qwen2.5-Omni); `qwen` puts the Qwen2.5-Omni model card's prompt there; `none`
+# renders no system turn.
+SYSTEM_PROMPTS = {
+    "default": DEFAULT_SYSTEM_TURN,
+    "qwen": f"<|im_start|>system\n{OMNI_SYSTEM_PROMPT}<|im_end|>\n",
+    "none": "",
+}
+SYSTEM_BLOCK = "{{% if loop.first and message['role'] != 'system' %}}{turn}{{% endif %}}"
+# Qwen2.5-Omni's chat template (docs/recipe.md §11), as the hub checkpoint has it: set on every Omni processor, since
+# the audio-only processor and the tiny model have no template of their own.
 OMNI_CHAT_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
     "{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + OMNI_SYSTEM_PROMPT + "<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n"
+    + SYSTEM_BLOCK.format(turn=DEFAULT_SYSTEM_TURN)
+    + "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
@@ -79,6 +89,10 @@ class ModelFamily:
     model_class: str  # transformers class that is trained and evaluated
     packed_audio_encoder: bool  # the audio encoder packs the batch along time (one call for all clips)
     frozen_modules: tuple[str, ...]  # submodules (attribute paths) never trained: audio-only use leaves them idle
+    # How a multi-channel file becomes the one channel the model hears (r1aqa.audio.load_audio): "first" as the original
+    # R1-AQA read it for Qwen2-Audio (`waveform[0]`); "mean" as Qwen's own loader for Qwen2.5-Omni does
+    # (qwen_omni_utils: `librosa.load(path, sr=16000)`, whose default mono=True averages the channels).
+    audio_channels: str = "first"
 
 
 FAMILY_TABLE = {
@@ -88,7 +102,7 @@ FAMILY_TABLE = {
     ),
     QWEN2_5_OMNI: ModelFamily(
         QWEN2_5_OMNI, ("qwen2_5_omni", "qwen2_5_omni_thinker"), "Qwen2_5OmniThinkerForConditionalGeneration",
-        packed_audio_encoder=True, frozen_modules=("model.visual",),
+        packed_audio_encoder=True, frozen_modules=("model.visual",), audio_channels="mean",
     ),
 }  # fmt: skip
 
@@ -155,9 +169,12 @@ def freeze_unused_modules(model, family: ModelFamily | None = None) -> None:
         module.requires_grad_(False)
 
 
-def load_processor(path: str, family: ModelFamily | None = None, revision: str | None = None):
-    """The family's processor from `path`, with left padding. Qwen2.5-Omni: `Qwen2_5OmniProcessor` where it loads,
-    else `Qwen2_5OmniAudioProcessor`; either way with the chat template of docs/recipe.md §11."""
+def load_processor(
+    path: str, family: ModelFamily | None = None, revision: str | None = None, system_prompt: str = "default"
+):
+    """The family's processor from `path`, with left padding and the `system_prompt` setting (`set_system_prompt`).
+    Qwen2.5-Omni: `Qwen2_5OmniProcessor` where it loads, else `Qwen2_5OmniAudioProcessor`; either way with the chat
+    template of docs/recipe.md §11."""
     from transformers import AutoProcessor
 
     family = family or detect_family(path, revision)
@@ -167,7 +184,36 @@ def load_processor(path: str, family: ModelFamily | None = None, revision: str |
         processor = _load_omni_processor(path, revision)
         processor.chat_template = OMNI_CHAT_TEMPLATE
     processor.tokenizer.padding_side = "left"  # batched generation; not always saved with the tokenizer
+    set_system_prompt(processor, system_prompt)
     return processor
+
+
+def set_system_prompt(processor, system_prompt: str) -> None:
+    """Make `processor`'s chat template render the system turn of `system_prompt` (a key of `SYSTEM_PROMPTS`) for a
+    conversation without one (ours never have one).
+
+    Both families' templates open with `{% if loop.first and message['role'] != 'system' %}TURN{% endif %}`, TURN
+    being the default system turn; whichever of the three TURNs the template holds (a checkpoint saved by a run with
+    another setting holds that run's) is replaced. A template without that block is left as it is for `default` and
+    refused for `qwen` and `none`."""
+    if system_prompt not in SYSTEM_PROMPTS:
+        raise ValueError(f"system_prompt must be one of {', '.join(SYSTEM_PROMPTS)}; got {system_prompt!r}.")
+    template = processor.chat_template
+    blocks = [
+        SYSTEM_BLOCK.format(turn=turn)
+        for turn in SYSTEM_PROMPTS.values()
+        if isinstance(template, str) and template.count(SYSTEM_BLOCK.format(turn=turn)) == 1
+    ]
+    target = SYSTEM_BLOCK.format(turn=SYSTEM_PROMPTS[system_prompt])
+    if len(blocks) != 1:
+        if system_prompt == "default":
+            return
+        raise ValueError(
+            f"system_prompt {system_prompt!r}: this processor's chat template does not open with the standard default "
+            f"system turn block ({target!r} with another turn): use system_prompt default, or a processor with the "
+            "family's standard template."
+        )
+    processor.chat_template = template.replace(blocks[0], target)
 
 
 def _load_omni_processor(path: str, revision: str | None):

@@ -32,7 +32,7 @@ from r1aqa.audio_sharing import (
     share_audio_encoding,
     shared_audio_encoding,
 )
-from r1aqa.models import placeholder_token_ids
+from r1aqa.models import family_of_config, placeholder_token_ids
 from r1aqa.vllm_audio import AudioVLLMGeneration, audio_clips
 
 __all__ = [
@@ -76,7 +76,8 @@ class AudioGRPOTrainer(GRPOTrainer):
       features behind it). With `use_vllm`, TRL builds `r1aqa.vllm_audio.AudioVLLMGeneration` instead of its
       image-only vLLM backend. Also checks that the audio encoder has no dropout when its encodings are shared (one
       dropout mask for G completions would not be the same computation).
-    - `_tokenize_prompts`: loads each prompt's audio (first channel, 16 kHz) before TRL tokenizes it, and keeps the
+    - `_tokenize_prompts`: loads each prompt's audio (16 kHz; first channel for Qwen2-Audio as the original, the
+      channels' mean for Qwen2.5-Omni as Qwen's loader: `ModelFamily.audio_channels`) before TRL tokenizes it, keeps the
       `input_features` / `feature_attention_mask` the processor returns, plus each prompt's audio group (which
       distinct clip it has). TRL already passes the features to `generate`; we also expose them to the reference and
       old-policy passes that follow in the same batch.
@@ -106,7 +107,9 @@ class AudioGRPOTrainer(GRPOTrainer):
     Stop tokens need no override: TRL 1.16's `GRPOTrainer.__init__` already ends rollouts at every id of
     `model.generation_config.eos_token_id` plus the tokenizer's eos (`self.eos_token_ids`, passed to the
     GenerationConfig it builds and used to mask completions), as the original did (docs/recipe.md §6): for
-    Qwen2-Audio-7B-Instruct both `<|endoftext|>` and `<|im_end|>`. tests/test_stop_tokens.py pins this.
+    Qwen2-Audio-7B-Instruct both `<|endoftext|>` and `<|im_end|>`. tests/test_stop_tokens.py pins this. TRL's vLLM
+    rollouts do not get these ids (vLLM reads the model folder's generation_config.json): `_suppress_placeholders`
+    passes them.
     """
 
     def __init__(self, model, reward_funcs, args=None, **kwargs):
@@ -120,6 +123,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         with vllm_backend if getattr(args, "use_vllm", False) else nullcontext():
             super().__init__(model, reward_funcs, args, **kwargs)
         self._suppress_placeholders()
+        self.audio_channels = family_of_config(self.model.config).audio_channels  # how a stereo file is heard
         self.share_audio_encoding = getattr(self.args, "share_audio_encoding", True)
         if self.share_audio_encoding and encoder_has_dropout(self.model.config.audio_config):
             raise ValueError(
@@ -147,9 +151,13 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _suppress_placeholders(self):
         """Never sample a multimodal placeholder. TRL suppresses `config.image_token_id` only: Qwen2.5-Omni sets it
         (to `<|IMAGE|>`), so its `<|AUDIO|>` and `<|VIDEO|>` are added here (a sampled `<|AUDIO|>` would shift the
-        audio features in every log-prob pass)."""
+        audio features in every log-prob pass). With vLLM, which TRL gives neither, the placeholders and the
+        trainer's end ids (`eos_token_ids`) are passed to every rollout (`AudioVLLMGeneration.pin_rollout_tokens`)."""
+        if self.use_vllm:  # vLLM: the trainer's end ids and the placeholders, into every rollout's SamplingParams
+            self.vllm_generation.pin_rollout_tokens(self.eos_token_ids, placeholder_token_ids(self.model.config))
+            return
         config = getattr(self, "generation_config", None)
-        if config is None:  # generation outside transformers (e.g. vLLM) has its own settings
+        if config is None:
             return
         suppress = sorted(set(config.suppress_tokens or []) | set(placeholder_token_ids(self.model.config)))
         config.suppress_tokens = suppress
@@ -190,7 +198,7 @@ class AudioGRPOTrainer(GRPOTrainer):
     # --- audio -------------------------------------------------------------------------------------------------------
 
     def _tokenize_prompts(self, prompts: list):
-        loaded = prompts_with_audio(prompts)
+        loaded = prompts_with_audio(prompts, channels=self.audio_channels)
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(loaded)
         for key in AUDIO_KEYS:
             if key not in multimodal_fields:

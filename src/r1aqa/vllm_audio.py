@@ -19,12 +19,18 @@ each of which fails silently or obscurely when skipped:
    CPU only).
 4. Caches. vLLM caches audio encodings; after new weights they are stale (and the engine reports `Encoder cache miss`
    on the next generate), so every load resets the encoder and prefix caches.
+
+Rollouts are pinned to the trainer's tokens (`AudioVLLMGeneration.pin_rollout_tokens`): vLLM would otherwise stop
+only at the ids of the `generation_config.json` in the model folder (and the tokenizer's eos), and would sample the
+multimodal placeholders that HF rollouts suppress. Evaluation gives each request its own seed, derived from its item
+(`item_seed`), so predictions do not depend on the batch an item lands in.
 """
 
 from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -41,6 +47,7 @@ from trl.generation import vllm_generation as trl_vllm  # imports vLLM only when
 from r1aqa.audio import SAMPLING_RATE
 
 AUDIO_TOKEN = "<|AUDIO|>"
+SUPPRESS_BIAS = -100.0  # vLLM clamps logit biases to [-100, 100]
 # transformers 5 parameter names (and the 5.16-5.20 save format) -> the hub checkpoint names vLLM loads. First match.
 _NAME_PREFIXES = (
     ("language_model.model.model.", "language_model.model."),  # saved by transformers 5.16-5.20
@@ -93,6 +100,48 @@ def audio_prompt(ids: list[int], clips: list[np.ndarray], audio_token_id: int) -
         audio = [(np.asarray(clip, dtype=np.float32), SAMPLING_RATE) for clip in clips]
         prompt["multi_modal_data"] = {"audio": audio[0] if len(audio) == 1 else audio}
     return prompt
+
+
+# Clip lengths (seconds) whose prompt expansion is compared between vLLM and the HF processor at every engine start:
+# short, AVQA's typical length, and the feature extractor's whole window.
+EXPANSION_CHECK_SECONDS = (1, 10, 30)
+
+
+def check_audio_expansion(llm, processor, seconds: Iterable[float] = EXPANSION_CHECK_SECONDS) -> dict:
+    """Refuse to start unless vLLM expands `<|AUDIO|>` into as many audio positions as the HF `processor` does.
+
+    vLLM expands the placeholder itself, with the processor files of the model folder it was started from; training and
+    HF evaluation score the completions with `processor`. For each clip length, the same one-clip prompt goes through
+    both (vLLM's input processor only: nothing is generated, so it also works while the engine sleeps). Returns
+    {seconds: (HF positions, vLLM positions)}; raises RuntimeError on any difference.
+    """
+    from vllm import SamplingParams
+
+    engine = llm.llm_engine
+    audio_token_id = processor.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": None}, {"type": "text", "text": "?"}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    noise = np.random.default_rng(0)
+    counts = {}
+    for length in seconds:
+        clip = (0.01 * noise.standard_normal(int(length * SAMPLING_RATE))).astype(np.float32)
+        ids = list(processor(text=[text], audio=[clip], sampling_rate=SAMPLING_RATE)["input_ids"][0])
+        request = engine.input_processor.process_inputs(
+            f"r1aqa-audio-expansion-{length}s",
+            audio_prompt(ids, [clip], audio_token_id),
+            SamplingParams(max_tokens=1),
+            supported_tasks=engine.get_supported_tasks(),
+        )
+        counts[length] = (ids.count(audio_token_id), list(request.prompt_token_ids).count(audio_token_id))
+    differ = {length: pair for length, pair in counts.items() if pair[0] != pair[1]}
+    if differ:
+        raise RuntimeError(
+            "vLLM and the HF processor expand the audio placeholder differently "
+            + ", ".join(f"({length} s clip: HF {hf}, vLLM {ours} positions)" for length, (hf, ours) in differ.items())
+            + ": completions would be generated and scored on different prompts. Give the model folder vLLM starts "
+            "from the same processor files (preprocessor_config.json, tokenizer) as the processor used for scoring."
+        )
+    return counts
 
 
 def engine_kwargs(dtype: torch.dtype | str, device: str) -> dict:
@@ -202,8 +251,10 @@ class AudioVLLMGeneration(trl_vllm.VLLMGeneration):
     mode and the log-probs for TRL's importance-sampling correction stay TRL's; the overrides:
 
     - `_init_vllm`: TRL builds the engine, with Qwen2-Audio's settings added (`engine_kwargs`), and it is wrapped in
-      `AudioLLM`, which turns the clips the trainer puts in TRL's image slot into audio prompts. Server mode is
+      `AudioLLM`, which turns the clips the trainer puts in TRL's image slot into audio prompts; the engine must
+      expand the audio placeholder as the trainer's processor does (`check_audio_expansion`). Server mode is
       refused: TRL's server protocol carries image features only.
+    - `pin_rollout_tokens` (called by the trainer): its end ids and the placeholders into every rollout.
     - `sync_weights`: the policy's tensors (gathered under ZeRO-3, LoRA merged in: TRL's `_iter_named_params`) go
       through `load_weights` (hub names, `reload_weights`, cache resets) instead of TRL's per-tensor `load_weights`
       under transformers names.
@@ -220,6 +271,23 @@ class AudioVLLMGeneration(trl_vllm.VLLMGeneration):
         with mock.patch.object(trl_vllm, "LLM", functools.partial(trl_vllm.LLM, **kwargs)), vllm_startup_guard():
             super()._init_vllm()
         self.llm = AudioLLM(self.llm, self.processing_class.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
+        check_audio_expansion(self.llm._llm, self.processing_class)
+
+    def pin_rollout_tokens(self, stop_token_ids: Iterable[int], suppressed_ids: Iterable[int]) -> None:
+        """Stop every rollout at `stop_token_ids` (the trainer's end ids: TRL masks completions after them) and never
+        sample `suppressed_ids` (the multimodal placeholders HF rollouts suppress), whatever the model folder's
+        generation_config.json says. Both go into the keyword arguments TRL builds its `SamplingParams` from.
+
+        Suppression is vLLM's strongest logit bias, -100 (it clamps larger ones): a placeholder's probability is
+        multiplied by e^-100 (about 4e-44), which float32 sampling rounds to zero unless it led every other token by
+        about 100 logits. (`allowed_token_ids`, the exact mask, costs a vocabulary-sized list per request.)
+        """
+        kwargs = dict(self.generation_kwargs)
+        kwargs["stop_token_ids"] = sorted({*(kwargs.get("stop_token_ids") or []), *map(int, stop_token_ids)})
+        bias = dict(kwargs.get("logit_bias") or {})
+        bias.update({int(token): SUPPRESS_BIAS for token in suppressed_ids})
+        kwargs["logit_bias"] = bias
+        self.generation_kwargs = kwargs
 
     def sync_weights(self):
         if self.enable_sleep_mode:  # as TRL: map the weights' memory before writing to it
@@ -271,7 +339,7 @@ def sampling_settings(config, seed: int) -> dict:
     """The keyword arguments of vLLM's `SamplingParams` that decode as the resolved transformers `GenerationConfig`
     `config` does (`r1aqa.evaluate.generation_config`: the same for both backends): greedy or sampling with its
     temperature / top-k / top-p / min-p, repetition penalty, minimum and maximum new tokens, the same stop ids, and the
-    batch's `seed`. A field vLLM cannot express (beam search, n-gram blocking, suppressed tokens, ...) stops with a
+    request's `seed`. A field vLLM cannot express (beam search, n-gram blocking, suppressed tokens, ...) stops with a
     message rather than decoding differently."""
     from r1aqa.evaluate import GREEDY, EvalError
 
@@ -312,9 +380,22 @@ def sampling_params(config, seed: int):
     return SamplingParams(**sampling_settings(config, seed))
 
 
+def item_seed(seed: int, item_id: str) -> int:
+    """The vLLM seed of one evaluation request: a hash of (run seed, item id). vLLM draws each request's random
+    numbers from its own seed, so an item's prediction depends neither on the batch it is in nor on its position."""
+    key = np.frombuffer(hashlib.sha256(str(item_id).encode()).digest()[:16], dtype=np.uint32)
+    return int(np.random.SeedSequence([seed, *key.tolist()]).generate_state(1)[0])
+
+
+def item_sampling_params(config, seed: int, item_ids: list[str]) -> list:
+    """One `SamplingParams` per request, each seeded with `item_seed(seed, item id)`."""
+    return [sampling_params(config, item_seed(seed, item_id)) for item_id in item_ids]
+
+
 def generate_ids_vllm(llm, processor, conversations: list[list[dict]], params) -> list[list[int]]:
     """The generated token ids for conversations whose audio parts hold loaded samples (`audio` key), from the same
-    token ids the HF backend feeds its model (the processor's), collapsed for vLLM."""
+    token ids the HF backend feeds its model (the processor's), collapsed for vLLM. `params`: one `SamplingParams`
+    for all, or one per conversation."""
     texts = [processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
     clips = [audio_clips(conversation) for conversation in conversations]
     audio_token_id = processor.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
@@ -348,6 +429,10 @@ def load_eval_engine(model_path: str, processor_path: str, device: str):
     except OSError:  # no generation_config.json: what transformers derives from the model config
         checkpoint_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
     llm = load_llm(model_path, device)
+    try:
+        check_audio_expansion(llm, processor)
+    except RuntimeError as error:
+        raise EvalError(f"{model_path}: {error}") from error
     return llm, processor, checkpoint_config, llm.llm_engine.model_config.dtype
 
 
