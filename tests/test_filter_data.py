@@ -111,7 +111,7 @@ def test_missing_clip_is_reported_counted_and_in_no_split(stub, mixed, tmp_path,
     assert stub[0].calls == 10 * 2 * 2, "10 usable questions x 2 samples x 2 conditions; the missing clip never asked"
 
 
-def test_thresholds_are_recorded_and_a_new_threshold_reuses_every_shard(stub, mixed, tmp_path):
+def test_thresholds_are_recorded_and_new_thresholds_or_models_reuse_finished_shards(stub, mixed, tmp_path):
     data_file, _ = mixed
     run(data_file, tmp_path)
     settings = json.loads((tmp_path / "settings.json").read_text())
@@ -120,6 +120,9 @@ def test_thresholds_are_recorded_and_a_new_threshold_reuses_every_shard(stub, mi
     assert stub[1].calls == 0, "only the thresholds changed: no shard is generated again"
     assert summary["counts"]["strong"] == 10 and summary["thresholds"]["silence_threshold"] == 1.0
     assert json.loads((tmp_path / "settings.json").read_text())["thresholds"]["silence_threshold"] == 1.0
+    summary = run(data_file, tmp_path, "--model_path", "second", "--min_models", "2")
+    assert [s.calls for s in stub[2:]] == [0, 10 * 2 * 2], "a model added: only its own shards are generated"
+    assert summary["thresholds"] == {"silence_threshold": 0.0, "min_models": 2} and summary["counts"]["strong"] == 6
 
 
 @pytest.mark.parametrize(

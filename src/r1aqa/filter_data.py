@@ -20,7 +20,8 @@ A question whose clip is missing or unreadable is in no split: it is listed in `
 Also in `--out_dir`: `settings.json` (sampling settings and thresholds), `pass_rates.jsonl` (per question and model),
 `summary.json` and `summary.md` (counts per split and per `question_type`), `pass_rates.png` (the two pass rates).
 Work is saved per shard (`shards/`, `--shard_size` questions of one model, written atomically): the same command
-after a crash redoes only unfinished shards. Changing only the thresholds reuses every shard.
+after a crash redoes only unfinished shards. Changing only the thresholds reuses every shard; adding a
+`--model_path` at the end reuses the other models' shards.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def sample_all(args, examples, problems, settings: dict) -> list[list[dict]]:
         config, rows = None, []
         for shard in range(n_shards):
             path = os.path.join(args.out_dir, "shards", f"model-{m}-shard-{shard:05d}.json")
-            header = {"settings": settings, "model_path": settings["model_paths"][m], "shard": shard}
+            # What decides the shard's numbers (not the other models: adding one reuses this model's shards).
+            shared = {key: value for key, value in settings.items() if key != "model_paths"}
+            header = {"settings": shared, "model_path": settings["model_paths"][m], "shard": shard}
             if os.path.isfile(path):
                 saved = json.loads(Path(path).read_text(encoding="utf-8"))
                 if {key: saved.get(key) for key in header} == header:
@@ -166,8 +169,9 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(records: list[dict], path: str) -> None:
-    """Silence vs with-audio pass rate, one point per question and model (jittered: rates are multiples of 1/K)."""
+def plot(records: list[dict], path: str, silence_threshold: float) -> None:
+    """Silence vs with-audio pass rate, one point per question and model (jittered: rates are multiples of 1/K), and
+    the threshold (at or below it: fails without audio)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,6 +185,7 @@ def plot(records: list[dict], path: str) -> None:
         rates = np.array([[r["pass_rates"][model][c] for c in CONDITIONS] for r in records if "pass_rates" in r])
         rates += rng.uniform(-0.015, 0.015, size=rates.shape)
         axis.scatter(rates[:, 0], rates[:, 1], s=12, alpha=0.6, label=os.path.basename(model.rstrip("/")))
+    axis.axhline(silence_threshold, color="gray", linestyle="--", linewidth=1, label="silence threshold")
     axis.set(xlabel="pass rate with audio", ylabel="pass rate with silence", xlim=(-0.05, 1.05), ylim=(-0.05, 1.05))
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -224,7 +229,7 @@ def run(args: argparse.Namespace) -> dict:
     summary = summarize(records, splits) | {"thresholds": thresholds}
     write_json_atomic(os.path.join(args.out_dir, "summary.json"), summary)
     Path(args.out_dir, "summary.md").write_text(table(summary) + "\n", encoding="utf-8")
-    plot(records, os.path.join(args.out_dir, "pass_rates.png"))
+    plot(records, os.path.join(args.out_dir, "pass_rates.png"), args.silence_threshold)
     print(table(summary), flush=True)
     print(f"Wrote the splits, pass rates, summary and plot to {args.out_dir}", flush=True)
     return summary

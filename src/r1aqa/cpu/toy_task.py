@@ -22,7 +22,7 @@ from r1aqa.audio import SAMPLING_RATE
 PITCHES = {"low": 250.0, "top": 2000.0}
 QUESTION = "Is the tone in the video low or top?"  # "video" -> "audio" at training time, as in AVQA
 MMAU_QUESTION = "Is the tone in the audio low or top?"
-# `--n_text`: training questions whose text gives the answer away and whose clip is noise only, for the data filter.
+# `--n_text`: training questions whose text gives the answer away and whose clip is silent, for the data filter.
 TEXT_QUESTION = "The tone in the video is {answer}. Is the tone in the video low or top?"
 
 
@@ -39,7 +39,7 @@ def make_items(
     n: int, rng: np.random.Generator, audio_dir: str, prefix: str, seconds: float, tone: bool = True
 ) -> list[dict]:
     """`n` clips written to `audio_dir`, balanced across classes; each item has its answer and shuffled options.
-    `tone=False`: the clips hold the light noise only (nothing to hear: the text has to answer)."""
+    `tone=False`: silent clips (nothing to hear: the text has to answer)."""
     os.makedirs(audio_dir, exist_ok=True)
     names = list(PITCHES)
     items = []
@@ -49,7 +49,7 @@ def make_items(
         if tone:
             clip = tone_clip(PITCHES[answer], rng, seconds)
         else:
-            clip = rng.normal(0, 0.01, size=int(SAMPLING_RATE * seconds)).astype(np.float32)
+            clip = np.zeros(int(SAMPLING_RATE * seconds), dtype=np.float32)
         sf.write(path, clip, SAMPLING_RATE, subtype="PCM_16")
         choices = list(rng.permutation(names))
         items.append({"id": f"{prefix}-{i:05d}", "path": os.path.abspath(path), "answer": answer, "choices": choices})
@@ -93,7 +93,7 @@ def write_toy_task(
     """Write `train.jsonl` (AVQA format), `test.json` (MMAU format) and their clips; return the paths.
 
     `n_text` > 0 appends that many training questions answerable from the text alone (`TEXT_QUESTION`, question_type
-    `Text`, a clip of noise only; the tone questions are `Pitch`), drawn after everything else so the other files stay
+    `Text`, a silent clip; the tone questions are `Pitch`), drawn after everything else so the other files stay
     byte for byte."""
     rng = np.random.default_rng(seed)
     train = make_items(n_train, rng, os.path.join(out_dir, "train-audios"), "train", seconds)
