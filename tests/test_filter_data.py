@@ -3,6 +3,7 @@ clips kept out and counted, thresholds recorded, and a SIGKILLed run resumed to 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,18 @@ def test_thresholds_are_recorded_and_new_thresholds_or_models_reuse_finished_sha
     assert summary["thresholds"] == {"silence_threshold": 0.0, "min_models": 2} and summary["counts"]["strong"] == 6
 
 
+def test_a_clip_repaired_since_redoes_its_shard_only(stub, mixed, tmp_path):
+    data_file, lines = mixed
+    gone = json.loads(lines[10])["audio_path"]
+    local = tmp_path / "train.jsonl"
+    local.write_text(data_file.read_text(encoding="utf-8").replace(gone, str(tmp_path / "back.wav")), encoding="utf-8")
+    assert run(local, tmp_path / "out")["counts"]["audio_error"] == 1
+    shutil.copy(json.loads(lines[0])["audio_path"], tmp_path / "back.wav")
+    summary = run(local, tmp_path / "out")
+    assert stub[1].calls == 3 * 2 * 2, "the last shard (questions 8-10) only"
+    assert summary["counts"]["audio_error"] == 0 and summary["counts"]["strong"] == 7
+
+
 @pytest.mark.parametrize(
     ("silence", "audio", "min_models", "expected"),
     [
@@ -184,3 +197,21 @@ def test_text_questions_are_appended_and_leave_the_default_toy_task_unchanged(tm
     text = [json.loads(line) for line in rows.splitlines()[4:]]
     assert [row["question_type"] for row in text] == ["Text", "Text"]
     assert all(f"is {row['multi_choice'][row['answer']]}." in row["question_text"] for row in text)
+
+
+@pytest.mark.vllm
+def test_vllm_backend_draws_k_different_samples_per_question(tmp_path):
+    """`--backend vllm` (evaluation's vLLM path): each of the K passes has its own seed, so a question's K answers
+    are not K copies of one (vLLM seeds each request: the same prompt with the same seed repeats its answer)."""
+    from r1aqa.cpu.tiny import write_tiny_model
+
+    model = write_tiny_model(str(tmp_path / "model"), seed=0, head_dim=32)  # vLLM's CPU attention: head size >= 32
+    data = write_toy_task(str(tmp_path / "data"), n_train=2, n_test=0, n_text=2, seconds=0.5)["train_file"]
+    argv = ["--model_path", model, "--data_file", data, "--out_dir", str(tmp_path / "out"), "--num_samples", "4",
+            "--max_new_tokens", "6", "--backend", "vllm", "--device", "cpu"]  # fmt: skip
+    assert filter_data.main(argv) == 0
+    shard = json.loads((tmp_path / "out" / "shards" / "model-0-shard-00000.json").read_text())
+    answers = [question[f"{c}_answers"] for question in shard["questions"] for c in filter_data.CONDITIONS]
+    assert all(len(a) == 4 for a in answers) and all(len(set(a)) > 1 for a in answers)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["counts"]["strong"] + summary["counts"]["weak"] == 4

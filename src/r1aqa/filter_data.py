@@ -103,9 +103,12 @@ def sample_all(args, examples, problems, settings: dict) -> list[list[dict]]:
         config, rows = None, []
         for shard in range(n_shards):
             path = os.path.join(args.out_dir, "shards", f"model-{m}-shard-{shard:05d}.json")
-            # What decides the shard's numbers (not the other models: adding one reuses this model's shards).
+            # What decides the shard's numbers (not the other models: adding one reuses this model's shards), and its
+            # clips' state (a clip repaired or lost since: the shard is redone).
+            indices = list(range(shard * args.shard_size, min((shard + 1) * args.shard_size, len(examples))))
             shared = {key: value for key, value in settings.items() if key != "model_paths"}
-            header = {"settings": shared, "model_path": settings["model_paths"][m], "shard": shard}
+            header = {"settings": shared, "model_path": settings["model_paths"][m], "shard": shard,
+                      "audio_errors": [problems[i] for i in indices]}  # fmt: skip
             if os.path.isfile(path):
                 saved = json.loads(Path(path).read_text(encoding="utf-8"))
                 if {key: saved.get(key) for key in header} == header:
@@ -115,7 +118,6 @@ def sample_all(args, examples, problems, settings: dict) -> list[list[dict]]:
             if config is None:
                 decoding = {"mode": "greedy", "max_new_tokens": args.max_new_tokens, "overrides": settings["sampling"]}
                 config = generation_config(generator.checkpoint_config, generator.processor.tokenizer, decoding)
-            indices = list(range(shard * args.shard_size, min((shard + 1) * args.shard_size, len(examples))))
             questions = run_shard(generator, config, examples, indices, problems, args, shard)
             write_json_atomic(path, {**header, "questions": questions})
             print(f"model {m} shard {shard + 1}/{n_shards} done", flush=True)
