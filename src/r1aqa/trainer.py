@@ -90,6 +90,9 @@ class AudioGRPOTrainer(GRPOTrainer):
     - `_get_per_token_logps_and_entropies`: TRL's computation for an audio model, with the features and groups sliced
       per chunk like the token ids, and the audio encoder shared within each group of the chunk.
     - `_prepare_inputs`, `training_step`: time the loss forward + backward (profiler).
+    - `_calculate_rewards` (kept) and `_generate_and_score_completions`: log `frac_tokens_reward_zero_std`, the share
+      of completion tokens in groups whose rewards are all equal (zero advantage), beside TRL's per-group
+      `frac_reward_zero_std`.
 
     Sharing the audio encoding (`share_audio_encoding`, default on): within one forward pass the encoder runs once per
     distinct clip and its output is copied to the clip's completions with `index_select`, so the backward pass sums
@@ -231,7 +234,28 @@ class AudioGRPOTrainer(GRPOTrainer):
         with self._audio_for_forward(None):  # set by _tokenize_prompts inside, cleared on the way out
             output = super()._generate_and_score_completions(inputs)
             output.update(self._forward_audio)
+        self._log_zero_std_tokens(output["completion_mask"])
         return output
+
+    # --- zero-advantage share ----------------------------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's, kept (all processes' completions, as TRL gathers them) for `_log_zero_std_tokens`."""
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def _log_zero_std_tokens(self, completion_mask: torch.Tensor) -> None:
+        """Logs `frac_tokens_reward_zero_std`: the share of the batch's completion tokens (loss mask) that lie in
+        groups whose G rewards are all equal. Those get zero advantage and teach only the KL term; TRL's own
+        `frac_reward_zero_std` counts the groups, this counts the compute spent on them."""
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        weights = self.reward_weights.to(self._rewards_per_func.device).unsqueeze(0)
+        rewards = (self._rewards_per_func * weights).nansum(dim=1).view(-1, group)
+        equal = torch.isclose(trl_grpo.nanstd(rewards, dim=1), torch.zeros(1, device=rewards.device))
+        tokens = self.accelerator.gather(completion_mask.sum(dim=1)).view(-1, group).sum(dim=1).float()
+        share = tokens[equal.to(tokens.device)].sum() / tokens.sum().clamp(min=1.0)
+        self._metrics[mode]["frac_tokens_reward_zero_std"].append(share.item())
 
     def _compute_loss(self, model, inputs):
         audio = {key: inputs[key] for key in AUDIO_KEYS}

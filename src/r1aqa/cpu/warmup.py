@@ -30,6 +30,15 @@ def random_targets(rows: list[dict], rng: np.random.Generator) -> list[str]:
     return [solution_text(str(rng.choice(row["multi_choice"]))) for row in rows]
 
 
+def correct_targets(rows: list[dict], rng: np.random.Generator) -> list[str]:
+    """`<answer>{the right option}</answer>`: a supervised warm-up that teaches the answers too (the data filter's
+    benchmark, benchmarks/bench_filter.py, needs a checkpoint that has learned them)."""
+    return [row["solution"] for row in rows]
+
+
+TARGETS = {"random": random_targets, "correct": correct_targets}
+
+
 def build_batch(processor, rows: list[dict], targets: list[str]) -> dict:
     """Processor inputs for prompt + target + end of turn, with `labels` on the target tokens only.
 
@@ -66,8 +75,10 @@ def warmup(
     learning_rate: float = 1e-3,
     seed: int = 0,
     log_every: int = 25,
+    targets: str = "random",
 ) -> str:
-    """Train `steps` AdamW steps on random-option targets; save model + processor to `out_dir`; return it."""
+    """Train `steps` AdamW steps on `targets` (`TARGETS`: random options, or the right ones); save model + processor to
+    `out_dir`; return it."""
     import torch
 
     from r1aqa.models import load_model, load_processor
@@ -85,7 +96,7 @@ def warmup(
     start = time.time()
     for step in range(1, steps + 1):
         picked = [rows[i] for i in rng.choice(len(rows), size=min(batch_size, len(rows)), replace=False)]
-        batch = build_batch(processor, picked, random_targets(picked, rng))
+        batch = build_batch(processor, picked, TARGETS[targets](picked, rng))
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,8 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=16, help="Questions per step.")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate (constant).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the batches, targets and dropout.")
+    parser.add_argument("--targets", choices=sorted(TARGETS), default="random", help="random: format only (default).")
     args = parser.parse_args(argv)
-    out = warmup(args.model, args.data_file, args.out, args.steps, args.batch_size, args.learning_rate, args.seed)
+    out = warmup(args.model, args.data_file, args.out, args.steps, args.batch_size, args.learning_rate, args.seed,
+                 targets=args.targets)  # fmt: skip
     print(f"Wrote the format warm-up checkpoint to {out}")
 
 
