@@ -654,21 +654,51 @@ def mmar_slice(tmp_path_factory):
     return str(data_file), str(root / "audio"), items
 
 
-def test_mmar_is_detected_evaluated_and_scored_by_modality(run_dir, mmar_slice, tmp_path):
+def steered_mmar_output(item: dict, right: bool) -> str:
+    """What a reasoning model writes: a sentence naming another option, then its answer in tags (the item's answer
+    when `right`, else another option). Only the tagged answer scores right; the whole text never does (it names a
+    wrong option, which the official rule rejects)."""
+    others = [choice for choice in item["choices"] if choice != item["answer"]]
+    return f"It could be {others[-1]}, or not. <answer>{item['answer'] if right else others[0]}</answer>"
+
+
+def test_mmar_is_detected_evaluated_and_scored_by_modality(run_dir, mmar_slice, tmp_path, monkeypatch):
+    """The tiny model generates (batch 3), then each item's text is replaced at the generation seam by a tagged answer,
+    right for items 0, 2 and 4 and wrong for 1 and 3 (the tiny model's own babble carries no tags: scoring it would
+    count 0 right whatever went into `answer_prediction`)."""
     from test_scoring import official_mmar_report
 
     data_file, audio_dir, items = mmar_slice
+    right = [True, False, True, False, True]
+    real_generate = evaluator.generate_batch
+    generated = []
+
+    def steered(model, processor, conversations, config):
+        raws = real_generate(model, processor, conversations, config)
+        generated.extend(raws)
+        texts = [part["text"] for conv in conversations for part in conv[-1]["content"] if part["type"] == "text"]
+        indices = [next(i for i, item in enumerate(items) if item["question"] in text) for text in texts]
+        return [steered_mmar_output(items[i], right[i]) for i in indices]
+
+    monkeypatch.setattr(evaluator, "generate_batch", steered)
     out = tmp_path / "mmar.json"
     assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 3) == 0
+    assert len(generated) == 5 and not any("<answer>" in raw for raw in generated)
     predictions = _read(out)
     assert isinstance(predictions, list) and len(predictions) == 5
-    for item, predicted in zip(items, predictions, strict=True):
+    for item, predicted, is_right in zip(items, predictions, right, strict=True):
         assert {key: predicted[key] for key in item} == item  # MMAR's keys kept, `audio_path` as in the file
+        assert predicted["model_raw_output"] == steered_mmar_output(item, is_right)
         assert predicted["answer_prediction"] == extract_answer(predicted["model_raw_output"])
+        assert predicted["answer_prediction"] != predicted["model_raw_output"]
+        assert (predicted["answer_prediction"] == item["answer"]) is is_right
     summary = _read(tmp_path / "mmar.score.json")
     assert summary["benchmark"] == "mmar" and _read(tmp_path / "mmar.meta.json")["settings"]["benchmark"] == "mmar"
     assert sum(row["total"] for row in summary["modality"].values()) == 5
-    assert summary["total"]["correct"] == official_mmar_report(predictions)[1]
+    # MMAR's official script, run on our output file, counts the three right answers; so do we.
+    assert summary["total"]["correct"] == official_mmar_report(predictions)[1] == 3
+    # The raw texts would score nothing: the official rule rejects each (it names a wrong option).
+    assert official_mmar_report([{**p, "answer_prediction": p["model_raw_output"]} for p in predictions])[1] == 0
     # the same predictions with each item's answer: the output's keys are what MMAR's script reads
     answered = [{**p, "answer_prediction": p["answer"]} for p in predictions]
     assert score(answered)["total"]["accuracy"] == 100.0
