@@ -496,6 +496,85 @@ def test_greedy_ignores_a_planted_generation_config(planted_model, tiny_model_di
     )
 
 
+# Every field `--decoding greedy` fixes, at the value that does nothing (this file's own list, not evaluate.GREEDY), and
+# the opposite value a checkpoint's generation_config.json may carry. With the opposite in effect, greedy output
+# changes (sampling, beams, penalties, banned, forced or biased tokens, early stops) or generate fails.
+GREEDY_OFF = {
+    "do_sample": (False, True),
+    "num_beams": (1, 2),
+    "num_return_sequences": (1, 2),
+    "temperature": (1.0, 0.7),
+    "top_k": (50, 20),
+    "top_p": (1.0, 0.5),
+    "min_p": (None, 0.2),
+    "typical_p": (1.0, 0.5),
+    "epsilon_cutoff": (0.0, 3e-4),
+    "eta_cutoff": (0.0, 3e-4),
+    "repetition_penalty": (1.0, 1.1),
+    "encoder_repetition_penalty": (1.0, 1.2),
+    "no_repeat_ngram_size": (0, 2),
+    "encoder_no_repeat_ngram_size": (0, 2),
+    "length_penalty": (1.0, 2.0),
+    "early_stopping": (False, True),
+    "min_new_tokens": (0, 12),
+    "renormalize_logits": (False, True),
+    "remove_invalid_values": (False, True),
+    "use_cache": (True, False),
+    "bad_words_ids": (None, [[10]]),
+    "suppress_tokens": (None, list(range(20, 300))),
+    "begin_suppress_tokens": (None, [11]),
+    "sequence_bias": (None, [[[12], 5.0]]),
+    "forced_bos_token_id": (None, 13),
+    "forced_eos_token_id": (None, 14),
+    "exponential_decay_length_penalty": (None, [2, 1.5]),
+    "stop_strings": (None, ["a"]),
+    "max_time": (None, 0.01),
+    "guidance_scale": (None, 2.0),
+    "watermarking_config": (None, {"bias": 2.5, "seeding_scheme": "lefthash"}),
+}
+
+
+def test_greedy_sets_every_constant_against_its_opposite_in_the_checkpoint(tiny_model_dir, mmau_slice, tmp_path):
+    """Each greedy constant pinned: a checkpoint whose generation_config.json holds the opposite of every one of them
+    decodes greedily exactly as the plain checkpoint, and the config `generate` itself resolves (after merging in
+    the checkpoint's config and transformers' defaults) holds every constant at its off value."""
+    from r1aqa.audio import prompts_with_audio
+
+    folder = tmp_path / "opposite"
+    shutil.copytree(tiny_model_dir, folder)
+    config = _read(folder / "generation_config.json")
+    opposite = {key: values[1] for key, values in GREEDY_OFF.items()}
+    (folder / "generation_config.json").write_text(json.dumps({**config, **opposite}))
+    _, audio_dir, items = mmau_slice
+    conversations = prompts_with_audio([mmau_example(item, audio_dir)["prompt"] for item in items[:3]])
+    greedy = {"mode": "greedy", "max_new_tokens": 12, "overrides": {}}
+    outputs = {}
+    for name, path in (("plain", tiny_model_dir), ("opposite", folder)):
+        model, processor = evaluator.load_model_and_processor(str(path), str(path), "cpu")
+        if name == "opposite":  # the planted values are what the checkpoint says
+            planted = model.generation_config
+            assert all(
+                getattr(planted, key) == value for key, value in opposite.items() if key != "watermarking_config"
+            )
+            assert planted.watermarking_config.bias == 2.5
+        used = []
+        prepare = model._prepare_generation_config
+
+        def recorded(*args, prepare=prepare, used=used, **kwargs):
+            result = prepare(*args, **kwargs)
+            used.append(result[0])
+            return result
+
+        model._prepare_generation_config = recorded
+        resolved = evaluator.generation_config(model.generation_config, processor.tokenizer, greedy)
+        outputs[name] = evaluator.generate_batch(model, processor, conversations, resolved)
+        assert len(used) == 1
+        for key, (off, _) in GREEDY_OFF.items():
+            assert getattr(used[0], key) == off, f"{name}: {key} = {getattr(used[0], key)!r} reached generate"
+    assert outputs["opposite"] == outputs["plain"] and any(outputs["plain"])
+    assert set(GREEDY_OFF) == set(evaluator.GREEDY), "a new greedy constant needs its off and opposite values here"
+
+
 def test_original_is_the_original_generate_call_seeded(planted_model, mmau_slice):
     """`--decoding original` generates what `model.generate(**inputs, max_new_tokens=N)` does under the same seed."""
     import torch
