@@ -695,23 +695,39 @@ def test_evaluation_stops_at_im_end_when_the_tokenizer_eos_differs(mmau_slice, t
 # ---- silent audio --------------------------------------------------------------------------------------------------
 
 
-def test_silent_audio_is_silence_of_the_same_length(run_dir, mmau_slice, tmp_path):
-    import soundfile
+@pytest.fixture(params=["qwen2_audio", "qwen2_5_omni"])
+def family_model(request, run_dir, tiny_omni_dir):
+    """A tiny checkpoint of each model family: Qwen2-Audio and the Qwen2.5-Omni thinker."""
+    return run_dir / "checkpoint-100" if request.param == "qwen2_audio" else Path(tiny_omni_dir)
 
+
+def test_silent_audio_is_silence_of_the_same_length_and_each_item_hears_its_own_clip(
+    family_model, mmau_slice, tmp_path
+):
+    """For each family: `--audio silent` equals real WAVs of zeros and differs from the real clips (the model hears),
+    and in a batch of 3 each item is answered with its own clip: as when it is evaluated alone, and unlike with a
+    neighbour's clip (every item's answer depends on which clip it hears, so a row given another row's audio would
+    show)."""
     from r1aqa.audio import load_audio
 
     data_file, audio_dir, items = mmau_slice
-    zeros = tmp_path / "zeros"
-    zeros.mkdir()
-    for item in items:  # every clip as a 16 kHz WAV of zeros, as long as the clip once loaded
-        name = os.path.basename(item["audio_id"])
-        soundfile.write(zeros / name, np.zeros_like(load_audio(os.path.join(audio_dir, name))), 16_000)
-    model = run_dir / "checkpoint-100"
+    names = [os.path.basename(item["audio_id"]) for item in items]
+    zeros, rotated = tmp_path / "zeros", tmp_path / "rotated"
+    zeros.mkdir(), rotated.mkdir()
+    for index, name in enumerate(names):  # zeros: as long as the clip once loaded; rotated: the next item's clip
+        sf.write(zeros / name, np.zeros_like(load_audio(os.path.join(audio_dir, name))), 16_000)
+        shutil.copy(os.path.join(audio_dir, names[(index + 1) % len(names)]), rotated / name)
+    model = family_model
     assert _run(model, data_file, audio_dir, tmp_path / "silent.json", "--audio", "silent", "--batch_size", 3) == 0
     assert _run(model, data_file, zeros, tmp_path / "zeros.json", "--batch_size", 3) == 0
     assert _run(model, data_file, audio_dir, tmp_path / "real.json", "--batch_size", 3) == 0
-    assert _raws(tmp_path / "silent.json") == _raws(tmp_path / "zeros.json") != _raws(tmp_path / "real.json")
+    assert _run(model, data_file, audio_dir, tmp_path / "alone.json", "--batch_size", 1) == 0
+    assert _run(model, data_file, rotated, tmp_path / "rotated.json", "--batch_size", 1) == 0
+    real, alone, rotated = (_raws(tmp_path / f"{name}.json") for name in ("real", "alone", "rotated"))
+    assert _raws(tmp_path / "silent.json") == _raws(tmp_path / "zeros.json") != real
     assert _read(tmp_path / "silent.meta.json")["settings"]["audio"] == "silent"
+    assert real == alone
+    assert all(own != neighbours for own, neighbours in zip(alone, rotated, strict=True)), (alone, rotated)
 
 
 # ---- MMAR ----------------------------------------------------------------------------------------------------------
