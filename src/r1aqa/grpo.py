@@ -111,7 +111,7 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.checkpoints import resume_checkpoint
+    from r1aqa.checkpoints import restore_weights_on_resume, resume_checkpoint
     from r1aqa.data import load_avqa_dataset
     from r1aqa.rewards import default_reward_names, get_reward_funcs
     from r1aqa.trainer import AudioGRPOTrainer
@@ -163,6 +163,7 @@ def main(script_args, training_args, model_args) -> None:
             )
 
     # --- train -----------------------------------------------------------------------------------------------------
+    restore_weights_on_resume(trainer)  # the Trainer's own resume loads no Qwen2-Audio weight
     trainer.train(resume_from_checkpoint=checkpoint)
 
     # --- save ------------------------------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.checkpoints import resume_checkpoint
+    from r1aqa.checkpoints import restore_weights_on_resume, resume_checkpoint
     from r1aqa.grpo import load_model
 
     # --- seed, logging ---------------------------------------------------------------------------------------------
@@ -273,6 +273,7 @@ def main(script_args, training_args, model_args) -> None:
         logger.info("Trainable parameters: %s", f"{n_trainable:,}")
 
     # --- train -----------------------------------------------------------------------------------------------------
+    restore_weights_on_resume(trainer)  # the Trainer's own resume loads no Qwen2-Audio weight
     trainer.train(resume_from_checkpoint=checkpoint)
 
     # --- save ------------------------------------------------------------------------------------------------------
