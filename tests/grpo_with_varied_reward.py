@@ -9,6 +9,10 @@ and the log-probs of a fixed completion to the first training question (with its
 reference model, and their mean KL (TRL's estimator); at the first step of the process it also saves the policy's
 weights to `<file>.weights[.rank<R>].pt`. Tests compare a resumed run with the checkpoint it resumed from and with
 an uninterrupted run at the same step.
+
+With R1AQA_VLLM_STALE_LOG set (and `use_vllm`), after the first optimizer step, before the next generation syncs the
+weights, each process writes to that file (`.rank<R>`) how far its vLLM engine's log-probs are from the updated
+policy's (tests/vllm_sync.py): a stale engine's distance, which the sync of the next step must remove.
 """
 
 import json
@@ -75,20 +79,43 @@ class StepProbe(TrainerCallback):
             log.write(json.dumps({**record, "kl": kl.mean().item()}) + "\n")
 
 
-def _with_step_probe(trainer_class, path: str) -> None:
+class StaleEngineProbe(TrainerCallback):
+    """R1AQA_VLLM_STALE_LOG: the engine's distance from the policy right after the first update (see above)."""
+
+    def __init__(self, trainer, path: str):
+        self.trainer, self.path = trainer, path + _rank_suffix()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step != 1:
+            return
+        from vllm_sync import largest_logprob_difference
+
+        from r1aqa.audio import prompts_with_audio
+
+        convs = prompts_with_audio([self.trainer.train_dataset[i]["prompt"] for i in range(2)])
+        gap = largest_logprob_difference(self.trainer, convs, self.trainer.model_wrapped)  # every rank: ZeRO-3 gathers
+        with open(self.path, "w") as log:
+            json.dump({"step": state.global_step, "stale": gap}, log)
+
+
+def _with_callbacks(trainer_class, callbacks: dict) -> None:
     original = trainer_class.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        self.add_callback(StepProbe(self, path))
+        for callback, path in callbacks.items():
+            self.add_callback(callback(self, path))
 
     trainer_class.__init__ = init
 
 
 if __name__ == "__main__":
     rewards.REWARD_FUNCS["varied"] = varied_reward
-    if os.environ.get("R1AQA_STEP_LOG"):
+    probes = {StepProbe: "R1AQA_STEP_LOG", StaleEngineProbe: "R1AQA_VLLM_STALE_LOG"}
+    if any(os.environ.get(name) for name in probes.values()):
         from r1aqa.trainer import AudioGRPOTrainer
 
-        _with_step_probe(AudioGRPOTrainer, os.environ["R1AQA_STEP_LOG"])
+        _with_callbacks(
+            AudioGRPOTrainer, {probe: os.environ[name] for probe, name in probes.items() if name in os.environ}
+        )
     grpo.cli()
