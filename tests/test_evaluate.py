@@ -3,8 +3,10 @@
 Six items of the real test-mini file (2025-03-25): the one item whose audio ships with the data
 (`MMAU_REAL_ITEM_ID`, its real WAV) plus sound, music and speech items. Their audio is not available here, so for
 those this file writes its own clips of 2-7 s (sine tones, chirps and noise made with numpy, one stereo 44.1 kHz)
-into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.cpu.tiny), so accuracies are meaningless: the tests check
-files, keys, batching, skipping, resuming and failure handling.
+into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.cpu.tiny; the silent-audio and own-clip test also runs the
+tiny Qwen2.5-Omni thinker), so accuracies are meaningless: the tests check files, keys, batching, skipping, resuming,
+failure handling, that the model hears each item's own clip, and (with answers planted at the generation seam) that
+MMAR's official script counts what we count.
 """
 
 import json
