@@ -3,8 +3,10 @@
 Six items of the real test-mini file (2025-03-25): the one item whose audio ships with the data
 (`MMAU_REAL_ITEM_ID`, its real WAV) plus sound, music and speech items. Their audio is not available here, so for
 those this file writes its own clips of 2-7 s (sine tones, chirps and noise made with numpy, one stereo 44.1 kHz)
-into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.cpu.tiny), so accuracies are meaningless: the tests check
-files, keys, batching, skipping, resuming and failure handling.
+into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.cpu.tiny; the silent-audio and own-clip test also runs the
+tiny Qwen2.5-Omni thinker), so accuracies are meaningless: the tests check files, keys, batching, skipping, resuming,
+failure handling, that the model hears each item's own clip, and (with answers planted at the generation seam) that
+MMAR's official script counts what we count.
 """
 
 import json
@@ -498,6 +500,85 @@ def test_greedy_ignores_a_planted_generation_config(planted_model, tiny_model_di
     )
 
 
+# Every field `--decoding greedy` fixes, at the value that does nothing (this file's own list, not evaluate.GREEDY), and
+# the opposite value a checkpoint's generation_config.json may carry. With the opposite in effect, greedy output
+# changes (sampling, beams, penalties, banned, forced or biased tokens, early stops) or generate fails.
+GREEDY_OFF = {
+    "do_sample": (False, True),
+    "num_beams": (1, 2),
+    "num_return_sequences": (1, 2),
+    "temperature": (1.0, 0.7),
+    "top_k": (50, 20),
+    "top_p": (1.0, 0.5),
+    "min_p": (None, 0.2),
+    "typical_p": (1.0, 0.5),
+    "epsilon_cutoff": (0.0, 3e-4),
+    "eta_cutoff": (0.0, 3e-4),
+    "repetition_penalty": (1.0, 1.1),
+    "encoder_repetition_penalty": (1.0, 1.2),
+    "no_repeat_ngram_size": (0, 2),
+    "encoder_no_repeat_ngram_size": (0, 2),
+    "length_penalty": (1.0, 2.0),
+    "early_stopping": (False, True),
+    "min_new_tokens": (0, 12),
+    "renormalize_logits": (False, True),
+    "remove_invalid_values": (False, True),
+    "use_cache": (True, False),
+    "bad_words_ids": (None, [[10]]),
+    "suppress_tokens": (None, list(range(20, 300))),
+    "begin_suppress_tokens": (None, [11]),
+    "sequence_bias": (None, [[[12], 5.0]]),
+    "forced_bos_token_id": (None, 13),
+    "forced_eos_token_id": (None, 14),
+    "exponential_decay_length_penalty": (None, [2, 1.5]),
+    "stop_strings": (None, ["a"]),
+    "max_time": (None, 0.01),
+    "guidance_scale": (None, 2.0),
+    "watermarking_config": (None, {"bias": 2.5, "seeding_scheme": "lefthash"}),
+}
+
+
+def test_greedy_sets_every_constant_against_its_opposite_in_the_checkpoint(tiny_model_dir, mmau_slice, tmp_path):
+    """Each greedy constant pinned: a checkpoint whose generation_config.json holds the opposite of every one of them
+    decodes greedily exactly as the plain checkpoint, and the config `generate` itself resolves (after merging in
+    the checkpoint's config and transformers' defaults) holds every constant at its off value."""
+    from r1aqa.audio import prompts_with_audio
+
+    folder = tmp_path / "opposite"
+    shutil.copytree(tiny_model_dir, folder)
+    config = _read(folder / "generation_config.json")
+    opposite = {key: values[1] for key, values in GREEDY_OFF.items()}
+    (folder / "generation_config.json").write_text(json.dumps({**config, **opposite}))
+    _, audio_dir, items = mmau_slice
+    conversations = prompts_with_audio([mmau_example(item, audio_dir)["prompt"] for item in items[:3]])
+    greedy = {"mode": "greedy", "max_new_tokens": 12, "overrides": {}}
+    outputs = {}
+    for name, path in (("plain", tiny_model_dir), ("opposite", folder)):
+        model, processor = evaluator.load_model_and_processor(str(path), str(path), "cpu")
+        if name == "opposite":  # the planted values are what the checkpoint says
+            planted = model.generation_config
+            assert all(
+                getattr(planted, key) == value for key, value in opposite.items() if key != "watermarking_config"
+            )
+            assert planted.watermarking_config.bias == 2.5
+        used = []
+        prepare = model._prepare_generation_config
+
+        def recorded(*args, prepare=prepare, used=used, **kwargs):
+            result = prepare(*args, **kwargs)
+            used.append(result[0])
+            return result
+
+        model._prepare_generation_config = recorded
+        resolved = evaluator.generation_config(model.generation_config, processor.tokenizer, greedy)
+        outputs[name] = evaluator.generate_batch(model, processor, conversations, resolved)
+        assert len(used) == 1
+        for key, (off, _) in GREEDY_OFF.items():
+            assert getattr(used[0], key) == off, f"{name}: {key} = {getattr(used[0], key)!r} reached generate"
+    assert outputs["opposite"] == outputs["plain"] and any(outputs["plain"])
+    assert set(GREEDY_OFF) == set(evaluator.GREEDY), "a new greedy constant needs its off and opposite values here"
+
+
 def test_original_is_the_original_generate_call_seeded(planted_model, mmau_slice):
     """`--decoding original` generates what `model.generate(**inputs, max_new_tokens=N)` does under the same seed."""
     import torch
@@ -618,23 +699,39 @@ def test_evaluation_stops_at_im_end_when_the_tokenizer_eos_differs(mmau_slice, t
 # ---- silent audio --------------------------------------------------------------------------------------------------
 
 
-def test_silent_audio_is_silence_of_the_same_length(run_dir, mmau_slice, tmp_path):
-    import soundfile
+@pytest.fixture(params=["qwen2_audio", "qwen2_5_omni"])
+def family_model(request, run_dir, tiny_omni_dir):
+    """A tiny checkpoint of each model family: Qwen2-Audio and the Qwen2.5-Omni thinker."""
+    return run_dir / "checkpoint-100" if request.param == "qwen2_audio" else Path(tiny_omni_dir)
 
+
+def test_silent_audio_is_silence_of_the_same_length_and_each_item_hears_its_own_clip(
+    family_model, mmau_slice, tmp_path
+):
+    """For each family: `--audio silent` equals real WAVs of zeros and differs from the real clips (the model hears),
+    and in a batch of 3 each item is answered with its own clip: as when it is evaluated alone, and unlike with a
+    neighbour's clip (every item's answer depends on which clip it hears, so a row given another row's audio would
+    show)."""
     from r1aqa.audio import load_audio
 
     data_file, audio_dir, items = mmau_slice
-    zeros = tmp_path / "zeros"
-    zeros.mkdir()
-    for item in items:  # every clip as a 16 kHz WAV of zeros, as long as the clip once loaded
-        name = os.path.basename(item["audio_id"])
-        soundfile.write(zeros / name, np.zeros_like(load_audio(os.path.join(audio_dir, name))), 16_000)
-    model = run_dir / "checkpoint-100"
+    names = [os.path.basename(item["audio_id"]) for item in items]
+    zeros, rotated = tmp_path / "zeros", tmp_path / "rotated"
+    zeros.mkdir(), rotated.mkdir()
+    for index, name in enumerate(names):  # zeros: as long as the clip once loaded; rotated: the next item's clip
+        sf.write(zeros / name, np.zeros_like(load_audio(os.path.join(audio_dir, name))), 16_000)
+        shutil.copy(os.path.join(audio_dir, names[(index + 1) % len(names)]), rotated / name)
+    model = family_model
     assert _run(model, data_file, audio_dir, tmp_path / "silent.json", "--audio", "silent", "--batch_size", 3) == 0
     assert _run(model, data_file, zeros, tmp_path / "zeros.json", "--batch_size", 3) == 0
     assert _run(model, data_file, audio_dir, tmp_path / "real.json", "--batch_size", 3) == 0
-    assert _raws(tmp_path / "silent.json") == _raws(tmp_path / "zeros.json") != _raws(tmp_path / "real.json")
+    assert _run(model, data_file, audio_dir, tmp_path / "alone.json", "--batch_size", 1) == 0
+    assert _run(model, data_file, rotated, tmp_path / "rotated.json", "--batch_size", 1) == 0
+    real, alone, rotated = (_raws(tmp_path / f"{name}.json") for name in ("real", "alone", "rotated"))
+    assert _raws(tmp_path / "silent.json") == _raws(tmp_path / "zeros.json") != real
     assert _read(tmp_path / "silent.meta.json")["settings"]["audio"] == "silent"
+    assert real == alone
+    assert all(own != neighbours for own, neighbours in zip(alone, rotated, strict=True)), (alone, rotated)
 
 
 # ---- MMAR ----------------------------------------------------------------------------------------------------------
@@ -656,21 +753,51 @@ def mmar_slice(tmp_path_factory):
     return str(data_file), str(root / "audio"), items
 
 
-def test_mmar_is_detected_evaluated_and_scored_by_modality(run_dir, mmar_slice, tmp_path):
+def steered_mmar_output(item: dict, right: bool) -> str:
+    """What a reasoning model writes: a sentence naming another option, then its answer in tags (the item's answer
+    when `right`, else another option). Only the tagged answer scores right; the whole text never does (it names a
+    wrong option, which the official rule rejects)."""
+    others = [choice for choice in item["choices"] if choice != item["answer"]]
+    return f"It could be {others[-1]}, or not. <answer>{item['answer'] if right else others[0]}</answer>"
+
+
+def test_mmar_is_detected_evaluated_and_scored_by_modality(run_dir, mmar_slice, tmp_path, monkeypatch):
+    """The tiny model generates (batch 3), then each item's text is replaced at the generation seam by a tagged answer,
+    right for items 0, 2 and 4 and wrong for 1 and 3 (the tiny model's own babble carries no tags: scoring it would
+    count 0 right whatever went into `answer_prediction`)."""
     from test_scoring import official_mmar_report
 
     data_file, audio_dir, items = mmar_slice
+    right = [True, False, True, False, True]
+    real_generate = evaluator.generate_batch
+    generated = []
+
+    def steered(model, processor, conversations, config):
+        raws = real_generate(model, processor, conversations, config)
+        generated.extend(raws)
+        texts = [part["text"] for conv in conversations for part in conv[-1]["content"] if part["type"] == "text"]
+        indices = [next(i for i, item in enumerate(items) if item["question"] in text) for text in texts]
+        return [steered_mmar_output(items[i], right[i]) for i in indices]
+
+    monkeypatch.setattr(evaluator, "generate_batch", steered)
     out = tmp_path / "mmar.json"
     assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 3) == 0
+    assert len(generated) == 5 and not any("<answer>" in raw for raw in generated)
     predictions = _read(out)
     assert isinstance(predictions, list) and len(predictions) == 5
-    for item, predicted in zip(items, predictions, strict=True):
+    for item, predicted, is_right in zip(items, predictions, right, strict=True):
         assert {key: predicted[key] for key in item} == item  # MMAR's keys kept, `audio_path` as in the file
+        assert predicted["model_raw_output"] == steered_mmar_output(item, is_right)
         assert predicted["answer_prediction"] == extract_answer(predicted["model_raw_output"])
+        assert predicted["answer_prediction"] != predicted["model_raw_output"]
+        assert (predicted["answer_prediction"] == item["answer"]) is is_right
     summary = _read(tmp_path / "mmar.score.json")
     assert summary["benchmark"] == "mmar" and _read(tmp_path / "mmar.meta.json")["settings"]["benchmark"] == "mmar"
     assert sum(row["total"] for row in summary["modality"].values()) == 5
-    assert summary["total"]["correct"] == official_mmar_report(predictions)[1]
+    # MMAR's official script, run on our output file, counts the three right answers; so do we.
+    assert summary["total"]["correct"] == official_mmar_report(predictions)[1] == 3
+    # The raw texts would score nothing: the official rule rejects each (it names a wrong option).
+    assert official_mmar_report([{**p, "answer_prediction": p["model_raw_output"]} for p in predictions])[1] == 0
     # the same predictions with each item's answer: the output's keys are what MMAR's script reads
     answered = [{**p, "answer_prediction": p["answer"]} for p in predictions]
     assert score(answered)["total"]["accuracy"] == 100.0

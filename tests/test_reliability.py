@@ -79,6 +79,17 @@ def run(toy, output_dir, *args, processes=1, **env):
     return result.stdout + result.stderr
 
 
+def logs(tmp_path: Path, name: str) -> dict:
+    """The environment of a run that logs its data order (tests/grpo_with_varied_reward.py: R1AQA_ORDER_LOG) and
+    probes the model at every step start (R1AQA_STEP_LOG)."""
+    return {"R1AQA_ORDER_LOG": str(tmp_path / f"{name}.log"), "R1AQA_STEP_LOG": str(tmp_path / f"{name}.steps")}
+
+
+def steps(path: Path) -> dict[int, dict]:
+    """{step: probe at its start} from a R1AQA_STEP_LOG file (the last record of a step a killed run repeated)."""
+    return {record["step"]: record for record in map(json.loads, path.read_text().splitlines())}
+
+
 def order(log: Path, processes: int) -> list[list[list[str]]]:
     """Per generation batch, the clips each process scored (a process's file: one line per batch)."""
     files = [log] if processes == 1 else [Path(f"{log}.rank{rank}") for rank in range(processes)]
@@ -90,12 +101,12 @@ def order(log: Path, processes: int) -> list[list[list[str]]]:
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, tmp_path, processes):
     straight = tmp_path / "straight"
-    run(toy, straight, processes=processes, R1AQA_ORDER_LOG=str(tmp_path / "straight.log"))
+    run(toy, straight, processes=processes, **logs(tmp_path, "straight"))
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         grpo_command(toy, killed, processes=processes),
-        env=environment(R1AQA_ORDER_LOG=str(tmp_path / "killed.log")),
+        env=environment(**logs(tmp_path, "killed")),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -111,7 +122,7 @@ def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, t
     (killed / "checkpoint-3").mkdir(exist_ok=True)
     (killed / "checkpoint-3" / "trainer_state.json").unlink(missing_ok=True)
 
-    log = run(toy, killed, "--resume", "true", processes=processes, R1AQA_ORDER_LOG=str(tmp_path / "resumed.log"))
+    log = run(toy, killed, "--resume", "true", processes=processes, **logs(tmp_path, "resumed"))
     assert f"Resuming from {killed / 'checkpoint-2'}" in log
     for step in (1, 2, 3, 4):
         state = json.loads((killed / f"checkpoint-{step}" / "trainer_state.json").read_text())
@@ -130,6 +141,34 @@ def test_sigkilled_run_resumes_at_the_right_step_with_the_same_data_order(toy, t
     initial = load_file(Path(toy["model"]) / "model.safetensors")
     final = load_file(killed / "model.safetensors")
     assert any(not torch.equal(final[k], initial[k]) for k in final)
+    initial_model = torch.load(
+        tmp_path / "straight.steps.weights.pt" if processes == 1 else tmp_path / "straight.steps.weights.rank0.pt"
+    )
+
+    # The resumed run starts from the checkpoint's weights, on every process: at the start of its first step (before
+    # any update) the policy is checkpoint-2's, tensor for tensor, not the initial model's.
+    from r1aqa.models import load_model
+
+    saved = load_model(str(killed / "checkpoint-2")).state_dict()
+    assert any(not torch.equal(value, initial_model[name]) for name, value in saved.items()), "the weights moved"
+    for rank in range(processes):
+        suffix = f".rank{rank}" if processes > 1 else ""
+        resumed_weights = torch.load(tmp_path / f"resumed.steps.weights{suffix}.pt")
+        assert set(saved) == set(resumed_weights), set(saved) ^ set(resumed_weights)
+        for name, value in saved.items():
+            assert torch.equal(resumed_weights[name], value), f"rank {rank}: {name} is not the checkpoint's"
+        # Policy and reference at the start of each step, on a fixed probe (its own question, audio and completion):
+        # the resumed run's first step sees what the uninterrupted run saw at step 3; the killed run saw what it saw
+        # at steps 1-2. (The logged loss/KL of a step are not comparable: they average over completions that are
+        # sampled differently after a resume.)
+        probes = {name: steps(tmp_path / f"{name}.steps{suffix}") for name in ("straight", "killed", "resumed")}
+        assert sorted(probes["straight"]) == [0, 1, 2, 3] and sorted(probes["resumed"]) == [2, 3]
+        assert probes["straight"][0]["kl"] == 0 and probes["straight"][2]["kl"] > 1e-6, probes["straight"]
+        for name, first in (("killed", 0), ("killed", 1), ("resumed", 2)):
+            for key in ("logps", "ref_logps"):
+                expected, got = probes["straight"][first][key], probes[name][first][key]
+                assert np.allclose(got, expected, rtol=0, atol=1e-6), (rank, name, first, key, got, expected)
+            assert np.isclose(probes[name][first]["kl"], probes["straight"][first]["kl"], rtol=1e-4, atol=1e-9)
 
 
 def test_wandb_key_never_reaches_logs_or_checkpoints(toy, tmp_path):

@@ -31,8 +31,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def real_items(version):
     path = MMAU_FILES[version]
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set R1AQA_SHARED_DATA)")
+    assert path.is_file(), f"{path} is missing: the repository ships it (tests/data/README.md says where it is from)"
     return json.loads(path.read_text(encoding="utf-8"))
 
 

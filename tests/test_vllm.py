@@ -21,6 +21,7 @@ from data_paths import AVQA_AUDIO_DIR, MMAU_2025_03, MMAU_AUDIO_DIR
 from datasets import Dataset
 from launch_helpers import free_port, run_grpo_sh
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+from vllm_sync import largest_logprob_difference
 
 from r1aqa.audio import load_audio, prompts_with_audio
 from r1aqa.prompts import format_question, user_turn
@@ -198,32 +199,15 @@ def test_weights_sync_after_an_update(vllm_run):
     """After the last update vLLM still holds the previous weights (TRL syncs before generating); a sync makes its
     log-probs those of the updated HF model."""
     trainer, _, _ = vllm_run
-    processor = trainer.processing_class
-    convs = conversations()[:2]
-    model = trainer.model.eval()
-
-    def largest_logprob_difference() -> float:
-        """Greedy completions by vLLM (through the trainer's engine), their log-probs by vLLM and by the HF model."""
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=6, logprobs=0)
-        outputs = trainer.vllm_generation.llm.generate(_prompts(processor, convs), params, use_tqdm=False)
-        largest = 0.0
-        for conv, output in zip(convs, outputs, strict=True):
-            ids = list(output.outputs[0].token_ids)
-            vllm_logps = [next(iter(lp.values())).logprob for lp in output.outputs[0].logprobs]
-            hf_logps = _hf_logprobs(model, processor, conv, ids)
-            largest = max([largest] + [abs(v - h) for v, h in zip(vllm_logps, hf_logps, strict=True)])
-        return largest
-
-    assert largest_logprob_difference() > 1e-3  # stale: the last update is not in vLLM yet
+    convs, model = conversations()[:2], trainer.model.eval()
+    assert largest_logprob_difference(trainer, convs, model) > 1e-3  # stale: the last update is not in vLLM yet
     trainer.vllm_generation.sync_weights()
-    assert largest_logprob_difference() < 1e-4
+    assert largest_logprob_difference(trainer, convs, model) < 1e-4
 
 
 def test_lora_run_syncs_the_merged_weights(vllm_model_dir, tmp_path):
     """With LoRA, TRL merges the adapters into the weights it sends: vLLM's log-probs still match the policy's after
-    the first update."""
+    the first update; after the last update the engine is stale until a sync sends the merged weights."""
     from peft import LoraConfig
     from tiny_grpo import make_trainer
 
@@ -236,33 +220,10 @@ def test_lora_run_syncs_the_merged_weights(vllm_model_dir, tmp_path):
     assert len(entries) == 2, entries
     assert all(e["sampling/sampling_logp_difference/max"] < PLACEHOLDER_MASS for e in entries), entries
     assert any(e.get("grad_norm", 0) > 0 for e in trainer.state.log_history)
-
-
-def _prompts(processor, convs):
-    """TRL's rows for the wrapped engine (`AudioLLM`): expanded prompt ids, the clips in the image slot."""
-    rows = []
-    for conv in convs:
-        text = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-        audio = conv[0]["content"][0]["audio"]
-        ids = processor(text=[text], audio=[audio], sampling_rate=16_000)["input_ids"][0]
-        rows.append({"prompt_token_ids": list(ids), "multi_modal_data": {"image": [audio]}})
-    return rows
-
-
-def _hf_logprobs(model, processor, conv, completion_ids) -> list[float]:
-    text = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[text], audio=[conv[0]["content"][0]["audio"]], sampling_rate=16_000, return_tensors="pt")
-    prompt_len = inputs["input_ids"].shape[1]
-    ids = torch.cat([inputs["input_ids"], torch.tensor([completion_ids])], dim=1)
-    with torch.inference_mode():
-        logits = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            input_features=inputs["input_features"],
-            feature_attention_mask=inputs["feature_attention_mask"],
-        ).logits
-    logps = torch.log_softmax(logits[0, prompt_len - 1 : -1].float(), dim=-1)
-    return logps.gather(1, torch.tensor(completion_ids)[:, None])[:, 0].tolist()
+    convs, model = conversations()[:2], trainer.model.eval()
+    assert largest_logprob_difference(trainer, convs, model) > 1e-3  # stale: the last update is not in vLLM yet
+    trainer.vllm_generation.sync_weights()
+    assert largest_logprob_difference(trainer, convs, model) < 1e-4
 
 
 def test_checkpoint_reloads_and_evaluates_the_same_with_both_backends(vllm_run, tmp_path):
@@ -321,8 +282,9 @@ def test_run_grpo_sh_trains_with_vllm_and_saves_a_checkpoint_that_loads(toy, tmp
 
 @pytest.mark.slow
 def test_deepspeed_zero3_two_processes_sync_gathered_weights(toy, tmp_path):
-    """Two processes under DeepSpeed ZeRO-3 (gloo), a colocated vLLM engine each: the weights TRL gathers reach vLLM
-    (its log-probs match the policy's after an update that moved them: lr 1e-3, gradients non-zero)."""
+    """Two processes under DeepSpeed ZeRO-3 (gloo), a colocated vLLM engine each: the weights TRL gathers reach vLLM.
+    Right after the first update each engine is stale (its log-probs differ from the updated policy's), and at the
+    second step, after TRL's sync, they match (lr 1e-3, gradients non-zero)."""
     from r1aqa.cpu.tiny import write_tiny_model
 
     model = write_tiny_model(str(tmp_path / "model"), extra_tokens=("<answer>", "</answer>", "low", "top"), head_dim=32)
@@ -335,7 +297,8 @@ def test_deepspeed_zero3_two_processes_sync_gathered_weights(toy, tmp_path):
         "--max_steps", "2", "--top_k", "0", "--learning_rate", "1e-3", "--reward_funcs", "varied",
         "--save_strategy", "no", "--logging_steps", "1",
     ]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}"}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}",
+                   "R1AQA_VLLM_STALE_LOG": str(tmp_path / "stale.json")}  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
@@ -343,3 +306,6 @@ def test_deepspeed_zero3_two_processes_sync_gathered_weights(toy, tmp_path):
     assert len(logged) == 2 and float(logged[0]["grad_norm"]) > 0, logged
     for entry in logged:
         assert float(entry["sampling/sampling_logp_difference/max"]) < PLACEHOLDER_MASS, entry
+    for rank in (0, 1):  # after the first update, before the second step's sync: stale
+        stale = json.loads((tmp_path / f"stale.json.rank{rank}").read_text())
+        assert stale["step"] == 1 and stale["stale"] > 1e-3, (rank, stale)

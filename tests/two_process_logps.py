@@ -7,8 +7,10 @@ Each rank trains the paper's batch shape (2 questions x G per device, accumulati
 old-policy pass runs too) with plain SGD, and writes `OUT_DIR/rank<R>.json`: per log-prob pass, the questions of
 its rows and how far the trainer's log-probs are from a plain forward with each row's own clip, another clip, no
 audio and per-completion encoding; and the change of a few weights (gathered from ZeRO-3's shards), which with SGD
-is the learning rate times the summed gradients of both steps. `--unshared` trains with per-completion encoding
-(and recomputes every pass with shared encoding).
+is the learning rate times the summed gradients of both steps (no gradient clipping). `--unshared` trains with
+per-completion encoding (and recomputes every pass with shared encoding). Each rank also records the completions it
+sampled and the logged loss per step: tests/test_two_processes.py replays those completions in a one-process run of
+the same global batch (`train_one_process`), whose loss and weight change must be the same.
 """
 
 import argparse
@@ -43,6 +45,74 @@ def full_weights(model) -> dict:
         return {name: p.detach().float().clone() for name, p in zip(WEIGHTS, chosen, strict=True)}
 
 
+def training_settings(accumulation: int) -> dict:
+    """The run's settings beside the model and data: 2 questions x G per device and `accumulation` micro-batches per
+    optimizer step, two iterations per generation (the old-policy pass runs), plain SGD without gradient clipping (a
+    weight's change is then linear in the gradients), two optimizer steps."""
+    return dict(
+        gradient_accumulation_steps=accumulation,
+        num_iterations=2,
+        max_steps=2,
+        optim="sgd",
+        learning_rate=1e-2,
+        max_grad_norm=0.0,
+    )
+
+
+def record_generations(trainer) -> list[dict]:
+    """Every generation call's prompts (token ids, one per completion) and sampled completions, appended as they run."""
+    calls = []
+    original = trainer._generate_single_turn
+
+    def recorded(prompt_ids, *args, **kwargs):
+        output = original(prompt_ids, *args, **kwargs)
+        calls.append({"prompt_ids": [list(map(int, p)) for p in prompt_ids], "completion_ids": output[0]})
+        return output
+
+    trainer._generate_single_turn = recorded
+    return calls
+
+
+def replay_generations(trainer, calls: list[dict]) -> list[int]:
+    """Make `trainer` generate the recorded completions: each prompt's, in their recorded order, wherever the prompt
+    comes in the batch. Returns a list holding the number of completions still unused (0 once all were replayed)."""
+    from collections import defaultdict, deque
+
+    queued = defaultdict(deque)
+    for call in calls:
+        for prompt, completion in zip(call["prompt_ids"], call["completion_ids"], strict=True):
+            queued[tuple(prompt)].append(list(completion))
+    left = [sum(map(len, queued.values()))]
+
+    def replayed(prompt_ids, *args, **kwargs):
+        completions = [queued[tuple(map(int, p))].popleft() for p in prompt_ids]
+        left[0] -= len(completions)
+        return completions, None
+
+    trainer._generate_single_turn = replayed
+    return left
+
+
+def train_one_process(model_dir: str, out_dir: str, calls: list[dict]) -> dict:
+    """The same global batch on one process (accumulation 4 instead of 2 processes x 2), replaying `calls` (every
+    rank's sampled completions): {"loss": per step, "deltas": weight changes, "unused": completions not replayed}."""
+    from logp_checks import question_dataset
+    from tiny_grpo import CLIPS, make_trainer
+
+    trainer = make_trainer(model_dir, out_dir, dataset=question_dataset(CLIPS), **training_settings(4))
+    left = replay_generations(trainer, calls)
+    initial = full_weights(trainer.model)
+    trainer.train()
+    final = full_weights(trainer.model)
+    return {
+        "global_step": trainer.state.global_step,
+        "loss": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "deltas": {name: final[name] - initial[name] for name in WEIGHTS},
+        "unused": left[0],
+        "generated_rows": trainer.args.generation_batch_size,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir")
@@ -60,16 +130,13 @@ def main() -> None:
         args.model_dir,
         os.path.join(args.out_dir, "run"),
         dataset=question_dataset(CLIPS),
-        gradient_accumulation_steps=2,
-        num_iterations=2,
-        max_steps=2,
-        optim="sgd",
-        learning_rate=1e-2,
+        **training_settings(2),
         use_cpu=args.deepspeed is None,
         deepspeed=args.deepspeed,
         share_audio_encoding=not args.unshared,
     )
     checker = LogpChecker(trainer, CLIPS, compare_sharing=True)
+    generations = record_generations(trainer)
     initial = full_weights(trainer.model)
     trainer.train()
     final = full_weights(trainer.model)
@@ -87,6 +154,8 @@ def main() -> None:
         "global_step": trainer.state.global_step,
         "calls": checker.calls,
         "weight_change": {name: value.abs().max().item() for name, value in delta.items()},
+        "generations": generations,
+        "loss": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
     }
     with open(os.path.join(args.out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)

@@ -204,6 +204,37 @@ def resume_checkpoint(output_dir: str, save_only_model: bool) -> str | None:
     return checkpoint
 
 
+def restore_weights_on_resume(trainer) -> None:
+    """Make `trainer.train(resume_from_checkpoint=...)` restore the model's weights (`trainer`: a transformers Trainer).
+
+    transformers 5.23's Trainer resumes (without DeepSpeed or FSDP) with `model.load_state_dict(<model.safetensors>,
+    strict=False)`. `save_pretrained` writes Qwen2-Audio's weights under their legacy names (`audio_tower.*`,
+    `language_model.model.*`), which `from_pretrained` converts and `load_state_dict` does not: no tensor matched, so a
+    resumed run went on from its *initial* weights (with the checkpoint's optimizer state, scheduler and data
+    position), logging only a warning (tests/test_reliability.py). Here a checkpoint holding full weights
+    (`model.safetensors` or its shards) is read as `from_pretrained` reads it and copied into the model, every tensor
+    required to match; adapters (PEFT) and DeepSpeed's own checkpoints load as the Trainer loads them.
+    """
+    original = trainer._load_from_checkpoint
+
+    def load(resume_from_checkpoint, model=None):
+        model = model if model is not None else trainer.model
+        full = any(
+            os.path.isfile(os.path.join(resume_from_checkpoint, name))
+            for name in (SAFETENSORS_WEIGHTS[0], SAFETENSORS_INDEX)
+        )
+        if not full or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            return original(resume_from_checkpoint, model)
+        from r1aqa.models import load_model
+
+        saved = load_model(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        logger.info("Restored the weights of %s", resume_from_checkpoint)
+        return None
+
+    trainer._load_from_checkpoint = load
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m r1aqa.checkpoints", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="A training run's output_dir.")

@@ -181,6 +181,7 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
+    from r1aqa.checkpoints import restore_weights_on_resume
     from r1aqa.data import load_avqa_dataset
     from r1aqa.rewards import default_reward_names, get_reward_funcs
     from r1aqa.runs import start_checkpoint, write_run_info
@@ -249,6 +250,7 @@ def main(script_args, training_args, model_args) -> None:
         )
 
     # --- train -----------------------------------------------------------------------------------------------------
+    restore_weights_on_resume(trainer)  # the Trainer's own resume loads no Qwen2-Audio weight
     train(trainer, checkpoint, report)
 
     # --- save ------------------------------------------------------------------------------------------------------

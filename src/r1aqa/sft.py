@@ -235,6 +235,7 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
+    from r1aqa.checkpoints import restore_weights_on_resume
     from r1aqa.grpo import AUDIO_CHECK_CACHE, load_model, prepare_run
     from r1aqa.runs import start_checkpoint, write_run_info
 
@@ -295,6 +296,7 @@ def main(script_args, training_args, model_args) -> None:
         )
 
     # --- train -----------------------------------------------------------------------------------------------------
+    restore_weights_on_resume(trainer)  # the Trainer's own resume loads no Qwen2-Audio weight
     trainer.train(resume_from_checkpoint=checkpoint)
 
     # --- save ------------------------------------------------------------------------------------------------------
