@@ -701,8 +701,12 @@ def test_evaluation_stops_at_im_end_when_the_tokenizer_eos_differs(mmau_slice, t
 
 @pytest.fixture(params=["qwen2_audio", "qwen2_5_omni"])
 def family_model(request, run_dir, tiny_omni_dir):
-    """A tiny checkpoint of each model family: Qwen2-Audio and the Qwen2.5-Omni thinker."""
-    return run_dir / "checkpoint-100" if request.param == "qwen2_audio" else Path(tiny_omni_dir)
+    """A tiny checkpoint of each model family and the arguments it is evaluated with: Qwen2-Audio, and the Qwen2.5-Omni
+    thinker with the model card's system prompt (under the template's own, this random thinker answers two of the six
+    clips with the same babble, so a swapped clip could not show)."""
+    if request.param == "qwen2_audio":
+        return run_dir / "checkpoint-100", ()
+    return Path(tiny_omni_dir), ("--system_prompt", "qwen")
 
 
 def test_silent_audio_is_silence_of_the_same_length_and_each_item_hears_its_own_clip(
@@ -721,12 +725,13 @@ def test_silent_audio_is_silence_of_the_same_length_and_each_item_hears_its_own_
     for index, name in enumerate(names):  # zeros: as long as the clip once loaded; rotated: the next item's clip
         sf.write(zeros / name, np.zeros_like(load_audio(os.path.join(audio_dir, name))), 16_000)
         shutil.copy(os.path.join(audio_dir, names[(index + 1) % len(names)]), rotated / name)
-    model = family_model
-    assert _run(model, data_file, audio_dir, tmp_path / "silent.json", "--audio", "silent", "--batch_size", 3) == 0
-    assert _run(model, data_file, zeros, tmp_path / "zeros.json", "--batch_size", 3) == 0
-    assert _run(model, data_file, audio_dir, tmp_path / "real.json", "--batch_size", 3) == 0
-    assert _run(model, data_file, audio_dir, tmp_path / "alone.json", "--batch_size", 1) == 0
-    assert _run(model, data_file, rotated, tmp_path / "rotated.json", "--batch_size", 1) == 0
+    model, family_args = family_model
+    silent = ("--audio", "silent", "--batch_size", 3)
+    assert _run(model, data_file, audio_dir, tmp_path / "silent.json", *silent, *family_args) == 0
+    assert _run(model, data_file, zeros, tmp_path / "zeros.json", "--batch_size", 3, *family_args) == 0
+    assert _run(model, data_file, audio_dir, tmp_path / "real.json", "--batch_size", 3, *family_args) == 0
+    assert _run(model, data_file, audio_dir, tmp_path / "alone.json", "--batch_size", 1, *family_args) == 0
+    assert _run(model, data_file, rotated, tmp_path / "rotated.json", "--batch_size", 1, *family_args) == 0
     real, alone, rotated = (_raws(tmp_path / f"{name}.json") for name in ("real", "alone", "rotated"))
     assert _raws(tmp_path / "silent.json") == _raws(tmp_path / "zeros.json") != real
     assert _read(tmp_path / "silent.meta.json")["settings"]["audio"] == "silent"

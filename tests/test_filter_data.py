@@ -31,6 +31,7 @@ class ListeningStub:
     def __init__(self, *args):
         self.calls = 0
         self.checkpoint_config, self.processor = None, Namespace(tokenizer=None)
+        self.audio_channels = "first"  # how the model's family makes a stereo file mono (r1aqa.evaluate.Model)
 
     def get(self):
         return self
@@ -215,3 +216,15 @@ def test_vllm_backend_draws_k_different_samples_per_question(tmp_path):
     assert all(len(a) == 4 for a in answers) and all(len(set(a)) > 1 for a in answers)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["counts"]["strong"] + summary["counts"]["weak"] == 4
+
+
+def test_strong_split_recipe_is_the_paper_recipe_on_the_strong_split():
+    """Only the data file, the output folder and the run name differ: a paper value changed in one recipe and not in
+    the other (as the KL flag once was) fails here."""
+    import yaml
+
+    paper = yaml.safe_load((REPO / "configs/grpo_qwen2_audio_7b.yaml").read_text())
+    strong = yaml.safe_load((REPO / "configs/grpo_qwen2_audio_7b_strong.yaml").read_text())
+    differ = {"data_file", "output_dir", "run_name"}
+    assert strong["data_file"] == "outputs/filter/strong.jsonl"
+    assert {k: v for k, v in strong.items() if k not in differ} == {k: v for k, v in paper.items() if k not in differ}

@@ -594,7 +594,9 @@ class Model:
             from r1aqa.models import detect_family, set_system_prompt
 
             set_system_prompt(self.processor, self.args.system_prompt)
-            self.audio_channels = detect_family(self.args.model_path).audio_channels  # first (Qwen2-Audio) or mean
+            # first channel (Qwen2-Audio) or their mean; a LoRA checkpoint is of its base model's family
+            family_path = adapter_base_model(self.args.model_path) or self.args.model_path
+            self.audio_channels = detect_family(family_path).audio_channels
             self.load_seconds = time.time() - started
         return self
 

@@ -76,7 +76,7 @@ def run_shard(generator, config, examples, indices, problems, args, shard: int) 
     answers = {i: {f"{condition}_answers": [] for condition in CONDITIONS} for i in ready}
     batches = [ready[start : start + args.batch_size] for start in range(0, len(ready), args.batch_size)]
     for b, batch in enumerate(batches):
-        conversations = prompts_with_audio([examples[i]["prompt"] for i in batch])
+        conversations = prompts_with_audio([examples[i]["prompt"] for i in batch], channels=generator.audio_channels)
         solutions = [examples[i]["solution"] for i in batch]
         for sample in range(args.num_samples):
             seed = sample_seed(args.seed, sample, shard, b)
@@ -98,7 +98,10 @@ def sample_all(args, examples, problems, settings: dict) -> list[list[dict]]:
     n_shards = -(-len(examples) // args.shard_size)
     results = []
     for m, model_path in enumerate(args.model_path):
-        loaded = Model(argparse.Namespace(model_path=model_path, device=args.device, backend=args.backend),
+        evaluation = argparse.Namespace(
+            model_path=model_path, device=args.device, backend=args.backend, system_prompt=args.system_prompt
+        )
+        loaded = Model(evaluation,
                        resolve_processor_path(model_path))  # fmt: skip
         config, rows = None, []
         for shard in range(n_shards):
@@ -211,6 +214,7 @@ def run(args: argparse.Namespace) -> dict:
         "data_sha256": data_release(args.data_file)["sha256"],
         "audio_dir": args.audio_dir and os.path.abspath(args.audio_dir),
         "prompt_style": args.prompt_style,
+        "system_prompt": args.system_prompt,
         "num_samples": args.num_samples,
         "max_new_tokens": args.max_new_tokens,
         "sampling": sampling,
@@ -257,6 +261,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top_p", type=float, default=1.0, help="Rollout top-p (paper: 1.0).")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="Paper's max_completion_length: 256.")
     parser.add_argument("--prompt_style", choices=("answer", "think"), default="answer", help="Prompt <2> or <3>.")
+    parser.add_argument(
+        "--system_prompt",
+        choices=("default", "qwen", "none"),
+        default="default",
+        help="The system turn, as training's `system_prompt` (default: the chat template's own).",
+    )
     parser.add_argument("--seed", type=int, default=42, help="Seed of the sampling (recorded).")
     parser.add_argument("--shard_size", type=int, default=256, help="Questions per saved shard.")
     parser.add_argument("--batch_size", type=int, default=32, help="Questions per generate call.")
