@@ -3,7 +3,7 @@
 # environment; every argument after the script name goes to `python -m r1aqa.sft` (e.g. `--num_train_epochs 1`).
 #
 #   bash run_sft.sh                                   # full fine-tuning on one 8-GPU node (ZeRO-3)
-#   SFT_TYPE=lora bash run_sft.sh                     # LoRA (plain DDP); then merge: python -m r1aqa.merge_lora
+#   SFT_TYPE=lora bash run_sft.sh                     # LoRA (plain DDP); test_mmau.sh evaluates its adapters as they are
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash run_sft.sh   # then NODE_RANK=1 on the second node
 #   DS_CONFIG=configs/ds_zero3_offload.json bash run_sft.sh    # fewer or smaller GPUs: offload to CPU
 #   DEVICE=cpu bash run_sft.sh                        # CPU smoke test: tiny random model, toy tone task, 4 steps

@@ -352,3 +352,15 @@ def test_smoke_memory_estimate_is_the_plans_row_for_the_run(tmp_path):
     assert "4 GPU(s), ZeRO-3 + CPU offload" in assumed
     assert plan_estimate(config, SimpleNamespace(**{**vars(args), "deepspeed": None}), gpus=4)[0] is None
     assert plan_estimate(config, args, gpus=3)[0] is None
+
+
+def test_lora_without_target_modules_stops_before_loading_and_names_the_setting():
+    """PEFT would stop deep in the trainer's start-up; the entry point says which setting is missing instead."""
+    from trl import ModelConfig
+
+    from r1aqa.preflight import check_peft
+
+    with pytest.raises(SystemExit, match="lora_target_modules"):
+        check_peft(ModelConfig(use_peft=True))
+    check_peft(ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
+    check_peft(ModelConfig(use_peft=False))

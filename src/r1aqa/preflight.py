@@ -27,6 +27,23 @@ def check_model_path(path: str) -> None:
         )
 
 
+# Every linear layer of the language model (as configs/sft_qwen2_audio_7b_lora.yaml), offered when LoRA is asked for
+# without saying where: PEFT would otherwise stop deep in the trainer's start-up.
+LORA_TARGETS_EXAMPLE = "'.*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)'"
+
+
+def check_peft(model_args) -> None:
+    """LoRA (`use_peft`) needs to know which layers get adapters."""
+    if model_args.use_peft and not (
+        model_args.lora_target_modules or getattr(model_args, "lora_target_parameters", None)
+    ):
+        raise SystemExit(
+            "use_peft is true but no lora_target_modules are set: say which layers get LoRA adapters, e.g. "
+            f"--lora_target_modules {LORA_TARGETS_EXAMPLE} (every linear layer of the language model, as "
+            "configs/sft_qwen2_audio_7b_lora.yaml; also lora_r, lora_alpha, lora_dropout)."
+        )
+
+
 def _has_wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -56,6 +73,7 @@ def run_entry_point(parse_args: Callable, main: Callable, argv: list[str] | None
     enable_cpu_deepspeed()
     script_args, training_args, model_args = parse_args(sys.argv[1:] if argv is None else argv)
     check_model_path(model_args.model_name_or_path)
+    check_peft(model_args)
     check_wandb(training_args)
     main(script_args, training_args, model_args)
     close_process_group()
