@@ -36,7 +36,7 @@ class ListeningStub:
     def get(self):
         return self
 
-    def generate(self, conversations, config, seed):
+    def generate(self, conversations, config, seed, item_seeds=()):
         self.calls += len(conversations)
         answers = []
         for conversation in conversations:

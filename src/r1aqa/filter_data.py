@@ -78,11 +78,13 @@ def run_shard(generator, config, examples, indices, problems, args, shard: int) 
     for b, batch in enumerate(batches):
         conversations = prompts_with_audio([examples[i]["prompt"] for i in batch], channels=generator.audio_channels)
         solutions = [examples[i]["solution"] for i in batch]
+        ids = [examples[i]["id"] for i in batch]
         for sample in range(args.num_samples):
             seed = sample_seed(args.seed, sample, shard, b)
             for condition in CONDITIONS:
                 batch_conversations = conversations if condition == "audio" else [silenced(c) for c in conversations]
-                raws = generator.generate(batch_conversations, config, seed)
+                # vLLM seeds each request from (seed, its item): the batch it falls in does not matter
+                raws = generator.generate(batch_conversations, config, seed, item_seeds=(seed, ids))
                 for i, raw, reward in zip(batch, raws, accuracy_reward(raws, solutions), strict=True):
                     counts[i][condition] += int(reward)
                     answers[i][f"{condition}_answers"].append(extract_answer(raw))
