@@ -172,9 +172,19 @@ def wait(process: subprocess.Popen, what: str) -> None:
         raise SystemExit(f"{tail}\nerror: {what} failed (exit {code}); see {process.log_file or 'the output above'}.")
 
 
+# Settings that run_grpo.sh and test_mmau.sh read from the environment. The demo passes what it wants as arguments;
+# a user's own (e.g. `make bench-learning SEEDS="0 1 2"`, which make exports) must not turn one run into several.
+LAUNCHER_SETTINGS = (
+    "SEEDS", "SMOKE", "MODEL", "DATA_FILE", "OUTPUT_DIR", "RECIPE", "DS_CONFIG", "CPU_PROCS", "NPROC_PER_NODE",
+    "NNODES", "NODE_RANK", "RUN_DIR", "RUN_DIRS", "OUT_DIR", "AGG_DIR", "STEPS", "PROTOCOL", "DECODING", "SEED",
+    "NUM_SAMPLES", "AUDIO", "AUDIO_DIR", "BATCH_SIZE", "MAX_NEW_TOKENS", "THINK", "PROMPT_STYLE", "SYSTEM_PROMPT",
+    "BENCHMARK", "MMAU_FILE", "SELECT_FILE", "SELECT_AUDIO_DIR", "BACKEND", "EVAL_DEVICES", "EVAL_PROCS",
+)  # fmt: skip
+
+
 def subprocess_env() -> dict:
     return {
-        **os.environ,
+        **{key: value for key, value in os.environ.items() if key not in LAUNCHER_SETTINGS},
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",  # the demo is the CPU path everywhere, also on a GPU node
         "DEVICE": "cpu",  # run_grpo.sh's CPU try-out (without it the script stops: no GPU)
