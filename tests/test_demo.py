@@ -165,3 +165,13 @@ def test_bench_over_seeds_reports_mean_and_std_of_each_row(tmp_path, monkeypatch
 def test_seeds_need_the_bench():
     with pytest.raises(SystemExit):
         demo.parse_args(["--seeds", "1", "2"])
+
+
+def test_demo_subprocesses_ignore_the_users_launcher_settings(monkeypatch):
+    """`make bench-learning SEEDS="0 1 2"` exports SEEDS; passed on, run_grpo.sh would train three runs per GRPO run."""
+    for key, value in {"SEEDS": "0 1 2", "SMOKE": "1", "OUTPUT_DIR": "elsewhere", "PROTOCOL": "paper"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PYTHONPATH", "keep")
+    env = demo.subprocess_env()
+    assert not {"SEEDS", "SMOKE", "OUTPUT_DIR", "PROTOCOL"} & set(env)
+    assert env["DEVICE"] == "cpu" and env["PYTHONPATH"].endswith("keep")
