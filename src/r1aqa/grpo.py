@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from r1aqa.preflight import run_entry_point
 
 logger = logging.getLogger("r1aqa.grpo")
-AUDIO_CHECK_CACHE = "audio_check.json"  # in output_dir: the start-up audio check, reused on resume
 
 
 @dataclass
@@ -181,10 +180,9 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.checkpoints import restore_weights_on_resume
     from r1aqa.data import load_avqa_dataset
     from r1aqa.rewards import default_reward_names, get_reward_funcs
-    from r1aqa.runs import start_checkpoint, write_run_info
+    from r1aqa.runs import AUDIO_CHECK_CACHE, prepare_run, start_of_run, train, write_run_info
     from r1aqa.trainer import AudioGRPOTrainer
 
     # --- seed, logging ---------------------------------------------------------------------------------------------
@@ -196,13 +194,7 @@ def main(script_args, training_args, model_args) -> None:
 
     # Which checkpoint to continue from, decided before anything loads (a weights-only run, or one that would
     # overwrite an earlier run's checkpoints, stops here).
-    checkpoint = start_checkpoint(
-        training_args.output_dir,
-        script_args.resume,
-        training_args.resume_from_checkpoint,
-        script_args.overwrite_output_dir,
-        training_args.save_only_model,
-    )
+    checkpoint = start_of_run(script_args, training_args)
     logger.info(script_args.batch_line)
 
     # --- data ------------------------------------------------------------------------------------------------------
@@ -250,7 +242,6 @@ def main(script_args, training_args, model_args) -> None:
         )
 
     # --- train -----------------------------------------------------------------------------------------------------
-    restore_weights_on_resume(trainer)  # the Trainer's own resume loads no Qwen2-Audio weight
     train(trainer, checkpoint, report)
 
     # --- save ------------------------------------------------------------------------------------------------------
@@ -260,40 +251,6 @@ def main(script_args, training_args, model_args) -> None:
     logger.info("Saved the final model to %s", training_args.output_dir)
     if report is not None and trainer.accelerator.is_main_process:
         print(report.screen(), flush=True)
-
-
-def prepare_run(trainer, script_args, training_args, model_args):
-    """What both entry points add to their trainer: the disk plan (logged), the callback that keeps the resume state
-    in the newest checkpoint only, and with `smoke` the report's callback (returned; None otherwise)."""
-    from r1aqa.runs import checkpoint_sizes, disk_plan, make_state_callback
-
-    trainer.add_callback(make_state_callback(script_args.keep_all_checkpoint_state))
-    weights, with_state = checkpoint_sizes(trainer.model, bool(training_args.deepspeed), bool(model_args.use_peft))
-    if trainer.accelerator.is_main_process:
-        max_steps = getattr(script_args, "recipe_max_steps", None) or training_args.max_steps
-        save_steps = getattr(script_args, "recipe_save_steps", None) or training_args.save_steps
-        logger.info(disk_plan(weights, with_state, max_steps, int(save_steps), script_args.keep_all_checkpoint_state))
-    if not getattr(script_args, "smoke", False):
-        return None
-    from r1aqa.smoke import SmokeReport
-
-    report = SmokeReport(script_args, training_args, model_args, trainer.model, weights, with_state)
-    trainer.add_callback(report)
-    return report
-
-
-def train(trainer, checkpoint, report) -> None:
-    """`trainer.train`; a smoke run that runs out of memory prints what to change before it fails."""
-    if report is None:
-        trainer.train(resume_from_checkpoint=checkpoint)
-        return
-    import torch
-
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    except (torch.OutOfMemoryError, MemoryError) as error:
-        print(report.screen(out_of_memory=error), file=sys.stderr, flush=True)
-        raise
 
 
 def cli(argv: list[str] | None = None) -> None:

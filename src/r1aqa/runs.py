@@ -18,6 +18,7 @@ from r1aqa.checkpoints import checkpoint_dirs, checkpoint_problem, remove_state,
 logger = logging.getLogger(__name__)
 
 GB = 2**30
+AUDIO_CHECK_CACHE = "audio_check.json"  # in output_dir: the start-up audio check, reused on resume
 RUN_INFO = "r1aqa_run.json"  # what evaluation reads to prompt a checkpoint as it was trained
 TRUE_WORDS = ("true", "1", "yes")
 
@@ -109,6 +110,17 @@ def start_checkpoint(
                 shutil.rmtree(path)
             logger.warning("overwrite_output_dir: deleted %d checkpoint(s) of %s", len(existing), output_dir)
     return None
+
+
+def start_of_run(script_args, training_args) -> str | None:
+    """`start_checkpoint` with an entry point's arguments (both take `RunArguments`: resume, overwrite_output_dir)."""
+    return start_checkpoint(
+        training_args.output_dir,
+        script_args.resume,
+        training_args.resume_from_checkpoint,
+        script_args.overwrite_output_dir,
+        training_args.save_only_model,
+    )
 
 
 # --- the global batch -------------------------------------------------------------------------------------------------
@@ -248,3 +260,43 @@ def make_state_callback(keep_all_state: bool):
                     logger.info("Removed the resume state of %s (weights kept; %s has it)", path, newest)
 
     return KeepNewestState()
+
+
+# --- the run itself ------------------------------------------------------------------------------------------------------
+
+
+def prepare_run(trainer, script_args, training_args, model_args):
+    """What both entry points add to their trainer: the disk plan (logged), the callback that keeps the resume state
+    in the newest checkpoint only, and with `smoke` the report's callback (returned; None otherwise)."""
+    trainer.add_callback(make_state_callback(script_args.keep_all_checkpoint_state))
+    weights, with_state = checkpoint_sizes(trainer.model, bool(training_args.deepspeed), bool(model_args.use_peft))
+    if trainer.accelerator.is_main_process:
+        max_steps = getattr(script_args, "recipe_max_steps", None) or training_args.max_steps
+        save_steps = getattr(script_args, "recipe_save_steps", None) or training_args.save_steps
+        logger.info(disk_plan(weights, with_state, max_steps, int(save_steps), script_args.keep_all_checkpoint_state))
+    if not getattr(script_args, "smoke", False):
+        return None
+    from r1aqa.smoke import SmokeReport
+
+    report = SmokeReport(script_args, training_args, model_args, trainer.model, weights, with_state)
+    trainer.add_callback(report)
+    return report
+
+
+def train(trainer, checkpoint, report) -> None:
+    """`trainer.train` from `checkpoint`, its weights restored (r1aqa.checkpoints.restore_weights_on_resume: the
+    Trainer's own resume loads no Qwen2-Audio weight); a smoke run that runs out of memory prints what to change
+    before it fails."""
+    from r1aqa.checkpoints import restore_weights_on_resume
+
+    restore_weights_on_resume(trainer)
+    if report is None:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        return
+    import torch
+
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        print(report.screen(out_of_memory=error), file=sys.stderr, flush=True)
+        raise

@@ -235,9 +235,8 @@ def main(script_args, training_args, model_args) -> None:
     from transformers import set_seed
     from trl import get_peft_config
 
-    from r1aqa.checkpoints import restore_weights_on_resume
-    from r1aqa.grpo import AUDIO_CHECK_CACHE, load_model, prepare_run
-    from r1aqa.runs import start_checkpoint, write_run_info
+    from r1aqa.grpo import load_model
+    from r1aqa.runs import AUDIO_CHECK_CACHE, prepare_run, start_of_run, train, write_run_info
 
     # --- seed, logging ---------------------------------------------------------------------------------------------
     set_seed(training_args.seed)
@@ -250,13 +249,7 @@ def main(script_args, training_args, model_args) -> None:
 
     # Which checkpoint to continue from, decided before anything loads (a weights-only run, or one that would
     # overwrite an earlier run's checkpoints, stops here).
-    checkpoint = start_checkpoint(
-        training_args.output_dir,
-        script_args.resume,
-        training_args.resume_from_checkpoint,
-        script_args.overwrite_output_dir,
-        training_args.save_only_model,
-    )
+    checkpoint = start_of_run(script_args, training_args)
 
     # --- data ------------------------------------------------------------------------------------------------------
     dataset = load_sft_dataset(
@@ -296,8 +289,7 @@ def main(script_args, training_args, model_args) -> None:
         )
 
     # --- train -----------------------------------------------------------------------------------------------------
-    restore_weights_on_resume(trainer)  # the Trainer's own resume loads no Qwen2-Audio weight
-    trainer.train(resume_from_checkpoint=checkpoint)
+    train(trainer, checkpoint, report=None)
 
     # --- save ------------------------------------------------------------------------------------------------------
     trainer.save_model(training_args.output_dir)  # with LoRA: the adapter only (merge it with r1aqa.merge_lora)
