@@ -81,10 +81,10 @@ format: setup
 	$(VENV)/bin/ruff format src tests benchmarks
 
 demo: setup
-	$(PY) -m r1aqa.cpu.demo
+	$(PY) -m r1aqa.tryout.demo
 
 bench-learning: setup
-	$(PY) -m r1aqa.cpu.demo --bench $(if $(SEEDS),--seeds $(SEEDS))
+	$(PY) -m r1aqa.tryout.demo --bench $(if $(SEEDS),--seeds $(SEEDS))
 
 bench-perf: setup
 	$(PY) benchmarks/bench_perf.py

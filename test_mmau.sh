@@ -33,7 +33,7 @@
 #
 # Several runs (RUN_DIRS, or a RUN_DIR holding seed-* runs and no checkpoint-N): each run is evaluated exactly as
 # alone (its own folders and table), then the runs are aggregated per step (mean, std (n-1), min, max, count over
-# runs, per task or modality and in total; r1aqa.tables --aggregate) into
+# runs, per task or modality and in total; r1aqa.report --aggregate) into
 # $AGG_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K][.silent]/aggregate.{csv,json,png}, AGG_DIR defaulting
 # to <the runs' common parent folder>/aggregate.
 set -euo pipefail
@@ -128,7 +128,7 @@ print(os.path.commonpath([os.path.dirname(os.path.abspath(run)) for run in sys.a
     fi
     ((${#select_dirs[@]})) && TABLE+=(--select_score_dirs "${select_dirs[@]}")
     echo "##### aggregate of ${#runs[@]} runs -> $AGG_DIR/$names #####"
-    "$PYTHON" -m r1aqa.tables "${TABLE[@]}"
+    "$PYTHON" -m r1aqa.report "${TABLE[@]}"
     exit 0
 fi
 
@@ -163,7 +163,7 @@ case "$AUDIO" in real|silent) ;; *) die "AUDIO must be real or silent, got '$AUD
 [[ "$NUM_SAMPLES" =~ ^[1-9][0-9]*$ ]] || die "NUM_SAMPLES must be a positive number, got '$NUM_SAMPLES'"
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be a number, got '$SEED'"
 if [[ "$BENCHMARK" == auto ]]; then
-    BENCHMARK=$("$PYTHON" -c 'import sys; from r1aqa.scoring import detect_benchmark, load_items
+    BENCHMARK=$("$PYTHON" -c 'import sys; from r1aqa.benchmarks import detect_benchmark, load_items
 print(detect_benchmark(load_items(sys.argv[1])))' "$DATA_FILE") || die "cannot read DATA_FILE=$DATA_FILE"
 fi
 AUDIO_ARGS=()
@@ -246,9 +246,9 @@ if ! compgen -G "$EVAL_DIR/checkpoint-*.score.json" >/dev/null; then
     echo "No scores (the data file has no answers): predictions are in $EVAL_DIR."
 elif [[ "$AUDIO" == silent ]] && compgen -G "$OUT_DIR/checkpoint-*.score.json" >/dev/null; then
     # With audio (scored earlier into $OUT_DIR) beside silent, per step and task; files in the silent folder.
-    "$PYTHON" -m r1aqa.tables --score_dir "$OUT_DIR" --silent_score_dir "$EVAL_DIR" \
+    "$PYTHON" -m r1aqa.report --score_dir "$OUT_DIR" --silent_score_dir "$EVAL_DIR" \
         --out_prefix "$EVAL_DIR/checkpoints" ${TABLE[@]+"${TABLE[@]}"}
 else
     [[ "$AUDIO" == silent ]] && echo "No scores with audio in $OUT_DIR yet: the table shows silent accuracy only."
-    "$PYTHON" -m r1aqa.tables --score_dir "$EVAL_DIR" ${TABLE[@]+"${TABLE[@]}"}
+    "$PYTHON" -m r1aqa.report --score_dir "$EVAL_DIR" ${TABLE[@]+"${TABLE[@]}"}
 fi

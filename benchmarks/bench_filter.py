@@ -4,10 +4,10 @@
     python benchmarks/bench_filter.py --seed 1 --grpo_start filter
 
 Stages, everything under `--out` (default outputs/bench-filter):
-1. `model/`, `data/`: the demo's tiny Qwen2-Audio and the toy tone task (`r1aqa.cpu.toy_task`) with `--n_tone` tone
+1. `model/`, `data/`: the demo's tiny Qwen2-Audio and the toy tone task (`r1aqa.tryout.toy_task`) with `--n_tone` tone
    questions (the answer is the pitch: audio needed) and `--n_text` questions whose text gives the answer away (silent
    clip: `--n_text` of the toy task);
-2. `warmup/`: supervised warm-up on the right answers (`r1aqa.cpu.warmup --targets correct`): a checkpoint that has
+2. `warmup/`: supervised warm-up on the right answers (`r1aqa.tryout.warmup --targets correct`): a checkpoint that has
    learned both kinds; its file also holds `--n_guess` tone questions with a silent clip and a random answer, so the
    checkpoint guesses evenly when it hears nothing and the text gives nothing away (`write_warmup_file`);
 3. `filter/`: `python -m r1aqa.filter_data` with that checkpoint; prints where each kind went;
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from r1aqa import filter_data  # noqa: E402
-from r1aqa.cpu.demo import CHUNK_LENGTH, EXTRA_TOKENS, RECIPE, run_logged, subprocess_env, wait  # noqa: E402
+from r1aqa.tryout.demo import CHUNK_LENGTH, EXTRA_TOKENS, RECIPE, run_logged, subprocess_env, wait  # noqa: E402
 
 METRICS = ("frac_reward_zero_std", "frac_tokens_reward_zero_std", "reward")
 
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from r1aqa.cpu.tiny import write_tiny_model
-    from r1aqa.cpu.toy_task import write_toy_task
-    from r1aqa.cpu.warmup import warmup
+    from r1aqa.tryout.tiny import write_tiny_model
+    from r1aqa.tryout.toy_task import write_toy_task
+    from r1aqa.tryout.warmup import warmup
 
     torch.set_num_threads(1)
     out = os.path.abspath(args.out)

@@ -18,7 +18,7 @@
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 SCRIPT_NAME="$(basename "$0")"
 CPU_MODEL=$REPO/outputs/tiny-qwen2-audio             # the CPU try-out's defaults (built on first use)
-CPU_TINY_ARGS=()                                     # extra arguments of r1aqa.cpu.tiny for CPU_MODEL
+CPU_TINY_ARGS=()                                     # extra arguments of r1aqa.tryout.tiny for CPU_MODEL
 CPU_DATA=$REPO/outputs/toy/train.jsonl
 
 launch_die() { echo "$SCRIPT_NAME: $*" >&2; exit 2; }
@@ -46,13 +46,13 @@ MSG
 }
 
 # The CPU try-out: build the tiny model and the toy task when their default paths are used and missing; DeepSpeed
-# on CPU (see src/r1aqa/cpu/deepspeed_patch.py) needs use_cpu=false, plain CPU runs need use_cpu=true.
+# on CPU (see src/r1aqa/deepspeed_cpu.py) needs use_cpu=false, plain CPU runs need use_cpu=true.
 prepare_cpu_tryout() {
   if [ "$MODEL" = "$CPU_MODEL" ] && [ ! -f "$MODEL/config.json" ]; then
-    "$PYTHON" -m r1aqa.cpu.tiny --out "$MODEL" --extra_tokens "<answer>" "</answer>" low top ${CPU_TINY_ARGS[@]+"${CPU_TINY_ARGS[@]}"}
+    "$PYTHON" -m r1aqa.tryout.tiny --out "$MODEL" --extra_tokens "<answer>" "</answer>" low top ${CPU_TINY_ARGS[@]+"${CPU_TINY_ARGS[@]}"}
   fi
   if [ "$DATA_FILE" = "$CPU_DATA" ] && [ ! -f "$DATA_FILE" ]; then
-    "$PYTHON" -m r1aqa.cpu.toy_task --out "$(dirname "$CPU_DATA")" > /dev/null
+    "$PYTHON" -m r1aqa.tryout.toy_task --out "$(dirname "$CPU_DATA")" > /dev/null
   fi
   export DS_ACCELERATOR=cpu OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
   export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"   # GiB of KV cache when vLLM generates on CPU

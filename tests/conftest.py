@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny random Qwen2-Audio (30 s window, the real Qwen2-Audio processor layout) saved to disk."""
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     return write_tiny_model(str(tmp_path_factory.mktemp("tiny-qwen2-audio")), seed=0)
 
@@ -44,7 +44,7 @@ def tiny_model_and_processor(tiny_model_dir):
 def tiny_omni_dir(tmp_path_factory) -> str:
     """A tiny random Qwen2.5-Omni thinker (30 s window, Omni's tokens and chat template) saved to disk, with the toy
     task's whole-word tokens so the CPU try-out's data also runs on it."""
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     return write_tiny_model(
         str(tmp_path_factory.mktemp("tiny-qwen2.5-omni")),
@@ -56,8 +56,8 @@ def tiny_omni_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory) -> dict:
     """What run_grpo.sh builds on CPU, smaller: the tiny model with the demo vocabulary and a 16-question toy task."""
-    from r1aqa.cpu.tiny import write_tiny_model
-    from r1aqa.cpu.toy_task import write_toy_task
+    from r1aqa.tryout.tiny import write_tiny_model
+    from r1aqa.tryout.toy_task import write_toy_task
 
     root = tmp_path_factory.mktemp("toy")
     return {

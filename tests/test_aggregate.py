@@ -1,8 +1,8 @@
-"""Several runs and an honest checkpoint choice (issue 17): `r1aqa.tables --aggregate` (mean, std (n-1), min, max and
+"""Several runs and an honest checkpoint choice (issue 17): `r1aqa.report --aggregate` (mean, std (n-1), min, max and
 count over runs per step), selection on held-out data (AVQA validation) beside best on test, and the whole path on
 CPU: `SEEDS="1 2" run_grpo.sh`, then `RUN_DIRS=... SELECT_FILE=... test_mmau.sh`.
 
-The unit tests write score files with `r1aqa.scoring.score` on made-up predictions, so every expected number below is
+The unit tests write score files with `r1aqa.benchmarks.score` on made-up predictions, so every expected number below is
 worked out by hand from how many items each run got right.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from data_paths import MMAR_SAMPLE
 
-from r1aqa import tables
-from r1aqa.scoring import aggregate, score
+from r1aqa import report as tables
+from r1aqa.benchmarks import aggregate, score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -285,7 +285,7 @@ def test_two_seeds_trained_evaluated_aggregated_and_selected_on_avqa_validation(
         assert sorted(p.name for p in (out / f"seed-{seed}").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
 
     val_file, _, _ = write_avqa_val(tmp_path)  # AVQA validation questions made by prepare_avqa (real AVQA clips)
-    toy_dir = Path(toy["data"]).parent  # r1aqa.cpu.toy_task: test.json (MMAU format) and test-mini-audios/
+    toy_dir = Path(toy["data"]).parent  # r1aqa.tryout.toy_task: test.json (MMAU format) and test-mini-audios/
     env = {**os.environ, "PYTHON": sys.executable, "RUN_DIRS": f"{out / 'seed-1'} {out / 'seed-2'}",
            "DATA_FILE": str(toy_dir / "test.json"), "AUDIO_DIR": str(toy_dir / "test-mini-audios"),
            "SELECT_FILE": str(val_file), "BATCH_SIZE": "4", "MAX_NEW_TOKENS": "4"}  # fmt: skip

@@ -15,7 +15,7 @@ import soundfile as sf
 from data_paths import MMAU_2025_03
 
 from r1aqa import evaluate as evaluator
-from r1aqa.cpu.tiny import write_tiny_model
+from r1aqa.tryout.tiny import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 N_ITEMS = 8

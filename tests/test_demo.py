@@ -1,5 +1,5 @@
-"""The CPU demo (r1aqa.cpu.demo): the option-only format reward, the format-only warm-up, and the pipeline's wiring on a
-very small setting. Whether GRPO learns is the bench's job (`python -m r1aqa.cpu.demo --bench`), not a test's."""
+"""The CPU demo (r1aqa.tryout.demo): the option-only format reward, the format-only warm-up, and the pipeline's wiring on a
+very small setting. Whether GRPO learns is the bench's job (`python -m r1aqa.tryout.demo --bench`), not a test's."""
 
 import json
 import os
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r1aqa.cpu import demo
 from r1aqa.rewards import REWARD_FUNCS, option_format_reward
+from r1aqa.tryout import demo
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ["low", "top"]
@@ -59,10 +59,10 @@ def demo_model_and_rows(tmp_path_factory):
     """The demo's 2 s-window tiny model (processor only) and a few training rows of the tone task."""
     from transformers import AutoProcessor
 
-    from r1aqa.cpu.demo import CHUNK_LENGTH, EXTRA_TOKENS
-    from r1aqa.cpu.tiny import write_tiny_model
-    from r1aqa.cpu.toy_task import write_toy_task
     from r1aqa.data import load_avqa_dataset
+    from r1aqa.tryout.demo import CHUNK_LENGTH, EXTRA_TOKENS
+    from r1aqa.tryout.tiny import write_tiny_model
+    from r1aqa.tryout.toy_task import write_toy_task
 
     root = tmp_path_factory.mktemp("demo")
     model = write_tiny_model(str(root / "model"), chunk_length=CHUNK_LENGTH, extra_tokens=EXTRA_TOKENS)
@@ -72,8 +72,8 @@ def demo_model_and_rows(tmp_path_factory):
 
 
 def test_warmup_targets_are_always_listed_options_and_not_the_answer(demo_model_and_rows):
-    from r1aqa.cpu.warmup import random_targets
     from r1aqa.prompts import extract_answer
+    from r1aqa.tryout.warmup import random_targets
 
     _, rows = demo_model_and_rows
     rng = np.random.default_rng(0)
@@ -89,7 +89,7 @@ def test_warmup_targets_are_always_listed_options_and_not_the_answer(demo_model_
 
 
 def test_warmup_loss_covers_the_answer_tokens_only(demo_model_and_rows):
-    from r1aqa.cpu.warmup import IGNORE_INDEX, build_batch
+    from r1aqa.tryout.warmup import IGNORE_INDEX, build_batch
 
     processor, rows = demo_model_and_rows
     tokenizer = processor.tokenizer
@@ -117,7 +117,7 @@ def test_bench_pipeline_wiring_on_a_tiny_setting(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "r1aqa.cpu.demo",
+        "r1aqa.tryout.demo",
         "--bench",
         "--out",
         str(out),

@@ -1,9 +1,9 @@
-"""MMAU inference (r1aqa.evaluate), the per-checkpoint table (r1aqa.tables) and test_mmau.sh.
+"""MMAU inference (r1aqa.evaluate), the per-checkpoint table (r1aqa.report) and test_mmau.sh.
 
 Six items of the real test-mini file (2025-03-25): the one item whose audio ships with the data
 (`MMAU_REAL_ITEM_ID`, its real WAV) plus sound, music and speech items. Their audio is not available here, so for
 those this file writes its own clips of 2-7 s (sine tones, chirps and noise made with numpy, one stereo 44.1 kHz)
-into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.cpu.tiny; the silent-audio and own-clip test also runs the
+into tmp_path. Models are tiny random Qwen2-Audios (r1aqa.tryout.tiny; the silent-audio and own-clip test also runs the
 tiny Qwen2.5-Omni thinker), so accuracies are meaningless: the tests check files, keys, batching, skipping, resuming,
 failure handling, that the model hears each item's own clip, and (with answers planted at the generation seam) that
 MMAR's official script counts what we count.
@@ -22,12 +22,13 @@ import soundfile as sf
 from data_paths import MMAR_SAMPLE, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
 from tiny_stop_model import END_OF_TEXT, IM_END, steer, stop_test_model
 
+from r1aqa import decoding
 from r1aqa import evaluate as evaluator
-from r1aqa import tables
-from r1aqa.cpu.tiny import build_model, build_processor, write_tiny_model
+from r1aqa import report as tables
+from r1aqa.benchmarks import score
 from r1aqa.data import mmau_example
 from r1aqa.prompts import extract_answer, format_question
-from r1aqa.scoring import score
+from r1aqa.tryout.tiny import build_model, build_processor, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = "12"  # the tiny model babbles until the limit; 12 tokens keep each run to seconds
@@ -177,7 +178,7 @@ def test_table_csv_json_and_plot(scored_run, capsys):
 
 
 def _write_score(folder: Path, step: int, correct: dict[str, int]) -> None:
-    """A score file from `r1aqa.scoring.score` on made-up predictions: `correct[task]` of 4 items right per task."""
+    """A score file from `r1aqa.benchmarks.score` on made-up predictions: `correct[task]` of 4 items right per task."""
     items = []
     for task, n_right in correct.items():
         for i in range(4):
@@ -492,7 +493,7 @@ def test_greedy_ignores_a_planted_generation_config(planted_model, tiny_model_di
     # the tiny checkpoint itself sets no sampling: its original protocol is greedy decoding
     assert _raws(tmp_path / "plain-original.json") == _raws(tmp_path / "plain-greedy.json")
     greedy = _read(tmp_path / "planted-greedy.meta.json")["generation_config"]
-    assert {key: greedy[key] for key in PLANTED} == {key: evaluator.GREEDY[key] for key in PLANTED}
+    assert {key: greedy[key] for key in PLANTED} == {key: decoding.GREEDY[key] for key in PLANTED}
     original = _read(tmp_path / "planted-original.meta.json")
     assert {key: original["generation_config"][key] for key in PLANTED} == PLANTED
     assert (
@@ -576,7 +577,7 @@ def test_greedy_sets_every_constant_against_its_opposite_in_the_checkpoint(tiny_
         for key, (off, _) in GREEDY_OFF.items():
             assert getattr(used[0], key) == off, f"{name}: {key} = {getattr(used[0], key)!r} reached generate"
     assert outputs["opposite"] == outputs["plain"] and any(outputs["plain"])
-    assert set(GREEDY_OFF) == set(evaluator.GREEDY), "a new greedy constant needs its off and opposite values here"
+    assert set(GREEDY_OFF) == set(decoding.GREEDY), "a new greedy constant needs its off and opposite values here"
 
 
 def test_original_is_the_original_generate_call_seeded(planted_model, mmau_slice):
@@ -925,7 +926,7 @@ def test_table_shows_audio_silence_and_difference(tmp_path, capsys):
 
 
 def test_table_of_sampled_mmar_passes_shows_mean_and_std(tmp_path, capsys):
-    from r1aqa.scoring import aggregate
+    from r1aqa.benchmarks import aggregate
 
     items = [json.loads(line) for line in MMAR_SAMPLE.read_text(encoding="utf-8").splitlines()]
     passes = []

@@ -16,7 +16,7 @@ import pytest
 
 from r1aqa import filter_data
 from r1aqa.audio import SAMPLING_RATE
-from r1aqa.cpu.toy_task import write_toy_task
+from r1aqa.tryout.toy_task import write_toy_task
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("strong.jsonl", "weak.jsonl", "learnable.jsonl", "pass_rates.jsonl", "summary.json", "summary.md",
@@ -204,7 +204,7 @@ def test_text_questions_are_appended_and_leave_the_default_toy_task_unchanged(tm
 def test_vllm_backend_draws_k_different_samples_per_question(tmp_path):
     """`--backend vllm` (evaluation's vLLM path): each of the K passes has its own seed, so a question's K answers
     are not K copies of one (vLLM seeds each request: the same prompt with the same seed repeats its answer)."""
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     model = write_tiny_model(str(tmp_path / "model"), seed=0, head_dim=32)  # vLLM's CPU attention: head size >= 32
     data = write_toy_task(str(tmp_path / "data"), n_train=2, n_test=0, n_text=2, seconds=0.5)["train_file"]

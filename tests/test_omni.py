@@ -1,4 +1,4 @@
-"""The second model family, a Qwen2.5-Omni thinker (r1aqa.models), on the tiny random thinker (r1aqa.cpu.tiny).
+"""The second model family, a Qwen2.5-Omni thinker (r1aqa.models), on the tiny random thinker (r1aqa.tryout.tiny).
 
 The audio-path checks of test_trainer.py, test_perf.py and test_evaluate.py, for an audio encoder that packs the
 batch along time: log-probs equal a plain forward pass with the audio and differ without it; each completion is

@@ -13,8 +13,7 @@ from data_paths import MMAR_SAMPLE, MMAU_2025_01, MMAU_2025_03, MMAU_2025_05
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1aqa.prompts import extract_answer
-from r1aqa.scoring import (
+from r1aqa.benchmarks import (
     aggregate,
     detect_benchmark,
     format_aggregate,
@@ -24,6 +23,7 @@ from r1aqa.scoring import (
     main,
     score,
 )
+from r1aqa.prompts import extract_answer
 
 MMAU_FILES = {"2025-01-28": MMAU_2025_01, "2025-03-25": MMAU_2025_03, "v05.15.25": MMAU_2025_05}
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -269,7 +269,7 @@ def test_cli_module_entry_point_reports_bad_files(tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text("not json", encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "r1aqa.scoring", "--input", str(broken)],
+        [sys.executable, "-m", "r1aqa.benchmarks", "--input", str(broken)],
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(SRC)},
@@ -454,7 +454,7 @@ def test_avqa_answer_must_index_the_options(answer):
 
 
 def test_releases_are_told_by_content_and_the_paper_time_file_differs_in_one_answer(tmp_path):
-    from r1aqa.scoring import PAPER_RELEASE, data_release
+    from r1aqa.benchmarks import PAPER_RELEASE, data_release
 
     assert data_release(MMAU_2025_01)["release"] == PAPER_RELEASE == "MMAU test-mini a5cd89a (2025-01-28)"
     assert data_release(MMAU_2025_03)["release"] == "MMAU test-mini 1f675a9 (2025-03-25)"

@@ -106,7 +106,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def short_model_dir(tmp_path_factory) -> str:
     """A tiny Qwen2-Audio with a 2 s audio window: the training tests run ~10x faster than with the 30 s window."""
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     return write_tiny_model(str(tmp_path_factory.mktemp("tiny-2s")), seed=0, chunk_length=2)
 

@@ -9,8 +9,8 @@ from data_paths import MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 from r1aqa.audio import load_audio
-from r1aqa.cpu.tiny import write_tiny_model
 from r1aqa.prompts import format_question, user_turn
+from r1aqa.tryout.tiny import write_tiny_model
 
 RECIPE_RENDERING = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"

@@ -27,7 +27,7 @@ TOLERANCE, DISCRIMINATES = 1e-4, 1e-3  # as in tests/test_training_path.py
 
 @pytest.fixture(scope="module")
 def two_second_model(tmp_path_factory) -> str:
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     return write_tiny_model(str(tmp_path_factory.mktemp("two-second-model")), chunk_length=2)
 

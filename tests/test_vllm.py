@@ -39,7 +39,7 @@ PLACEHOLDER_MASS = 1e-2
 
 @pytest.fixture(scope="module")
 def vllm_model_dir(tmp_path_factory) -> str:
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     return write_tiny_model(str(tmp_path_factory.mktemp("tiny-vllm")), seed=0, head_dim=32)
 
@@ -80,8 +80,8 @@ def hf_greedy_ids(model, processor, convs, max_new_tokens=NEW_TOKENS) -> list[li
 def vllm_greedy_ids(llm, processor, model_dir, convs) -> list[list[int]]:
     from transformers import GenerationConfig
 
-    from r1aqa.evaluate import generation_config
-    from r1aqa.vllm_audio import generate_ids_vllm, sampling_params
+    from r1aqa.decoding import sampling_params
+    from r1aqa.evaluate import generate_ids_vllm, generation_config
 
     greedy = {"mode": "greedy", "max_new_tokens": NEW_TOKENS, "overrides": {}}
     config = generation_config(GenerationConfig.from_pretrained(model_dir), processor.tokenizer, greedy)
@@ -270,7 +270,7 @@ def test_checkpoint_reloads_and_evaluates_the_same_with_both_backends(vllm_run, 
 
 def test_run_grpo_sh_trains_with_vllm_and_saves_a_checkpoint_that_loads(toy, tmp_path):
     """`DEVICE=cpu bash run_grpo.sh --use_vllm true` with the toy task on a head-size-32 tiny model."""
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     model = write_tiny_model(str(tmp_path / "model"), extra_tokens=("<answer>", "</answer>", "low", "top"), head_dim=32)
     out = tmp_path / "run"
@@ -285,7 +285,7 @@ def test_deepspeed_zero3_two_processes_sync_gathered_weights(toy, tmp_path):
     """Two processes under DeepSpeed ZeRO-3 (gloo), a colocated vLLM engine each: the weights TRL gathers reach vLLM.
     Right after the first update each engine is stale (its log-probs differ from the updated policy's), and at the
     second step, after TRL's sync, they match (lr 1e-3, gradients non-zero)."""
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     model = write_tiny_model(str(tmp_path / "model"), extra_tokens=("<answer>", "</answer>", "low", "top"), head_dim=32)
     port = free_port()

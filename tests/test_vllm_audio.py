@@ -119,7 +119,7 @@ QWEN2_AUDIO_INSTRUCT_GENERATION = {  # Qwen2-Audio-7B-Instruct's generation_conf
 
 
 def test_vllm_sampling_settings_follow_the_original_protocol():
-    from r1aqa.vllm_audio import sampling_settings
+    from r1aqa.decoding import sampling_settings
 
     settings = sampling_settings(_resolved("original", QWEN2_AUDIO_INSTRUCT_GENERATION), seed=9)
     assert settings == {
@@ -136,7 +136,7 @@ def test_vllm_sampling_settings_follow_the_original_protocol():
 
 
 def test_vllm_sampling_settings_for_greedy_ignore_the_checkpoint_sampling():
-    from r1aqa.vllm_audio import sampling_settings
+    from r1aqa.decoding import sampling_settings
 
     settings = sampling_settings(_resolved("greedy", QWEN2_AUDIO_INSTRUCT_GENERATION), seed=3)
     assert settings["temperature"] == 0.0 and settings["repetition_penalty"] == 1.0
@@ -145,8 +145,8 @@ def test_vllm_sampling_settings_for_greedy_ignore_the_checkpoint_sampling():
 
 
 def test_vllm_refuses_settings_it_cannot_decode_with():
+    from r1aqa.decoding import sampling_settings
     from r1aqa.evaluate import EvalError
-    from r1aqa.vllm_audio import sampling_settings
 
     planted = {**QWEN2_AUDIO_INSTRUCT_GENERATION, "no_repeat_ngram_size": 3}
     with pytest.raises(EvalError, match="no_repeat_ngram_size.*--backend hf"):

@@ -46,7 +46,7 @@ QWEN2_AUDIO_PREPROCESSOR = {
 @pytest.fixture(scope="module")
 def real_processor_model_dir(tmp_path_factory) -> str:
     """The tiny model (head size 32) with Qwen2-Audio-7B-Instruct's feature-extractor configuration."""
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     folder = Path(write_tiny_model(str(tmp_path_factory.mktemp("tiny-vllm-real-fe")), seed=0, head_dim=32))
     (folder / "preprocessor_config.json").write_text(json.dumps(QWEN2_AUDIO_PREPROCESSOR))
@@ -109,7 +109,7 @@ def planted_model(folder: Path, first_choice: str):
     knows only `<|endoftext|>`."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-    from r1aqa.cpu.tiny import write_tiny_model
+    from r1aqa.tryout.tiny import write_tiny_model
 
     write_tiny_model(str(folder), seed=0, head_dim=32)
     processor = AutoProcessor.from_pretrained(folder)
@@ -179,9 +179,9 @@ def test_each_evaluation_request_is_seeded_from_its_item(llm, real_processor_mod
     alone, in a batch, at another position and on a rerun; different items draw differently."""
     from transformers import GenerationConfig
 
-    from r1aqa.evaluate import generation_config
+    from r1aqa.decoding import item_sampling_params
+    from r1aqa.evaluate import generate_ids_vllm, generation_config
     from r1aqa.models import load_processor
-    from r1aqa.vllm_audio import generate_ids_vllm, item_sampling_params
 
     processor = load_processor(real_processor_model_dir)
     decoding = {"mode": "greedy", "max_new_tokens": 12, "overrides": {"do_sample": True, "temperature": 1.0}}

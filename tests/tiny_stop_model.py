@@ -5,7 +5,7 @@ every id of `generation_config.eos_token_id` ends after `yes`; one that stops on
 import json
 from pathlib import Path
 
-from r1aqa.cpu.tiny import write_tiny_model
+from r1aqa.tryout.tiny import write_tiny_model
 
 END_OF_TEXT, IM_END = "<|endoftext|>", "<|im_end|>"
 

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from r1aqa.cpu.deepspeed_patch import enable_cpu_deepspeed  # noqa: E402
+from r1aqa.deepspeed_cpu import enable_cpu_deepspeed  # noqa: E402
 
 WEIGHTS = (  # one per part: audio encoder, projector, language model
     "model.audio_tower.layers.0.self_attn.q_proj.weight",

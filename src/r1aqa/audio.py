@@ -94,6 +94,17 @@ def _wav_data_truncated(path: str) -> bool:
     return False
 
 
+def audio_parts(conversation: list[dict]) -> list[dict]:
+    """The audio parts of a conversation's messages, in order (the one walker over a conversation's audio)."""
+    return [
+        part
+        for message in conversation
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "audio"
+    ]
+
+
 def prompts_with_audio(
     prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE, channels: str = "first"
 ) -> list[list[dict]]:

@@ -5,7 +5,7 @@
         --out_file outputs/grpo-qwen2-audio-7b/mmau/checkpoint-100.json
 
     # the smallest CPU run: a tiny random model, 3 items
-    python -m r1aqa.cpu.tiny --out outputs/tiny && python -m r1aqa.evaluate --model_path outputs/tiny \\
+    python -m r1aqa.tryout.tiny --out outputs/tiny && python -m r1aqa.evaluate --model_path outputs/tiny \\
         --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
         --out_file outputs/tiny-mmau.json --limit 3 --max_new_tokens 16
 
@@ -50,7 +50,7 @@ aggregate):
 - `OUT.meta.json`: how it was made (model, processor, data, benchmark, prompt style, audio, decoding settings and
   the resolved generation config, device, timing, versions) and the items whose audio was missing or unreadable
   (they get empty predictions and count as wrong).
-- `OUT.score.json`: `r1aqa.scoring.score` of OUT.json, plus `audio_errors`; only when every item has an `answer` (the
+- `OUT.score.json`: `r1aqa.benchmarks.score` of OUT.json, plus `audio_errors`; only when every item has an `answer` (the
   full MMAU test split withholds them: then predictions only).
 - `OUT.partial.jsonl`: progress while running, one line per finished item. A killed run leaves it (and never a
   half-written OUT.json); the same command resumes from it. Deleted once OUT.json is written.
@@ -66,28 +66,23 @@ The processor comes from `--processor_path`, else from the model folder itself, 
 the adapters merged on load; its processor falls back to the base model's.
 
 The data file is identified by its content: `OUT.meta.json` and `OUT.score.json` name its release
-(`r1aqa.scoring.RELEASES`, e.g. MMAU test-mini a5cd89a, the file of the paper's numbers) or "unknown release" with
+(`r1aqa.benchmarks.RELEASES`, e.g. MMAU test-mini a5cd89a, the file of the paper's numbers) or "unknown release" with
 its sha256.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from r1aqa.audio import AudioError, check_audio
-from r1aqa.data import DataError, avqa_eval_example, mmar_example, mmau_example, record_problem
-from r1aqa.prompts import extract_answer
-from r1aqa.scoring import (
+from r1aqa.audio import SAMPLING_RATE, AudioError, check_audio
+from r1aqa.benchmarks import (
     aggregate,
     data_release,
     detect_benchmark,
@@ -97,6 +92,23 @@ from r1aqa.scoring import (
     release_name,
     score,
 )
+from r1aqa.data import DataError, avqa_eval_example, mmar_example, mmau_example, record_problem
+from r1aqa.decoding import (
+    DECODING_MODES,
+    OVERRIDES,
+    EvalError,
+    batch_seed,
+    checkpoint_defaults_off,
+    generation_config,
+    item_sampling_params,
+)
+from r1aqa.models import (
+    _local_or_hub,
+    adapter_base_model,
+    has_processor,
+    resolve_processor_path,
+)
+from r1aqa.prompts import extract_answer
 
 # Prompt <2> (the paper's main result), Prompt <3> (think) and Prompt <1> (question and options only: SFT baselines).
 PROMPT_STYLES = {
@@ -114,7 +126,6 @@ EXAMPLE_BUILDERS = {"mmau": mmau_example, "mmar": mmar_example, "avqa": avqa_eva
 BENCHMARK_NAMES = tuple(ITEM_KEYS)
 # The raw output, then the extracted answer under the key of each consumer: ours, MMAU's and MMAR's evaluation.py.
 PREDICTION_KEYS = ("model_raw_output", "model_prediction", "model_output", "answer_prediction")
-DECODING_MODES = ("original", "greedy")
 # `--protocol`: the settings it fixes. `paper` is what the paper-time release (original repo commit 45def50, its
 # src/test.py and test_mmau.sh) did: `model.generate(**inputs, max_new_tokens=256)` with the checkpoint's own
 # generation config, 16 items per batch, Prompt <2>, the first audio channel (what r1aqa.audio loads for Qwen2-Audio),
@@ -123,52 +134,7 @@ PROTOCOLS = {
     "default": {"decoding": "original", "batch_size": 32, "max_new_tokens": 256, "prompt_style": "answer"},
     "paper": {"decoding": "original", "batch_size": 16, "max_new_tokens": 256, "prompt_style": "answer"},
 }
-ADAPTER_CONFIG = "adapter_config.json"  # a PEFT (LoRA) checkpoint: adapters only, evaluated on their base model
 REPO_DIR = Path(__file__).resolve().parents[2]
-# Generation fields a user may override on top of either decoding mode (recorded in the settings).
-OVERRIDES = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
-# `--decoding greedy`: every field that changes which token is picked, set here. None means "off" for the fields that
-# have no other off value; `checkpoint_defaults_off` keeps transformers from filling them from the checkpoint.
-GREEDY = {
-    "do_sample": False,
-    "num_beams": 1,
-    "num_return_sequences": 1,
-    "temperature": 1.0,
-    "top_k": 50,
-    "top_p": 1.0,
-    "min_p": None,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-    "repetition_penalty": 1.0,
-    "encoder_repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-    "encoder_no_repeat_ngram_size": 0,
-    "length_penalty": 1.0,
-    "early_stopping": False,
-    "min_new_tokens": 0,
-    "renormalize_logits": False,
-    "remove_invalid_values": False,
-    "use_cache": True,
-    "bad_words_ids": None,
-    "suppress_tokens": None,
-    "begin_suppress_tokens": None,
-    "sequence_bias": None,
-    "forced_bos_token_id": None,
-    "forced_eos_token_id": None,
-    "exponential_decay_length_penalty": None,
-    "stop_strings": None,
-    "max_time": None,
-    "guidance_scale": None,
-    "watermarking_config": None,
-}
-CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-class EvalError(ValueError):
-    """A problem with the arguments or files of an evaluation; the message says what to do."""
 
 
 # ---- paths ---------------------------------------------------------------------------------------------------------
@@ -186,61 +152,6 @@ def output_paths(out_file: str, sample: int | None = None) -> dict[str, str]:
         "score": stem + ".score.json",
         "partial": stem + ".partial.jsonl",
     }
-
-
-def _local_or_hub(path: str) -> str:
-    """Absolute path for a local folder/file, unchanged for a hub id, so settings compare across working dirs."""
-    return os.path.abspath(path) if os.path.exists(path) else path
-
-
-def adapter_base_model(model_path: str) -> str | None:
-    """The base model of a LoRA checkpoint (`base_model_name_or_path` of its adapter_config.json), None for a full
-    model. A relative path is tried from the current folder, then from the repository (where run_grpo.sh and
-    run_sft.sh train); otherwise it is a hub id."""
-    config = os.path.join(model_path, ADAPTER_CONFIG)
-    if not os.path.isfile(config):
-        return None
-    base = json.loads(Path(config).read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise EvalError(f"{config} names no base model (base_model_name_or_path): merge the adapter with "
-                        "`python -m r1aqa.merge_lora --adapter ... --base MODEL` and evaluate the merged folder.")  # fmt: skip
-    for candidate in (base, os.path.join(REPO_DIR, base)):
-        if os.path.exists(candidate):
-            return os.path.abspath(candidate)
-    return base
-
-
-def has_processor(folder: str) -> bool:
-    """A saved processor: a feature-extractor/processor config and a tokenizer."""
-    return any(os.path.isfile(os.path.join(folder, name)) for name in PROCESSOR_FILES) and any(
-        os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES
-    )
-
-
-def resolve_processor_path(model_path: str, processor_path: str | None = None) -> str:
-    """`processor_path` if given; else the model folder; else its run directory if it is a `checkpoint-N` folder.
-
-    A hub id (not a local folder) is its own processor path. The run directory is only tried for `checkpoint-N`
-    folders: the parent of any other folder may hold an unrelated processor. A LoRA checkpoint's base model comes last.
-    """
-    if processor_path:
-        return _local_or_hub(processor_path)
-    if not os.path.isdir(model_path):
-        return model_path
-    model_dir = os.path.abspath(model_path)
-    candidates = [model_dir]
-    if CHECKPOINT_DIR.match(os.path.basename(model_dir)):
-        candidates.append(os.path.dirname(model_dir))
-    for folder in candidates:
-        if has_processor(folder):
-            return folder
-    base = adapter_base_model(model_dir)
-    if base is not None:
-        return _local_or_hub(base)
-    raise EvalError(
-        f"no processor (a {' or '.join(PROCESSOR_FILES)} and a tokenizer) in {' or '.join(candidates)}. Pass "
-        "--processor_path with the folder or hub id of the model this checkpoint was trained from."
-    )
 
 
 # ---- items and prompts ---------------------------------------------------------------------------------------------
@@ -334,74 +245,6 @@ def decoding_settings(args: argparse.Namespace, seed: int) -> dict:
         "batch_size": args.batch_size,
         "overrides": overrides,
     }
-
-
-def stop_token_ids(checkpoint, tokenizer) -> list[int]:
-    """Every id of the checkpoint's `generation_config.eos_token_id` (Qwen2-Audio-7B-Instruct: `<|endoftext|>` and
-    `<|im_end|>`), then the tokenizer's eos if it is not among them: generation ends at any of them."""
-    ids = checkpoint.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
-def generation_config(checkpoint, tokenizer, decoding: dict):
-    """The GenerationConfig of `decoding["mode"]`, with every field resolved (what `generate` will use), from the
-    checkpoint's own GenerationConfig (`model.generation_config`) and tokenizer. Both backends decode with it.
-
-    `original`: a copy of the checkpoint's own `model.generation_config` with `max_new_tokens` set, exactly what the
-    original's `model.generate(**inputs, max_new_tokens=256)` resolved to. `greedy`: `GREEDY`, with only the
-    special token ids from the checkpoint (pad: the checkpoint's, else the tokenizer's). Then, in both, the stop ids
-    of `stop_token_ids`, the user's overrides, and transformers' global defaults for any field still unset (what
-    `generate` would fill in; `max_length`/`min_length` stay unset: `max_new_tokens`/`min_new_tokens` decide).
-    """
-    from transformers import GenerationConfig
-
-    if decoding["mode"] == "original":
-        config = copy.deepcopy(checkpoint)
-        config.max_new_tokens = decoding["max_new_tokens"]
-    elif decoding["mode"] == "greedy":
-        pad = checkpoint.pad_token_id if checkpoint.pad_token_id is not None else tokenizer.pad_token_id
-        config = GenerationConfig(
-            **GREEDY, max_new_tokens=decoding["max_new_tokens"], pad_token_id=pad, bos_token_id=checkpoint.bos_token_id
-        )
-    else:
-        raise EvalError(f"unknown decoding mode {decoding['mode']!r}: one of {DECODING_MODES}.")
-    config.eos_token_id = stop_token_ids(checkpoint, tokenizer)
-    if decoding["overrides"]:
-        config.update(**decoding["overrides"])
-    defaults = GenerationConfig._get_default_generation_params()
-    config.update(defaults_only=True, **{k: v for k, v in defaults.items() if k not in ("max_length", "min_length")})
-    return config
-
-
-@contextmanager
-def checkpoint_defaults_off(model):
-    """While active, `model.generate` uses only the config it is given.
-
-    transformers 5.23's `generate` fills every field of the passed config that is None from `model.generation_config`
-    (the checkpoint's generation_config.json: `_prepare_generation_config`), so a planted `no_repeat_ngram_size`,
-    `min_new_tokens`, `suppress_tokens` or `do_sample` would leak into a config that leaves the field unset. An empty
-    GenerationConfig stands in for the checkpoint's during the call; `generation_config` has already copied from the
-    checkpoint what the mode takes from it.
-    """
-    from transformers import GenerationConfig
-
-    saved = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-def batch_seed(seed: int, batch_index: int) -> int:
-    """The torch seed of one batch: a hash of (seed, batch index), so batch b draws the same numbers whether the run
-    started at batch 0 or resumed at batch b."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0])
 
 
 def model_inputs(model, processor, conversations: list[list[dict]]):
@@ -581,8 +424,6 @@ class Model:
             started = time.time()
             self.device = self.args.device or ("cuda" if torch.cuda.is_available() else "cpu")
             if self.args.backend == "vllm":
-                from r1aqa.vllm_audio import load_eval_engine
-
                 self.engine, self.processor, self.checkpoint_config, self.dtype = load_eval_engine(
                     self.args.model_path, self.processor_path, self.device
                 )
@@ -604,8 +445,6 @@ class Model:
         """Decoded completions (special tokens skipped) of one batch, its random numbers drawn from `seed` (hf) or
         each request's from its item (vllm: `item_seeds` = (run seed, item ids), r1aqa.vllm_audio.item_seed)."""
         if self.engine is not None:
-            from r1aqa.vllm_audio import generate_batch_vllm, item_sampling_params
-
             params = item_sampling_params(config, *item_seeds)
             return generate_batch_vllm(self.engine, self.processor, conversations, params)
         import torch
@@ -985,3 +824,58 @@ def _evaluate_pass(args, items, examples, problems, settings, paths, loaded: Mod
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- the vLLM backend (r1aqa.vllm_audio) ----------------------------------------------------------------------
+
+
+def generate_ids_vllm(llm, processor, conversations: list[list[dict]], params) -> list[list[int]]:
+    """The generated token ids for conversations whose audio parts hold loaded samples (`audio` key), from the same
+    token ids the HF backend feeds its model (the processor's), collapsed for vLLM. `params`: one `SamplingParams`
+    for all, or one per conversation."""
+    from r1aqa.vllm_audio import AUDIO_TOKEN, audio_clips, audio_prompt
+
+    texts = [processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
+    clips = [audio_clips(conversation) for conversation in conversations]
+    audio_token_id = processor.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    prompts = []
+    for text, audio in zip(texts, clips, strict=True):
+        ids = processor(text=[text], audio=audio or None, sampling_rate=SAMPLING_RATE)["input_ids"][0]
+        prompts.append(audio_prompt(list(ids), audio, audio_token_id))
+    outputs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
+    return [list(output.outputs[0].token_ids) for output in outputs]
+
+
+def load_eval_engine(model_path: str, processor_path: str, device: str):
+    """`r1aqa.evaluate --backend vllm`: the engine, the processor, the checkpoint's GenerationConfig (the `original`
+    decoding mode starts from it, as with `--backend hf`) and the engine's dtype."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from r1aqa.models import QWEN2_AUDIO, detect_family, load_processor
+    from r1aqa.vllm_audio import check_audio_expansion, load_llm
+
+    family = detect_family(model_path)
+    if family.name != QWEN2_AUDIO:
+        raise EvalError(f"{model_path}: the vLLM backend supports Qwen2-Audio checkpoints only; use --backend hf.")
+    if os.path.isdir(model_path) and not has_processor(model_path):
+        raise EvalError(
+            f"{model_path} holds no processor files; vLLM reads the processor from the model folder. Copy the "
+            f"processor files of {processor_path} into it."
+        )
+    processor = load_processor(processor_path, family)
+    try:
+        checkpoint_config = GenerationConfig.from_pretrained(model_path)
+    except OSError:  # no generation_config.json: what transformers derives from the model config
+        checkpoint_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
+    llm = load_llm(model_path, device)
+    try:
+        check_audio_expansion(llm, processor)
+    except RuntimeError as error:
+        raise EvalError(f"{model_path}: {error}") from error
+    return llm, processor, checkpoint_config, llm.llm_engine.model_config.dtype
+
+
+def generate_batch_vllm(llm, processor, conversations: list[list[dict]], params) -> list[str]:
+    """`r1aqa.evaluate.generate_batch` with vLLM: the decoded completions (special tokens skipped)."""
+    ids = generate_ids_vllm(llm, processor, conversations, params)
+    return processor.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

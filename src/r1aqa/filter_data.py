@@ -34,6 +34,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from r1aqa.audio import check_audio
+from r1aqa.benchmarks import data_release
 from r1aqa.evaluate import (
     EvalError,
     Model,
@@ -47,7 +48,6 @@ from r1aqa.evaluate import (
 )
 from r1aqa.prompts import extract_answer
 from r1aqa.rewards import accuracy_reward
-from r1aqa.scoring import data_release
 
 CONDITIONS = ("audio", "silence")
 SPLITS = ("strong", "weak", "learnable")

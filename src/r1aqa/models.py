@@ -22,10 +22,16 @@ producing the same `input_ids` / `input_features` / `feature_attention_mask` for
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import Qwen2AudioProcessor
+
+from r1aqa.decoding import EvalError
 
 logger = logging.getLogger("r1aqa.models")
 
@@ -249,3 +255,62 @@ def placeholder_token_ids(config) -> list[int]:
             if isinstance(value, int):
                 ids.add(value)
     return sorted(ids)
+
+
+# ---- what a folder holds: a model, an adapter, a processor ---------------------------------------------------------
+
+CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT (LoRA) checkpoint: adapters only, evaluated on their base model
+
+
+def _local_or_hub(path: str) -> str:
+    """Absolute path for a local folder/file, unchanged for a hub id, so settings compare across working dirs."""
+    return os.path.abspath(path) if os.path.exists(path) else path
+
+
+def adapter_base_model(model_path: str) -> str | None:
+    """The base model of a LoRA checkpoint (`base_model_name_or_path` of its adapter_config.json), None for a full
+    model. A path that does not exist here is taken for a hub id."""
+    config = os.path.join(model_path, ADAPTER_CONFIG)
+    if not os.path.isfile(config):
+        return None
+    base = json.loads(Path(config).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise EvalError(f"{config} names no base model (base_model_name_or_path): merge the adapter with "
+                        "`python -m r1aqa.merge_lora --adapter ... --base MODEL` and evaluate the merged folder.")  # fmt: skip
+    return _local_or_hub(base)
+
+
+def has_processor(folder: str) -> bool:
+    """A saved processor: a feature-extractor/processor config and a tokenizer."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in PROCESSOR_FILES) and any(
+        os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES
+    )
+
+
+def resolve_processor_path(model_path: str, processor_path: str | None = None) -> str:
+    """`processor_path` if given; else the model folder; else its run directory if it is a `checkpoint-N` folder.
+
+    A hub id (not a local folder) is its own processor path. The run directory is only tried for `checkpoint-N`
+    folders: the parent of any other folder may hold an unrelated processor. A LoRA checkpoint's base model comes last.
+    """
+    if processor_path:
+        return _local_or_hub(processor_path)
+    if not os.path.isdir(model_path):
+        return model_path
+    model_dir = os.path.abspath(model_path)
+    candidates = [model_dir]
+    if CHECKPOINT_DIR.match(os.path.basename(model_dir)):
+        candidates.append(os.path.dirname(model_dir))
+    for folder in candidates:
+        if has_processor(folder):
+            return folder
+    base = adapter_base_model(model_dir)
+    if base is not None:
+        return _local_or_hub(base)
+    raise EvalError(
+        f"no processor (a {' or '.join(PROCESSOR_FILES)} and a tokenizer) in {' or '.join(candidates)}. Pass "
+        "--processor_path with the folder or hub id of the model this checkpoint was trained from."
+    )

@@ -23,7 +23,7 @@ def check_model_path(path: str) -> None:
     if not _HUB_ID.match(path) or path.startswith((".", "/")):
         raise SystemExit(
             f"Model {path!r} is neither a local folder nor a hub id like 'Qwen/Qwen2-Audio-7B-Instruct'. "
-            "Fix --model_name_or_path (for a CPU try-out: python -m r1aqa.cpu.tiny --out DIR)."
+            "Fix --model_name_or_path (for a CPU try-out: python -m r1aqa.tryout.tiny --out DIR)."
         )
 
 
@@ -68,7 +68,7 @@ def check_wandb(training_args) -> None:
 def run_entry_point(parse_args: Callable, main: Callable, argv: list[str] | None = None) -> None:
     """How every training entry point starts: DeepSpeed-on-CPU handling (before accelerate initialises; a no-op with
     a GPU or without a launcher), parse recipe + command line, check the model path and W&B, then `main`."""
-    from r1aqa.cpu.deepspeed_patch import enable_cpu_deepspeed
+    from r1aqa.deepspeed_cpu import enable_cpu_deepspeed
 
     enable_cpu_deepspeed()
     script_args, training_args, model_args = parse_args(sys.argv[1:] if argv is None else argv)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -300,9 +299,6 @@ class AudioVLLMGeneration(trl_vllm.VLLMGeneration):
         load_weights(self.llm, ((n, p.detach().clone() if copy else p) for n, p in self._iter_named_params()))
 
 
-# ---- evaluation ---------------------------------------------------------------------------------------------------
-
-
 def load_llm(model_path: str, device: str, seed: int = 0, max_model_len: int | None = None):
     """A vLLM engine for a saved Qwen2-Audio folder (weights and processor): bf16 on GPU, float32 on CPU, as the HF
     backend. The weights are read through `load_weights`, so checkpoints saved by transformers 5.16-5.20 load too."""
@@ -314,129 +310,3 @@ def load_llm(model_path: str, device: str, seed: int = 0, max_model_len: int | N
         llm = LLM(model=model_path, max_model_len=max_model_len, seed=seed, **engine_kwargs(dtype, device))
     load_weights(llm, checkpoint_weights(model_path))
     return llm
-
-
-# GenerationConfig fields vLLM's SamplingParams cannot express; each does nothing at its `--decoding greedy` value.
-UNSUPPORTED_BY_VLLM = (
-    "num_beams",
-    "no_repeat_ngram_size",
-    "encoder_repetition_penalty",
-    "encoder_no_repeat_ngram_size",
-    "typical_p",
-    "epsilon_cutoff",
-    "eta_cutoff",
-    "bad_words_ids",
-    "suppress_tokens",
-    "begin_suppress_tokens",
-    "sequence_bias",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "exponential_decay_length_penalty",
-)
-
-
-def sampling_settings(config, seed: int) -> dict:
-    """The keyword arguments of vLLM's `SamplingParams` that decode as the resolved transformers `GenerationConfig`
-    `config` does (`r1aqa.evaluate.generation_config`: the same for both backends): greedy or sampling with its
-    temperature / top-k / top-p / min-p, repetition penalty, minimum and maximum new tokens, the same stop ids, and the
-    request's `seed`. A field vLLM cannot express (beam search, n-gram blocking, suppressed tokens, ...) stops with a
-    message rather than decoding differently."""
-    from r1aqa.evaluate import GREEDY, EvalError
-
-    unsupported = {
-        name: getattr(config, name, None)
-        for name in UNSUPPORTED_BY_VLLM
-        if getattr(config, name, None) not in (GREEDY[name], None, [], {})
-    }
-    if unsupported:
-        raise EvalError(
-            f"the vLLM backend cannot decode with {unsupported} (set by the decoding mode or the checkpoint's "
-            "generation_config.json): use --backend hf."
-        )
-    eos = config.eos_token_id
-    settings = {
-        "max_tokens": config.max_new_tokens,
-        "min_tokens": config.min_new_tokens or 0,
-        "repetition_penalty": config.repetition_penalty or 1.0,
-        "stop_token_ids": [] if eos is None else [eos] if isinstance(eos, int) else list(eos),
-        "seed": seed,
-    }
-    if config.do_sample:
-        settings.update(
-            temperature=config.temperature if config.temperature is not None else 1.0,
-            top_k=config.top_k or 0,  # transformers: None/0 is off; vLLM: 0 is off
-            top_p=config.top_p if config.top_p is not None else 1.0,
-            min_p=config.min_p or 0.0,
-        )
-    else:
-        settings["temperature"] = 0.0  # greedy
-    return settings
-
-
-def sampling_params(config, seed: int):
-    """`SamplingParams(**sampling_settings(config, seed))`."""
-    from vllm import SamplingParams
-
-    return SamplingParams(**sampling_settings(config, seed))
-
-
-def item_seed(seed: int, item_id: str) -> int:
-    """The vLLM seed of one evaluation request: a hash of (run seed, item id). vLLM draws each request's random
-    numbers from its own seed, so an item's prediction depends neither on the batch it is in nor on its position."""
-    key = np.frombuffer(hashlib.sha256(str(item_id).encode()).digest()[:16], dtype=np.uint32)
-    return int(np.random.SeedSequence([seed, *key.tolist()]).generate_state(1)[0])
-
-
-def item_sampling_params(config, seed: int, item_ids: list[str]) -> list:
-    """One `SamplingParams` per request, each seeded with `item_seed(seed, item id)`."""
-    return [sampling_params(config, item_seed(seed, item_id)) for item_id in item_ids]
-
-
-def generate_ids_vllm(llm, processor, conversations: list[list[dict]], params) -> list[list[int]]:
-    """The generated token ids for conversations whose audio parts hold loaded samples (`audio` key), from the same
-    token ids the HF backend feeds its model (the processor's), collapsed for vLLM. `params`: one `SamplingParams`
-    for all, or one per conversation."""
-    texts = [processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
-    clips = [audio_clips(conversation) for conversation in conversations]
-    audio_token_id = processor.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
-    prompts = []
-    for text, audio in zip(texts, clips, strict=True):
-        ids = processor(text=[text], audio=audio or None, sampling_rate=SAMPLING_RATE)["input_ids"][0]
-        prompts.append(audio_prompt(list(ids), audio, audio_token_id))
-    outputs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
-    return [list(output.outputs[0].token_ids) for output in outputs]
-
-
-def load_eval_engine(model_path: str, processor_path: str, device: str):
-    """`r1aqa.evaluate --backend vllm`: the engine, the processor, the checkpoint's GenerationConfig (the `original`
-    decoding mode starts from it, as with `--backend hf`) and the engine's dtype."""
-    from transformers import AutoConfig, GenerationConfig
-
-    from r1aqa.evaluate import EvalError, has_processor
-    from r1aqa.models import QWEN2_AUDIO, detect_family, load_processor
-
-    family = detect_family(model_path)
-    if family.name != QWEN2_AUDIO:
-        raise EvalError(f"{model_path}: the vLLM backend supports Qwen2-Audio checkpoints only; use --backend hf.")
-    if os.path.isdir(model_path) and not has_processor(model_path):
-        raise EvalError(
-            f"{model_path} holds no processor files; vLLM reads the processor from the model folder. Copy the "
-            f"processor files of {processor_path} into it."
-        )
-    processor = load_processor(processor_path, family)
-    try:
-        checkpoint_config = GenerationConfig.from_pretrained(model_path)
-    except OSError:  # no generation_config.json: what transformers derives from the model config
-        checkpoint_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
-    llm = load_llm(model_path, device)
-    try:
-        check_audio_expansion(llm, processor)
-    except RuntimeError as error:
-        raise EvalError(f"{model_path}: {error}") from error
-    return llm, processor, checkpoint_config, llm.llm_engine.model_config.dtype
-
-
-def generate_batch_vllm(llm, processor, conversations: list[list[dict]], params) -> list[str]:
-    """`r1aqa.evaluate.generate_batch` with vLLM: the decoded completions (special tokens skipped)."""
-    ids = generate_ids_vllm(llm, processor, conversations, params)
-    return processor.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -4,7 +4,7 @@ The answer can only be known by listening: each clip is a tone whose pitch class
 shuffled order. Training questions are written in AVQA's JSONL format (what `r1aqa.prepare_avqa` writes) and test
 questions in MMAU's JSON format, on held-out clips, so `run_grpo.sh` and `test_mmau.sh` run on it unchanged.
 
-    python -m r1aqa.cpu.toy_task --out outputs/toy --n_train 64 --n_test 32
+    python -m r1aqa.tryout.toy_task --out outputs/toy --n_train 64 --n_test 32
 """
 
 from __future__ import annotations

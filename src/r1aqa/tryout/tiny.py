@@ -11,11 +11,11 @@ processor is `r1aqa.models.Qwen2_5OmniAudioProcessor` (the full Omni processor n
 
 The same family, seed and options give the same bytes.
 
-    python -m r1aqa.cpu.tiny --out outputs/tiny-qwen2-audio
-    python -m r1aqa.cpu.tiny --out outputs/tiny-2s --chunk_length 2      # short audio window for the demo
-    python -m r1aqa.cpu.tiny --family qwen2_5_omni --out outputs/tiny-qwen2.5-omni \\
+    python -m r1aqa.tryout.tiny --out outputs/tiny-qwen2-audio
+    python -m r1aqa.tryout.tiny --out outputs/tiny-2s --chunk_length 2      # short audio window for the demo
+    python -m r1aqa.tryout.tiny --family qwen2_5_omni --out outputs/tiny-qwen2.5-omni \\
         --extra_tokens "<answer>" "</answer>" low top                     # the CPU try-out's toy task, on Omni
-    python -m r1aqa.cpu.tiny --out outputs/tiny-vllm --head_dim 32       # loadable by vLLM's CPU attention
+    python -m r1aqa.tryout.tiny --out outputs/tiny-vllm --head_dim 32       # loadable by vLLM's CPU attention
 
 `--head_dim` sets the language model's attention head size (default 16: 4 heads of the 64-wide hidden state); vLLM's
 CPU attention supports head sizes 32 to 512 only, so models meant for vLLM use 32 (2 heads, same parameter count).

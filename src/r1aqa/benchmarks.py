@@ -1,8 +1,8 @@
 """MMAU and MMAR scoring with their official rule (docs/recipe.md §7, §8), printed in the layout of each benchmark's
 `evaluation.py`.
 
-    python -m r1aqa.scoring --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
-    python -m r1aqa.scoring --input outputs/mmar_predictions.json          # MMAR: told apart by its `modality` key
+    python -m r1aqa.benchmarks --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
+    python -m r1aqa.benchmarks --input outputs/mmar_predictions.json          # MMAR: told apart by its `modality` key
 
 Both benchmarks use the same rule (`is_match`: MMAU's token-set match, which MMAR's script copies) and differ in
 their groups and prediction key:

@@ -6,7 +6,7 @@ listed options, so the model learns the format and the option words while its ac
 GRPO later gains comes from the audio. The loss covers the answer tokens and the end-of-turn token only (never the
 prompt or the audio placeholders). The checkpoint (model + processor) is usable as `--model_name_or_path`.
 
-    python -m r1aqa.cpu.warmup --model outputs/demo/model --data_file outputs/demo/data/train.jsonl \\
+    python -m r1aqa.tryout.warmup --model outputs/demo/model --data_file outputs/demo/data/train.jsonl \\
         --out outputs/demo/warmup --steps 150
 """
 
@@ -115,8 +115,10 @@ def warmup(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="Model folder to start from (python -m r1aqa.cpu.tiny).")
-    parser.add_argument("--data_file", required=True, help="AVQA-format training JSONL (python -m r1aqa.cpu.toy_task).")
+    parser.add_argument("--model", required=True, help="Model folder to start from (python -m r1aqa.tryout.tiny).")
+    parser.add_argument(
+        "--data_file", required=True, help="AVQA-format training JSONL (python -m r1aqa.tryout.toy_task)."
+    )
     parser.add_argument("--out", required=True, help="Folder for the warmed-up model and processor.")
     parser.add_argument("--steps", type=int, default=150, help="Optimizer steps.")
     parser.add_argument("--batch_size", type=int, default=16, help="Questions per step.")

@@ -1,8 +1,8 @@
 """Accuracy of every checkpoint of a run: a table (best row marked), CSV, JSON and a plot against step.
 
-    python -m r1aqa.tables --score_dir outputs/grpo-qwen2-audio-7b/mmau/mmau-test-mini.answer
+    python -m r1aqa.report --score_dir outputs/grpo-qwen2-audio-7b/mmau/mmau-test-mini.answer
     # the audio-dependence control beside it (test_mmau.sh with AUDIO=silent does this)
-    python -m r1aqa.tables --score_dir outputs/run/mmau/mmau-test-mini.answer \\
+    python -m r1aqa.report --score_dir outputs/run/mmau/mmau-test-mini.answer \\
         --silent_score_dir outputs/run/mmau/mmau-test-mini.answer.silent
 
 Reads the `checkpoint-N.score.json` files that `python -m r1aqa.evaluate` writes (test_mmau.sh puts them in one
@@ -34,7 +34,7 @@ gives the test total when each run picks its own step (on validation, and on tes
 keeping a checkpoint of each yields. The plot draws each column's mean, the total with a band of ± one standard
 deviation, and every run's total as a thin line.
 
-    python -m r1aqa.tables --aggregate --out_prefix outputs/grpo/aggregate/mmau/mmau-test-mini.answer/aggregate \
+    python -m r1aqa.report --aggregate --out_prefix outputs/grpo/aggregate/mmau/mmau-test-mini.answer/aggregate \
         --score_dirs outputs/grpo/seed-42/mmau/mmau-test-mini.answer outputs/grpo/seed-43/mmau/mmau-test-mini.answer \
         --select_score_dirs outputs/grpo/seed-42/avqa/val.answer outputs/grpo/seed-43/avqa/val.answer
 """
@@ -51,7 +51,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from r1aqa.scoring import MODALITIES, TASKS, release_name
+from r1aqa.benchmarks import MODALITIES, TASKS, release_name
 
 SCORE_FILE = re.compile(r"^checkpoint-(\d+)\.score\.json$")
 # The table's columns per benchmark: a group key of the score file and its fixed names (None: as the file lists
@@ -652,7 +652,7 @@ def _select_name(select_dirs: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m r1aqa.tables",
+        prog="python -m r1aqa.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,17 +1,17 @@
 """The whole R1-AQA pipeline on CPU in minutes, and the proof that our GRPO trainer learns from the audio.
 
-    python -m r1aqa.cpu.demo                      # make demo: model, data, warm-up, run_grpo.sh, test_mmau.sh, table
-    python -m r1aqa.cpu.demo --bench              # make bench-learning: the same, plus two controls; ends with
+    python -m r1aqa.tryout.demo                      # make demo: model, data, warm-up, run_grpo.sh, test_mmau.sh, table
+    python -m r1aqa.tryout.demo --bench              # make bench-learning: the same, plus two controls; ends with
                                               # before=<acc%> after=<acc%> audio_blind=<acc%> stock_trl=<acc%>
-    python -m r1aqa.cpu.demo --bench --seeds 0 1 2  # the bench once per seed, then each row as mean ± std over seeds
-    python -m r1aqa.cpu.demo --steps 2 --warmup_steps 2 --n_train 4 --per_device_train_batch_size 16   # smoke run
+    python -m r1aqa.tryout.demo --bench --seeds 0 1 2  # the bench once per seed, then each row as mean ± std over seeds
+    python -m r1aqa.tryout.demo --steps 2 --warmup_steps 2 --n_train 4 --per_device_train_batch_size 16   # smoke run
 
 Stages (everything under `--out`, default outputs/demo):
-1. `model/`: a tiny random Qwen2-Audio with a 2 s audio window (`r1aqa.cpu.tiny`, chunk_length 2) whose vocabulary holds
+1. `model/`: a tiny random Qwen2-Audio with a 2 s audio window (`r1aqa.tryout.tiny`, chunk_length 2) whose vocabulary holds
    `<answer>`, `</answer>`, `low` and `top` as whole tokens;
-2. `data/`: the 2-class tone task (`r1aqa.cpu.toy_task`: 250 Hz -> "low", 2000 Hz -> "top", options shuffled), AVQA
+2. `data/`: the 2-class tone task (`r1aqa.tryout.toy_task`: 250 Hz -> "low", 2000 Hz -> "top", options shuffled), AVQA
    JSONL for training and an MMAU-format test.json on held-out clips;
-3. `warmup/`: the format-only warm-up (`r1aqa.cpu.warmup`): random-option targets, so accuracy starts at chance;
+3. `warmup/`: the format-only warm-up (`r1aqa.tryout.warmup`): random-option targets, so accuracy starts at chance;
 4. `grpo/`: `run_grpo.sh` with configs/grpo_demo_cpu.yaml from the warm-up checkpoint (checkpoints every 50 steps);
 5. `grpo/mmau/demo/`: greedy evaluation of the warm-up (as step 0, `python -m r1aqa.evaluate`) and of every
    checkpoint (`test_mmau.sh`) on the held-out clips: accuracy table, CSV, JSON and plot.
@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from r1aqa.audio import SAMPLING_RATE, load_audio
+from r1aqa.benchmarks import load_items, score
 from r1aqa.checkpoints import complete_checkpoints
 from r1aqa.data import mmau_example
 from r1aqa.prompts import extract_answer
-from r1aqa.scoring import load_items, score
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPE = REPO / "configs" / "grpo_demo_cpu.yaml"
@@ -105,7 +105,7 @@ def stock_trl_cli(argv: list[str] | None = None) -> None:
 def evaluate(
     model_dir: str, test_file: str, audio_dir: str, silent: bool = False, batch_size: int = 50, max_new_tokens: int = 8
 ) -> dict:
-    """Greedy answers on the MMAU-format `test_file`, scored with the official rule (`r1aqa.scoring.score`).
+    """Greedy answers on the MMAU-format `test_file`, scored with the official rule (`r1aqa.benchmarks.score`).
 
     Prompts come from `mmau_example` (the builder training uses). `silent` replaces every clip by zeros of the same
     length, so prompts are unchanged but the audio says nothing. Returns `accuracy` (%), `valid` (% of answers that
@@ -225,9 +225,9 @@ def evaluate_with_test_mmau_sh(paths: dict, env: dict, max_new_tokens: int) -> s
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from r1aqa.cpu.tiny import write_tiny_model
-    from r1aqa.cpu.toy_task import write_toy_task
-    from r1aqa.cpu.warmup import warmup
+    from r1aqa.tryout.tiny import write_tiny_model
+    from r1aqa.tryout.toy_task import write_toy_task
+    from r1aqa.tryout.warmup import warmup
 
     torch.set_num_threads(1)  # see the module docstring
     out = os.path.abspath(args.out)
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> dict:
     t = time.time()
     runs = {"grpo": ("bash", str(REPO / "run_grpo.sh"))}
     if args.bench:
-        runs["stock-trl"] = (sys.executable, "-c", "from r1aqa.cpu.demo import stock_trl_cli; stock_trl_cli()")
+        runs["stock-trl"] = (sys.executable, "-c", "from r1aqa.tryout.demo import stock_trl_cli; stock_trl_cli()")
     processes = {}
     for name, launcher in runs.items():
         if name == "grpo":  # run_grpo.sh takes the recipe, model, data and output folder from the environment
@@ -356,7 +356,7 @@ def bench_over_seeds(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m r1aqa.cpu.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m r1aqa.tryout.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--out",
