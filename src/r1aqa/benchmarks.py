@@ -239,10 +239,10 @@ def format_report(summary: dict) -> str:
 # ---- several sampled passes ----------------------------------------------------------------------------------------
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value): the one mean/std of the package."""
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0  # sample standard deviation (n - 1)
-    return round(mean, 2), round(std, 2)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def aggregate(summaries: list[dict]) -> dict:
@@ -257,7 +257,7 @@ def aggregate(summaries: list[dict]) -> dict:
 
     def row(rows: list[dict]) -> dict:
         per_sample = [r["accuracy"] for r in rows]
-        mean, std = _mean_std(per_sample)
+        mean, std = (round(x, 2) for x in mean_std(per_sample))
         return {"accuracy": mean, "std": std, "total": rows[0]["total"], "per_sample": per_sample}
 
     out = {"benchmark": benchmark, "num_samples": len(summaries), "total": row([s["total"] for s in summaries])}
