@@ -18,15 +18,10 @@ def merge_lora(adapter_dir: str, out_dir: str, base: str | None = None, dtype: s
     from peft import PeftModel
 
     if not os.path.isfile(os.path.join(adapter_dir, models.ADAPTER_CONFIG)):
-        raise SystemExit(
-            f"{adapter_dir!r} has no {models.ADAPTER_CONFIG}: point --adapter at a LoRA run or checkpoint."
-        )
+        raise SystemExit(f"{adapter_dir}: no {models.ADAPTER_CONFIG}; --adapter takes a LoRA run or checkpoint.")
     if os.path.abspath(out_dir) == os.path.abspath(adapter_dir):
         raise SystemExit("--out must differ from --adapter (the adapter files would be mixed with the merged model).")
-    try:
-        base = base or models.adapter_base_model(adapter_dir)
-    except models.ModelFolderError as error:
-        raise SystemExit(str(error)) from error  # it names --base
+    base = base or models.adapter_base_model(adapter_dir)  # ModelFolderError if it names none: it says --base
     family = models.detect_family(base)
     model = models.load_model(base, family, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from transformers import Qwen2AudioProcessor
 
-logger = logging.getLogger("r1aqa.models")
 QWEN2_AUDIO, QWEN2_5_OMNI = "qwen2_audio", "qwen2_5_omni"
 FAMILIES = (QWEN2_AUDIO, QWEN2_5_OMNI)
 
@@ -122,7 +121,7 @@ def load_processor(path: str, family: ModelFamily | None = None, revision: str |
         try:
             processor = Qwen2_5OmniProcessor.from_pretrained(path, revision=revision)
         except Exception as error:  # no torchvision (for its video processor), or saved without vision processors
-            logger.info("Processor: Qwen2_5OmniAudioProcessor (Qwen2_5OmniProcessor: %s)", str(error)[:200])
+            logging.getLogger(__name__).info("Processor: audio-only (Qwen2_5OmniProcessor: %s)", str(error)[:200])
             processor = Qwen2_5OmniAudioProcessor.from_pretrained(path, revision=revision)
         processor.chat_template = OMNI_CHAT_TEMPLATE
     processor.tokenizer.padding_side = "left"  # batched generation; not always saved with the tokenizer

@@ -1,8 +1,7 @@
-"""Memory and step-time plan of GRPO on 1-8 GPUs of 80 GB: which DeepSpeed config fits (estimates; the model behind
-them is described in docs/).
+"""Memory and step-time plan of GRPO on 1-8 GPUs of 80 GB: which DeepSpeed config fits (estimates; how: docs/).
 
-    python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml      # make plan; also grpo_qwen2_5_omni_7b.yaml
-    python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml --audio_tokens 250 --tflops 300   # 10 s clips
+python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml     # make plan; or grpo_qwen2_5_omni_7b.yaml
+python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml --audio_tokens 250 --tflops 300   # 10 s clips
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections import namedtuple
 from dataclasses import dataclass, replace
 
 import yaml
@@ -42,32 +42,34 @@ class ModelSize:
         return self.audio_encoder + self.projector + self.language_model + self.lm_head + self.vision
 
 
-# The hub models a recipe may name: `count_parameters(build_meta_model(...))` of their published config.json
-# (docs/recipe.md §9, §11; copies in configs/*_config.json, which tests/test_plan.py counts again).
+# The hub models a recipe may name: their published config.json (docs/recipe.md §9, §11) counted on the meta device
+# (tests/test_plan.py counts the copies in configs/ again).
 KNOWN_MODELS = {
-    "Qwen/Qwen2-Audio-7B-Instruct": ModelSize(636_968_960, 5_246_976, 7_115_771_904, 639_107_072, 639_107_072,
-                                              4096, 32, 4096, 1280, 32, 1500),
-    "Qwen/Qwen2.5-Omni-7B": ModelSize(639_647_232, 0, 7_070_619_136, 544_997_376, 544_997_376, 3584, 28, 512, 1280, 32,
-                                      1500, vision=676_550_144, packed_encoder=True, name="Qwen2.5-Omni thinker"),
+    "Qwen/Qwen2-Audio-7B-Instruct": ModelSize(
+        audio_encoder=636_968_960, projector=5_246_976, language_model=7_115_771_904, lm_head=639_107_072,
+        largest_layer=639_107_072, hidden=4096, layers=32, kv_hidden=4096, encoder_hidden=1280, encoder_layers=32,
+        encoder_positions=1500),
+    "Qwen/Qwen2.5-Omni-7B": ModelSize(
+        audio_encoder=639_647_232, projector=0, language_model=7_070_619_136, lm_head=544_997_376,
+        largest_layer=544_997_376, hidden=3584, layers=28, kv_hidden=512, encoder_hidden=1280, encoder_layers=32,
+        encoder_positions=1500, vision=676_550_144, packed_encoder=True, name="Qwen2.5-Omni thinker"),
 }  # fmt: skip
 
 
 def build_meta_model(config_path: str | os.PathLike):
-    """The model of a config.json (Qwen2-Audio, or a Qwen2.5-Omni thinker, also from a full Omni config) on the meta
+    """The model of a config.json (Qwen2-Audio; a Qwen2.5-Omni thinker, also from a full Omni config) on the meta
     device: the real module tree, no memory."""
     import torch
     import transformers
 
-    from r1aqa.models import QWEN2_5_OMNI, family_of_config
+    from r1aqa.models import family_of_config
 
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
-    family = family_of_config(config)
-    omni = family.name == QWEN2_5_OMNI  # a full Omni config holds the thinker's
-    config_class = transformers.Qwen2_5OmniThinkerConfig if omni else transformers.Qwen2AudioConfig
-    config = config.get("thinker_config", config) if omni else config
+    config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+    config = getattr(config, "thinker_config", config)
     with torch.device("meta"):
-        return getattr(transformers, family.model_class)(config_class(**{**config, "model_type": None}))
+        return getattr(transformers, family_of_config(config).model_class)(config)
 
 
 def count_parameters(model) -> ModelSize:
@@ -78,11 +80,12 @@ def count_parameters(model) -> ModelSize:
     largest_layer = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     text, audio, parts = model.config.get_text_config(), model.config.audio_config, model.model
     packed = audio.model_type == "qwen2_5_omni_audio_encoder"  # its projector is inside the audio encoder
-    size = ModelSize(count(parts.audio_tower), count(getattr(parts, "multi_modal_projector", None)),
-                     count(parts.language_model), count(model.lm_head), largest_layer, text.hidden_size,
-                     text.num_hidden_layers, text.hidden_size * text.num_key_value_heads // text.num_attention_heads,
-                     audio.d_model, audio.encoder_layers, audio.max_source_positions,
-                     count(getattr(parts, "visual", None)), packed, "Qwen2.5-Omni thinker" if packed else "Qwen2-Audio")  # fmt: skip
+    kv_hidden = text.hidden_size * text.num_key_value_heads // text.num_attention_heads
+    size = ModelSize(
+        count(parts.audio_tower), count(getattr(parts, "multi_modal_projector", None)), count(parts.language_model),
+        count(model.lm_head), largest_layer, text.hidden_size, text.num_hidden_layers, kv_hidden, audio.d_model,
+        audio.encoder_layers, audio.max_source_positions, count(getattr(parts, "visual", None)), packed,
+        "Qwen2.5-Omni thinker" if packed else "Qwen2-Audio")  # fmt: skip
     assert size.total == count(model), "every parameter belongs to one of the modules"
     return size
 
@@ -103,8 +106,8 @@ class Workload:  # one GPU's share of a step, from the recipe
 
     @property
     def clips_per_micro_batch(self) -> int:
-        """Clips encoded per policy micro-batch: shared, one per distinct prompt in it (TRL shuffles the generation
-        batch before splitting it, so about min(micro-batch, prompts per generation batch))."""
+        # Shared: one per distinct prompt. TRL shuffles the generation batch before splitting it into micro-batches,
+        # so a micro-batch holds about min(micro-batch, prompts per generation batch).
         prompts = max(1, self.micro_batch * self.grad_accum // self.num_generations)
         return min(self.micro_batch, prompts) if self.share_audio_encoding else self.micro_batch
 
@@ -113,8 +116,7 @@ class Workload:  # one GPU's share of a step, from the recipe
 
 
 def activation_bytes(size: ModelSize, work: Workload, checkpointing: bool, bytes_per_token_hidden: float) -> float:
-    """A micro-batch's activations; with checkpointing each layer keeps its bf16 input, plus one layer's activations
-    during recompute."""
+    """A micro-batch's activations; checkpointing keeps each layer's bf16 input, plus one layer's during recompute."""
     tokens, clip_positions = work.micro_batch * work.sequence, work.encoder_positions(size) * work.clips_per_micro_batch
     full_layer = bytes_per_token_hidden * size.hidden * tokens
     encoder_layer = ENCODER_BYTES_PER_POSITION_HIDDEN * size.encoder_hidden * clip_positions
@@ -134,80 +136,81 @@ def step_flops(size: ModelSize, work: Workload, completions: int, checkpointing:
     return text * completions + encoder_pass * ((4 if checkpointing else 3) * policy_clips + 2 * clips)
 
 
-@dataclass
-class Row:
-    gpus: int
-    offload: bool
-    checkpointing: bool
-    model_states: float
-    reference: float
-    activations: float
-    generation: float  # ZeRO-3 gathers the whole bf16 model for `generate`, plus the KV cache
-    overhead: float
-    host: float
-    step_seconds: float
-    grad_accum: int
-    clips: int  # audio clips the encoder holds activations for in one policy micro-batch
-
-    @property
-    def per_gpu(self) -> float:
-        return self.model_states + self.reference + max(self.activations, self.generation) + self.overhead
+# One setup's bytes per GPU (model states, reference model, activations, generation: the whole bf16 model gathered by
+# ZeRO-3 plus the KV cache; per_gpu = states + ref + max(activ, generate) + overhead), host bytes, step time, clips
+# the encoder holds activations for in one policy micro-batch.
+Row = namedtuple("Row", "gpus offload checkpointing model_states reference activations generation host step_seconds "
+                 "grad_accum clips per_gpu")  # fmt: skip
 
 
 def plan(size: ModelSize, work: Workload, args) -> list[Row]:
-    """Every GPU count, offload and checkpointing for the paper's global batch (gradient accumulation on fewer GPUs)."""
+    """Every GPU count, offload and checkpointing, for the paper's global batch (gradient accumulation on fewer GPUs)."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     rows = []
     for gpus in GPU_COUNTS:
         grad_accum = max(1, PAPER_COMPLETIONS_PER_STEP // (gpus * work.micro_batch))
         gpu_work = replace(work, grad_accum=grad_accum)
-        kv_cache = work.micro_batch * work.sequence * size.layers * 2 * size.kv_hidden * 2
+        generation = 2 * size.total + work.micro_batch * work.sequence * size.layers * 2 * size.kv_hidden * 2
         for offload in (False, True):
-            # Trained parameters: DeepSpeed's estimate (bf16, fp32 master, Adam, gradients; zero_init, its 1.5x host
-            # buffer). Frozen ones (vision) and the reference model: bf16 only, sharded (on the host with offload).
+            # Trained parameters: DeepSpeed's estimate (bf16, fp32 master, Adam, gradients; its 1.5x host buffer). The
+            # frozen vision tower and the reference model: bf16, sharded (on the host with offload).
             host, states, _ = estimate_zero3_model_states_mem_needs(
-                size.total - size.vision, size.largest_layer, gpus, 1, offload, offload, True)  # fmt: skip
+                size.total - size.vision, size.largest_layer, gpus, 1, offload, offload, zero_init=True
+            )
             frozen, reference = 2 * size.vision, 2 * size.total
             host += frozen + reference if offload else 0.0
             states, reference = (states, 0.0) if offload else (states + frozen / gpus, reference / gpus)
             for ckpt in (False, True):
+                activations = activation_bytes(size, gpu_work, ckpt, args.bytes_per_token_hidden)
                 seconds = step_flops(size, gpu_work, PAPER_COMPLETIONS_PER_STEP, ckpt) / (gpus * args.tflops * 1e12)
-                rows.append(Row(gpus, offload, ckpt, states, reference,
-                                activation_bytes(size, gpu_work, ckpt, args.bytes_per_token_hidden),
-                                2 * size.total + kv_cache, args.overhead_gb * GB, host, seconds, grad_accum,
-                                gpu_work.clips_per_micro_batch))  # fmt: skip
+                per_gpu = states + reference + max(activations, generation) + args.overhead_gb * GB
+                rows.append(Row(gpus, offload, ckpt, states, reference, activations, generation, host, seconds,
+                                grad_accum, gpu_work.clips_per_micro_batch, per_gpu))  # fmt: skip
     return rows
 
 
 def format_report(size: ModelSize, work: Workload, rows: list[Row], args, recipe: dict) -> str:
-    gb, fits = (lambda x: f"{x / GB:6.1f}"), (lambda r: r.per_gpu <= args.gpu_memory_gb * GB)
-    parts = [("audio encoder", size.audio_encoder, ""), ("projector", size.projector, ""),
-             ("vision encoder", size.vision, "  (frozen: audio only)"),
-             ("language model", size.language_model, "  (incl. input embeddings)"), ("lm head", size.lm_head, ""),
-             ("total", size.total, f"  (largest single module {size.largest_layer / 1e6:.0f} M)")]  # fmt: skip
+    def gb(x: float) -> str:
+        return f"{x / GB:6.1f}"
+
+    memory, ckpt = args.gpu_memory_gb * GB, bool(recipe.get("gradient_checkpointing", False))
+    parts = {"audio encoder": (size.audio_encoder, ""), "projector": (size.projector, ""),
+             "vision encoder": (size.vision, "  (frozen: audio only)"),
+             "language model": (size.language_model, "  (incl. input embeddings)"), "lm head": (size.lm_head, ""),
+             "total": (size.total, f"  (largest single module {size.largest_layer / 1e6:.0f} M)")}  # fmt: skip
     lines = [f"{size.name} parameters ({args.arch_source})"]
-    lines += [f"  {name:<15} {count / 1e9:7.3f} B{note}" for name, count, note in parts if count]
-    lines += ["", f"Workload per GPU: micro-batch {work.micro_batch} completions x {work.sequence} tokens "
-              f"({work.audio_tokens} audio + {work.text_tokens} text + {work.completion_tokens} completion), "
-              f"G = {work.num_generations}, share_audio_encoding={work.share_audio_encoding}, "
-              f"step = {PAPER_COMPLETIONS_PER_STEP} completions, {args.tflops:g} TFLOP/s per GPU", "",
-              f"GPUs offload ckpt | states    ref   activ  generate  total/GPU fits{args.gpu_memory_gb:>3.0f}GB | host RAM "
-              "| grad_acc clips  s/step>="]  # fmt: skip
-    lines += [f"{r.gpus:4d} {'cpu' if r.offload else 'no':>7} {'yes' if r.checkpointing else 'no':>4} |"
-              f" {gb(r.model_states)} {gb(r.reference)} {gb(r.activations)} {gb(r.generation)}    {gb(r.per_gpu)}"
-              f"      {'yes' if fits(r) else 'NO':>3}  | {gb(r.host)}   | {r.grad_accum:8d} {r.clips:5d} "
-              f"{r.step_seconds:8.2f}" for r in rows]  # fmt: skip
-    ckpt = bool(recipe.get("gradient_checkpointing", False))
-    offloads = {g: [r.offload for r in rows if (r.gpus, r.checkpointing) == (g, ckpt) and fits(r)] for g in GPU_COUNTS}
-    choices = [f"{g}: configs/ds_zero3{'_offload' if min(o) else ''}.json" if o else f"{g}: none fits"
-               for g, o in offloads.items()]  # per GPU count: ZeRO-3 without offload (faster) if it fits  # fmt: skip
-    return "\n".join(lines + [
+    lines += [f"  {name:<15} {count / 1e9:7.3f} B{note}" for name, (count, note) in parts.items() if count]
+    lines += [
+        "",
+        f"Workload per GPU: micro-batch {work.micro_batch} completions x {work.sequence} tokens ({work.audio_tokens} "
+        f"audio + {work.text_tokens} text + {work.completion_tokens} completion), G = {work.num_generations}, "
+        f"share_audio_encoding={work.share_audio_encoding}, step = {PAPER_COMPLETIONS_PER_STEP} completions, "
+        f"{args.tflops:g} TFLOP/s per GPU",
+        "",
+        f"GPUs offload ckpt | states    ref   activ  generate  total/GPU fits{args.gpu_memory_gb:>3.0f}GB | host RAM | "
+        "grad_acc clips  s/step>=",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.gpus:4d} {'cpu' if r.offload else 'no':>7} {'yes' if r.checkpointing else 'no':>4} | "
+            f"{gb(r.model_states)} {gb(r.reference)} {gb(r.activations)} {gb(r.generation)}    {gb(r.per_gpu)}      "
+            f"{'yes' if r.per_gpu <= memory else 'NO':>3}  | {gb(r.host)}   | {r.grad_accum:8d} {r.clips:5d} "
+            f"{r.step_seconds:8.2f}"
+        )
+    choices = []  # per GPU count, the first config that fits: ZeRO-3 without offload (faster), else with offload
+    for gpus in GPU_COUNTS:
+        fit = sorted(r.offload for r in rows if (r.gpus, r.checkpointing) == (gpus, ckpt) and r.per_gpu <= memory)
+        choices.append(f"{gpus} GPU: " + (f"configs/ds_zero3{'_offload' * fit[0]}.json" if fit else "none fits"))
+    lines += [
         f"(GB = GiB. total/GPU = states + ref + max(activ, generate) + overhead {args.overhead_gb:g} GB; host RAM for "
         f"the whole host; grad_acc reaches {PAPER_COMPLETIONS_PER_STEP} completions per step; clips = audio encodings "
-        "per policy micro-batch; s/step is a FLOP lower bound.)", "",
-        f"Recommendation (gradient_checkpointing={str(ckpt).lower()} as in the recipe, {args.gpu_memory_gb:g} GB GPUs): "
-        + "; ".join(c.replace(":", " GPU:", 1) for c in choices)])  # fmt: skip
+        "per policy micro-batch; s/step is a FLOP lower bound.)",
+        "",
+        f"Recommendation (gradient_checkpointing={str(ckpt).lower()} as in the recipe, {args.gpu_memory_gb:g} GB "
+        "GPUs): " + "; ".join(choices),
+    ]
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -237,12 +240,12 @@ def main(argv: list[str] | None = None) -> str:
     elif os.path.isfile(path):
         size, args.arch_source = count_parameters(build_meta_model(path)), f"meta device, from {path}"
     else:
-        raise SystemExit(f"No architecture config for model_name_or_path {model!r} (known: {', '.join(KNOWN_MODELS)}). "
-                         "Pass --arch_config with its config.json.")  # fmt: skip
+        raise SystemExit(f"No config.json for model_name_or_path {model!r} (known: {', '.join(KNOWN_MODELS)}): pass "
+                         "--arch_config with its config.json.")  # fmt: skip
+    completion_tokens = args.completion_tokens or int(recipe.get("max_completion_length", 256))
+    share = not args.no_share_audio_encoding and recipe.get("share_audio_encoding", True)
     work = Workload(int(recipe.get("per_device_train_batch_size", 8)), int(recipe.get("num_generations", 8)),
-                    args.audio_tokens, args.text_tokens,
-                    args.completion_tokens or int(recipe.get("max_completion_length", 256)),
-                    not args.no_share_audio_encoding and recipe.get("share_audio_encoding", True))  # fmt: skip
+                    args.audio_tokens, args.text_tokens, completion_tokens, share)  # fmt: skip
     report = format_report(size, work, plan(size, work, args), args, recipe)
     print(report)
     return report
