@@ -372,15 +372,18 @@ def test_think_contradicting_prompt_style_is_rejected():
 
 
 def test_processor_path_resolution(tmp_path, run_dir):
-    assert evaluator.resolve_processor_path(str(run_dir / "checkpoint-200")) == str(run_dir)
-    assert evaluator.resolve_processor_path("Qwen/Qwen2-Audio-7B-Instruct") == "Qwen/Qwen2-Audio-7B-Instruct"
-    assert evaluator.resolve_processor_path(str(run_dir / "checkpoint-200"), "other/proc") == "other/proc"
+    from r1aqa.models import ModelFolderError, resolve_processor_path
+
+    assert resolve_processor_path(str(run_dir / "checkpoint-200")) == str(run_dir)
+    assert resolve_processor_path("Qwen/Qwen2-Audio-7B-Instruct") == "Qwen/Qwen2-Audio-7B-Instruct"
+    assert resolve_processor_path(str(run_dir / "checkpoint-200"), "other/proc") == "other/proc"
     # a folder that is not checkpoint-N never borrows its parent's processor
     lone = tmp_path / "run" / "final"
     lone.mkdir(parents=True)
     shutil.copy(run_dir / "processor_config.json", tmp_path / "run")
-    with pytest.raises(evaluator.EvalError, match="--processor_path"):
-        evaluator.resolve_processor_path(str(lone))
+    with pytest.raises(ModelFolderError, match="--processor_path"):
+        resolve_processor_path(str(lone))
+    assert resolve_processor_path(str(lone), base_model="org/base") == "org/base"  # a LoRA merge's --base
 
 
 @pytest.mark.slow  # three subprocesses; ~16 s of CPU, mostly imports

@@ -7,12 +7,27 @@ import pytest
 
 from r1aqa import plan
 
-RECIPE = str(Path(__file__).resolve().parents[1] / "configs" / "grpo_qwen2_audio_7b.yaml")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPE = str(CONFIGS / "grpo_qwen2_audio_7b.yaml")
+ARCH_CONFIGS = {"Qwen/Qwen2-Audio-7B-Instruct": CONFIGS / "qwen2_audio_7b_instruct_config.json",
+                "Qwen/Qwen2.5-Omni-7B": CONFIGS / "qwen2_5_omni_7b_thinker_config.json"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def size():
-    return plan.count_parameters(plan.build_meta_model())
+    return plan.KNOWN_MODELS["Qwen/Qwen2-Audio-7B-Instruct"]
+
+
+@pytest.mark.parametrize("model", sorted(ARCH_CONFIGS))
+def test_known_models_are_their_published_configs_counted_on_the_meta_device(model, capsys):
+    """The numbers written in r1aqa.plan are the real architecture's, and --arch_config gives the same table."""
+    assert plan.count_parameters(plan.build_meta_model(ARCH_CONFIGS[model])) == plan.KNOWN_MODELS[model]
+    recipe = RECIPE if "Audio" in model else OMNI_RECIPE
+    known, built = (
+        plan.main(["--recipe", recipe]),
+        plan.main(["--recipe", recipe, "--arch_config", str(ARCH_CONFIGS[model])]),
+    )
+    assert known.splitlines()[1:] == built.splitlines()[1:] and "meta device" in built.splitlines()[0]
 
 
 def test_parameter_counts_match_the_architecture_arithmetic(size):
@@ -54,13 +69,13 @@ def test_more_gpus_need_less_memory_and_time_per_gpu(size):
     assert plan.activation_bytes(size, separate, False, 40) > plan.activation_bytes(size, work, False, 40)
 
 
-OMNI_RECIPE = str(Path(__file__).resolve().parents[1] / "configs" / "grpo_qwen2_5_omni_7b.yaml")
+OMNI_RECIPE = str(CONFIGS / "grpo_qwen2_5_omni_7b.yaml")
 
 
 def test_omni_7b_thinker_counts_and_table(capsys):
     """docs/recipe.md §11: the Qwen2.5-Omni-7B thinker, from its published config: 8.93B parameters, of which the
     vision tower (0.677B) is frozen; its audio encoder includes the projection to the language model."""
-    size = plan.count_parameters(plan.build_meta_model(plan.ARCH_CONFIGS["Qwen/Qwen2.5-Omni-7B"]))
+    size = plan.KNOWN_MODELS["Qwen/Qwen2.5-Omni-7B"]
     h, layers, inter, vocab, kv = 3584, 28, 18944, 152064, 512  # kv: 4 key/value heads of 128
     per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * inter + 2 * h  # q/k/v with bias, o, MLP, norms
     assert size.language_model == vocab * h + layers * per_layer + h
