@@ -10,6 +10,7 @@ Run it from the repository's root; other arguments go to the GRPO runs. What eac
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -17,29 +18,31 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import torch
 
 from r1aqa.benchmarks import mean_std
+from r1aqa.tryout.tiny import write_tiny_model
+from r1aqa.tryout.toy_task import write_toy_task
+from r1aqa.tryout.warmup import warmup
 
 RECIPE = "configs/grpo_demo_cpu.yaml"
 EXTRA_TOKENS = ("<answer>", "</answer>", "low", "top")  # one token per option: a sample is a whole option or none
 CHUNK_LENGTH = 2  # seconds of audio window (Qwen2-Audio: 30); the 1.5 s clips fit
 ROWS = {"before": "before GRPO (warm-up)", "after": "after GRPO (final)", "audio_blind": "after GRPO, silent clips",
         "stock_trl": "stock TRL GRPO (final)"}  # fmt: skip
-# What run_grpo.sh and test_mmau.sh read from the environment: a user's own (`make bench-learning SEEDS="0 1 2"`
-# exports SEEDS) must not turn one of the demo's runs into several.
-LAUNCHER_SETTINGS = (
-    "SEEDS", "SMOKE", "MODEL", "DATA_FILE", "OUTPUT_DIR", "RECIPE", "DS_CONFIG", "CPU_PROCS", "NPROC_PER_NODE",
-    "NNODES", "NODE_RANK", "RUN_DIR", "RUN_DIRS", "OUT_DIR", "AGG_DIR", "STEPS", "PROTOCOL", "DECODING", "SEED",
-    "NUM_SAMPLES", "AUDIO", "AUDIO_DIR", "BATCH_SIZE", "MAX_NEW_TOKENS", "THINK", "PROMPT_STYLE", "SYSTEM_PROMPT",
-    "BENCHMARK", "MMAU_FILE", "SELECT_FILE", "SELECT_AUDIO_DIR", "BACKEND", "EVAL_DEVICES", "EVAL_PROCS",
-)  # fmt: skip
+# Read by run_grpo.sh and test_mmau.sh: a user's own (`make bench-learning SEEDS=...` exports SEEDS) must not leak in.
+LAUNCHER_SETTINGS = ("SEEDS", "SMOKE", "MODEL", "DATA_FILE", "OUTPUT_DIR", "RECIPE", "DS_CONFIG", "CPU_PROCS",
+    "NPROC_PER_NODE", "NNODES", "NODE_RANK", "RUN_DIR", "RUN_DIRS", "OUT_DIR", "AGG_DIR", "STEPS", "PROTOCOL", "SEED",
+    "DECODING", "NUM_SAMPLES", "AUDIO", "AUDIO_DIR", "BATCH_SIZE", "MAX_NEW_TOKENS", "THINK", "PROMPT_STYLE",
+    "SYSTEM_PROMPT", "BENCHMARK", "MMAU_FILE", "SELECT_FILE", "SELECT_AUDIO_DIR", "BACKEND", "EVAL_DEVICES", "EVAL_PROCS")  # fmt: skip
 
 
 def stock_trl(argv: list[str]) -> None:
     """`python -m r1aqa.grpo` with `trl.GRPOTrainer`, taught only to load the audio for generation (as stock TRL does
     with an audio model): no audio features reach the log-prob passes of the loss."""
     import numpy as np
-    import torch
     from trl import GRPOTrainer
 
     from r1aqa import grpo
@@ -72,16 +75,15 @@ def run_all(jobs: dict) -> None:
 
 
 def subprocess_env() -> dict:
-    """The user's environment without LAUNCHER_SETTINGS; the CPU path also on a GPU node, one thread per process
-    (two threads each on a shared 2-core machine ran ~30x slower)."""
+    """The user's environment without LAUNCHER_SETTINGS; the CPU path also on a GPU node; one thread per process."""
     env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_SETTINGS}
     return {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "DEVICE": "cpu", "DS_ACCELERATOR": "cpu",
             "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}  # fmt: skip
 
 
-def evaluate(run_dir: str, warmup: str, data: dict, env: dict, audio: str = "real", steps: str = "") -> dict:
-    """Greedy held-out accuracy {step: %} of the warm-up as step 0 (`python -m r1aqa.evaluate`; with `audio` real)
-    and of the run's checkpoints (`test_mmau.sh`: its table, CSV and plot in <run_dir>/mmau/demo[.silent])."""
+def evaluate(run_dir: str, warmup: str, data: dict, env: dict, audio: str = "real", steps: str = "") -> list:
+    """Greedy held-out accuracy (%, in step order) of the warm-up as step 0 (`python -m r1aqa.evaluate`; with `audio`
+    real) and of the run's checkpoints (`test_mmau.sh`: its table, CSV and plot in <run_dir>/mmau/demo[.silent])."""
     out_dir = os.path.join(run_dir, "mmau", "demo")
     if audio == "real":
         command = [sys.executable, "-m", "r1aqa.evaluate", "--model_path", warmup, "--data_file", data["test_file"],
@@ -91,21 +93,15 @@ def evaluate(run_dir: str, warmup: str, data: dict, env: dict, audio: str = "rea
     settings = {"RUN_DIR": run_dir, "MMAU_FILE": data["test_file"], "AUDIO_DIR": data["test_audio_dir"],
                 "OUT_DIR": out_dir, "MAX_NEW_TOKENS": "8", "DECODING": "greedy", "AUDIO": audio, "STEPS": steps}  # fmt: skip
     run_all({"test_mmau.sh": (["bash", "test_mmau.sh"], {**env, **settings}, None)})
-    scored = out_dir + (".silent" if audio == "silent" else "")
-    found = (re.fullmatch(r"checkpoint-(\d+)\.score\.json", name) for name in os.listdir(scored))
-    return {int(m[1]): json.load(open(os.path.join(scored, m[0])))["total"]["accuracy"] for m in found if m}  # noqa: SIM115
+    scores = glob.glob(os.path.join(out_dir + (".silent" if audio == "silent" else ""), "checkpoint-*.score.json"))
+    scores.sort(key=lambda path: int(re.search(r"checkpoint-(\d+)", path)[1]))
+    return [json.loads(Path(path).read_text())["total"]["accuracy"] for path in scores]
 
 
 def run(args: argparse.Namespace) -> dict:
     """One demo (or bench) into `args.out`; returns its rows {name: accuracy %} (the bench's four, or two)."""
-    import torch
-
-    from r1aqa.tryout.tiny import write_tiny_model
-    from r1aqa.tryout.toy_task import write_toy_task
-    from r1aqa.tryout.warmup import warmup
-
     start, out, env = time.time(), os.path.abspath(args.out), subprocess_env()
-    torch.set_num_threads(1)  # as the subprocesses
+    torch.set_num_threads(1)  # as the subprocesses: two threads each on a shared 2-core machine ran ~30x slower
     model, warm, grpo, stock = (os.path.join(out, name) for name in ("model", "warmup", "grpo", "stock-trl"))
     for folder in (warm, grpo, stock):  # never mix checkpoints of an earlier run into this one
         shutil.rmtree(folder, ignore_errors=True)
@@ -125,29 +121,14 @@ def run(args: argparse.Namespace) -> dict:
     run_all(jobs)
 
     accuracy = evaluate(grpo, warm, data, env)
-    last = max(accuracy)  # "after" is the last step, not the best: no choice is made on the test clips
-    result = {"before": accuracy[0], "after": accuracy[last]}
+    result = {"before": accuracy[0], "after": accuracy[-1]}  # the last step, not the best: no choice on the test clips
     if args.bench:
-        result["audio_blind"] = evaluate(grpo, warm, data, env, "silent", str(last))[last]
-        result["stock_trl"] = (stock_accuracy := evaluate(stock, warm, data, env))[max(stock_accuracy)]
+        result["audio_blind"] = evaluate(grpo, warm, data, env, "silent", str(args.steps))[-1]
+        result["stock_trl"] = evaluate(stock, warm, data, env)[-1]
     print(f"Wrote everything under {out} in {(time.time() - start) / 60:.1f} min; accuracy per step: grpo/mmau/demo/.")
     if args.bench:
         print(" ".join(f"{name}={value:.2f}%" for name, value in result.items()))
     return result
-
-
-def bench_over_seeds(args: argparse.Namespace) -> None:
-    """The bench once per seed (into `args.out`/seed-N), then each row as mean ± sample std over the seeds."""
-    results = []
-    for seed in args.seeds:
-        print(f"\n===== bench with seed {seed} =====", flush=True)
-        results.append(run(argparse.Namespace(**{**vars(args), "seed": seed, "out": f"{args.out}/seed-{seed}"})))
-    print(f"\nHeld-out greedy accuracy over seeds {' '.join(map(str, args.seeds))} (mean ± sample std):")
-    stats = {name: mean_std([result[name] for result in results]) for name in ROWS}
-    for name, (mean, std) in stats.items():
-        each = ", ".join(f"{result[name]:.2f}" for result in results)
-        print(f"  {ROWS[name]:<34} {mean:>6.2f} ± {std:5.2f}%   ({each})")
-    print(" ".join(f"{name}={mean:.2f}±{std:.2f}%" for name, (mean, std) in stats.items()), f"seeds={len(results)}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -168,8 +149,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """One demo or bench; with `--seeds`, the bench once per seed (into <out>/seed-N), then mean ± sample std."""
     args = parse_args(argv)
-    bench_over_seeds(args) if args.seeds else run(args)
+    if not args.seeds:
+        run(args)
+        return
+    results = []
+    for seed in args.seeds:
+        print(f"\n===== bench with seed {seed} =====", flush=True)
+        results.append(run(argparse.Namespace(**{**vars(args), "seed": seed, "out": f"{args.out}/seed-{seed}"})))
+    print(f"\nHeld-out greedy accuracy over seeds {' '.join(map(str, args.seeds))} (mean ± sample std):")
+    stats = {name: mean_std([result[name] for result in results]) for name in ROWS}
+    for name, (mean, std) in stats.items():
+        each = ", ".join(f"{result[name]:.2f}" for result in results)
+        print(f"  {ROWS[name]:<34} {mean:>6.2f} ± {std:5.2f}%   ({each})")
+    print(" ".join(f"{name}={mean:.2f}±{std:.2f}%" for name, (mean, std) in stats.items()), f"seeds={len(results)}")
 
 
 if __name__ == "__main__":

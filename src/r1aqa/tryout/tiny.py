@@ -9,8 +9,6 @@ The same family, seed and options give the same bytes. `--head_dim 32`: vLLM's C
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import tokenizers
 import torch
@@ -115,17 +113,12 @@ def build_model(processor, seed: int = 0, chunk_length: int = 30, head_dim: int 
 
 def write_tiny_model(out_dir: str, seed: int = 0, chunk_length: int = 30, extra_tokens: tuple[str, ...] = (),
                      family: str = models.QWEN2_AUDIO, head_dim: int = DEFAULT_HEAD_DIM) -> str:  # fmt: skip
-    """Build and save model + processor (and `tiny_model.json`) to `out_dir`; `head_dim` applies to Qwen2-Audio."""
+    """Build and save model + processor to `out_dir`; return it. `head_dim` applies to Qwen2-Audio."""
     if family not in models.FAMILIES:
         raise ValueError(f"family must be one of {models.FAMILIES}, got {family!r}")
     processor = build_processor(chunk_length, extra_tokens, family)
     build_model(processor, seed, chunk_length, head_dim).save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    info = {"seed": seed, "chunk_length": chunk_length, "extra_tokens": list(extra_tokens)}
-    info |= {"family": family} if family != models.QWEN2_AUDIO else {}  # keys only when set: defaults keep their bytes
-    info |= {"head_dim": head_dim} if head_dim != DEFAULT_HEAD_DIM else {}
-    with open(os.path.join(out_dir, "tiny_model.json"), "w") as f:
-        json.dump(info, f, indent=2)
     return out_dir
 
 

@@ -21,10 +21,10 @@ QUESTION = "Is the tone in the video low or top?"  # "video" -> "audio" at train
 TEXT_QUESTION = "The tone in the video is {answer}. Is the tone in the video low or top?"
 
 
-def make_items(n: int, rng, audio_dir: str, prefix: str, seconds: float, tone: bool = True) -> list[dict]:
-    """`n` clips in `audio_dir`, classes alternating, each with shuffled options; `tone=False`: silent clips."""
+def make_clips(n: int, rng, audio_dir: str, prefix: str, seconds: float, tone: bool = True) -> list[tuple]:
+    """`n` clips (name, path, answer, shuffled options) in `audio_dir`, classes alternating; `tone=False`: silent."""
     os.makedirs(audio_dir, exist_ok=True)
-    names, items = list(PITCHES), []
+    names, clips = list(PITCHES), []
     for i in range(n):
         answer, path = names[i % len(names)], os.path.join(audio_dir, f"{prefix}-{i:05d}.wav")
         clip = np.zeros(int(SAMPLING_RATE * seconds), dtype=np.float32)
@@ -33,41 +33,31 @@ def make_items(n: int, rng, audio_dir: str, prefix: str, seconds: float, tone: b
             clip = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * PITCHES[answer] * t + rng.uniform(0, 2 * np.pi))
             clip = (clip + rng.normal(0, 0.01, size=t.shape)).astype(np.float32)
         sf.write(path, clip, SAMPLING_RATE, subtype="PCM_16")
-        choices = [str(c) for c in rng.permutation(names)]
-        items.append({"id": f"{prefix}-{i:05d}", "path": os.path.abspath(path), "answer": answer, "choices": choices})
-    return items
-
-
-def avqa_record(item: dict, index: int, text: bool = False) -> dict:
-    return {"id": index, "video_name": item["id"], "video_id": index,
-            "question_text": TEXT_QUESTION.format(answer=item["answer"]) if text else QUESTION,
-            "multi_choice": item["choices"], "answer": item["choices"].index(item["answer"]),
-            "question_relation": "Sound", "question_type": "Text" if text else "Pitch", "dataset_name": "toy-tones",
-            "audio_path": item["path"]}  # fmt: skip
-
-
-def mmau_record(item: dict) -> dict:
-    return {"id": item["id"], "audio_id": f"./test-mini-audios/{os.path.basename(item['path'])}",
-            "question": QUESTION.replace("video", "audio"), "choices": item["choices"], "answer": item["answer"],
-            "dataset": "toy-tones", "task": "sound", "split": "test-mini", "category": "Pitch",
-            "sub-category": "tone pitch", "difficulty": "easy"}  # fmt: skip
+        clips.append((f"{prefix}-{i:05d}", os.path.abspath(path), answer, [str(c) for c in rng.permutation(names)]))
+    return clips
 
 
 def write_toy_task(out_dir: str, n_train=64, n_test=32, seed=0, seconds=1.5, n_text=0) -> dict:
-    """Write `train.jsonl`, `test.json` and their clips; return their paths. The `n_text` questions (question_type
-    `Text`; the tone ones are `Pitch`) are drawn last, so the other files keep their bytes."""
+    """Write `train.jsonl` (AVQA), `test.json` (MMAU) and their clips; return their paths. The `n_text` questions
+    (question_type `Text`; the tone ones are `Pitch`) are drawn last, so the other files keep their bytes."""
     rng = np.random.default_rng(seed)
-    train = make_items(n_train, rng, os.path.join(out_dir, "train-audios"), "train", seconds)
-    test = make_items(n_test, rng, os.path.join(out_dir, "test-mini-audios"), "test", seconds)
-    text = make_items(n_text, rng, os.path.join(out_dir, "train-audios"), "text", seconds, tone=False)
+    train = make_clips(n_train, rng, os.path.join(out_dir, "train-audios"), "train", seconds)
+    test = make_clips(n_test, rng, os.path.join(out_dir, "test-mini-audios"), "test", seconds)
+    train += make_clips(n_text, rng, os.path.join(out_dir, "train-audios"), "text", seconds, tone=False)
     paths = {"train_file": os.path.join(out_dir, "train.jsonl"), "test_file": os.path.join(out_dir, "test.json"),
              "test_audio_dir": os.path.join(out_dir, "test-mini-audios")}  # fmt: skip
-    rows = [avqa_record(item, i) for i, item in enumerate(train)]
-    rows += [avqa_record(item, i, text=True) for i, item in enumerate(text, start=len(train))]
     with open(paths["train_file"], "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+        for i, (name, path, answer, choices) in enumerate(train):
+            kind, question = ("Text", TEXT_QUESTION.format(answer=answer)) if i >= n_train else ("Pitch", QUESTION)
+            row = {"id": i, "video_name": name, "video_id": i, "question_text": question, "multi_choice": choices,
+                   "answer": choices.index(answer), "question_relation": "Sound", "question_type": kind,
+                   "dataset_name": "toy-tones", "audio_path": path}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
     with open(paths["test_file"], "w") as f:
-        json.dump([mmau_record(item) for item in test], f, indent=1)
+        json.dump([{"id": name, "audio_id": f"./test-mini-audios/{os.path.basename(path)}",
+                    "question": QUESTION.replace("video", "audio"), "choices": choices, "answer": answer, "dataset": "toy-tones",
+                    "task": "sound", "split": "test-mini", "category": "Pitch", "sub-category": "tone pitch",
+                    "difficulty": "easy"} for name, path, answer, choices in test], f, indent=1)  # fmt: skip
     return paths
 
 

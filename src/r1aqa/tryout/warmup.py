@@ -1,9 +1,6 @@
-"""Format-only warm-up: teach a random model `<answer>{option}</answer>` without teaching it which option.
-
-A random tiny model never samples the answer format, so every GRPO reward (and advantage) would be 0. Targets drawn at
-random among each question's options teach the format while accuracy stays at chance: what GRPO gains later comes from
-the audio. The loss covers the answer and end-of-turn tokens only.
-"""
+"""Format-only warm-up: a random model never samples `<answer>...</answer>`, so every GRPO reward would be 0; targets
+drawn at random among each question's options teach the format while accuracy stays at chance (GRPO's gains then
+come from the audio). The loss covers the answer and end-of-turn tokens only."""
 
 from __future__ import annotations
 
@@ -31,15 +28,13 @@ TARGETS = {"random": random_targets, "correct": lambda rows, rng: [row["solution
 def build_batch(processor, rows: list[dict], targets: list[str]) -> dict:
     """Processor inputs of prompt (as GRPO samples it) + target + `<|im_end|>`, `labels` on the target tokens only
     (left padding keeps every target at the end of its row)."""
-    tokenizer = processor.tokenizer
+    tokenizer, end = processor.tokenizer, processor.tokenizer.eos_token
     tokenizer.padding_side = "left"
-    texts, audios, expected = [], [], []
-    for row, target in zip(rows, targets, strict=True):
-        prompt = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-        texts.append(prompt + target + tokenizer.eos_token)
-        audios.append(load_audio(row["audio_path"], SAMPLING_RATE))
-        expected.append(tokenizer(target + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+    chats = [processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False) for row in rows]
+    texts = [chat + target + end for chat, target in zip(chats, targets, strict=True)]
+    audios = [load_audio(row["audio_path"], SAMPLING_RATE) for row in rows]
     batch = processor(text=texts, audio=audios, sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt")
+    expected = [tokenizer(target + end, add_special_tokens=False)["input_ids"] for target in targets]
     labels = batch["input_ids"].clone()
     for i, ids in enumerate(expected):
         labels[i, : labels.size(1) - len(ids)] = IGNORE_INDEX
