@@ -73,13 +73,13 @@ def demo_model_and_rows(tmp_path_factory):
 
 def test_warmup_targets_are_always_listed_options_and_not_the_answer(demo_model_and_rows):
     from r1aqa.prompts import extract_answer
-    from r1aqa.tryout.warmup import random_targets
+    from r1aqa.tryout.warmup import TARGETS
 
     _, rows = demo_model_and_rows
     rng = np.random.default_rng(0)
     picked, correct = [], 0
     for _ in range(100):
-        for row, target in zip(rows, random_targets(rows, rng), strict=True):
+        for row, target in zip(rows, TARGETS["random"](rows, rng), strict=True):
             answer = extract_answer(target)
             assert target == f"<answer>{answer}</answer>" and answer in row["multi_choice"]
             picked.append(answer)
@@ -138,7 +138,7 @@ def test_bench_over_seeds_reports_mean_and_std_of_each_row(tmp_path, monkeypatch
 
     def fake_run(args):
         seen.append((args.seed, args.out))
-        return dict(zip(demo.ROWS, accuracies[args.seed], strict=True))
+        return dict(zip(("before", "after", "audio_blind", "stock_trl"), accuracies[args.seed], strict=True))
 
     monkeypatch.setattr(demo, "run", fake_run)
     demo.main(["--bench", "--seeds", "3", "4", "--out", str(tmp_path / "b")])
@@ -149,7 +149,7 @@ def test_bench_over_seeds_reports_mean_and_std_of_each_row(tmp_path, monkeypatch
 
 def test_seeds_need_the_bench():
     with pytest.raises(SystemExit):
-        demo.parse_args(["--seeds", "1", "2"])
+        demo.main(["--seeds", "1", "2"])
 
 
 def test_demo_subprocesses_ignore_the_users_launcher_settings(monkeypatch):

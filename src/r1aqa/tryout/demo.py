@@ -1,10 +1,9 @@
-"""The whole pipeline on CPU (`make demo`) and the proof that GRPO learns from the audio (`make bench-learning`).
+"""The whole pipeline on CPU (`make demo`) and the proof that GRPO learns from the audio (`make bench-learning`); run
+it from the repository's root. Other arguments go to the GRPO runs. The steps: docs/demo.md.
 
     python -m r1aqa.tryout.demo                          # tiny model, tone task, warm-up, run_grpo.sh, test_mmau.sh
     python -m r1aqa.tryout.demo --bench [--seeds 0 1 2]  # + silent clips and stock TRL; mean ± std over seeds
     python -m r1aqa.tryout.demo --steps 2 --warmup_steps 2 --n_train 4 --per_device_train_batch_size 16  # smoke
-
-Run it from the repository's root; other arguments go to the GRPO runs. What each step does: docs/demo.md.
 """
 
 from __future__ import annotations
@@ -13,12 +12,10 @@ import argparse
 import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -30,18 +27,15 @@ from r1aqa.tryout.warmup import warmup
 RECIPE = "configs/grpo_demo_cpu.yaml"
 EXTRA_TOKENS = ("<answer>", "</answer>", "low", "top")  # one token per option: a sample is a whole option or none
 CHUNK_LENGTH = 2  # seconds of audio window (Qwen2-Audio: 30); the 1.5 s clips fit
-ROWS = {"before": "before GRPO (warm-up)", "after": "after GRPO (final)", "audio_blind": "after GRPO, silent clips",
-        "stock_trl": "stock TRL GRPO (final)"}  # fmt: skip
 # Read by run_grpo.sh and test_mmau.sh: a user's own (`make bench-learning SEEDS=...` exports SEEDS) must not leak in.
-LAUNCHER_SETTINGS = ("SEEDS", "SMOKE", "MODEL", "DATA_FILE", "OUTPUT_DIR", "RECIPE", "DS_CONFIG", "CPU_PROCS",
-    "NPROC_PER_NODE", "NNODES", "NODE_RANK", "RUN_DIR", "RUN_DIRS", "OUT_DIR", "AGG_DIR", "STEPS", "PROTOCOL", "SEED",
-    "DECODING", "NUM_SAMPLES", "AUDIO", "AUDIO_DIR", "BATCH_SIZE", "MAX_NEW_TOKENS", "THINK", "PROMPT_STYLE",
-    "SYSTEM_PROMPT", "BENCHMARK", "MMAU_FILE", "SELECT_FILE", "SELECT_AUDIO_DIR", "BACKEND", "EVAL_DEVICES", "EVAL_PROCS")  # fmt: skip
+LAUNCHER_SETTINGS = ("SEEDS", "SMOKE", "MODEL", "DATA_FILE", "OUTPUT_DIR", "RECIPE", "DS_CONFIG", "CPU_PROCS", "SEED",
+    "NPROC_PER_NODE", "NNODES", "NODE_RANK", "RUN_DIR", "RUN_DIRS", "OUT_DIR", "AGG_DIR", "STEPS", "PROTOCOL", "AUDIO",
+    "DECODING", "NUM_SAMPLES", "AUDIO_DIR", "BATCH_SIZE", "MAX_NEW_TOKENS", "THINK", "PROMPT_STYLE", "SYSTEM_PROMPT",
+    "BENCHMARK", "MMAU_FILE", "SELECT_FILE", "SELECT_AUDIO_DIR", "BACKEND", "EVAL_DEVICES", "EVAL_PROCS")  # fmt: skip
 
 
 def stock_trl(argv: list[str]) -> None:
-    """`python -m r1aqa.grpo` with `trl.GRPOTrainer`, taught only to load the audio for generation (as stock TRL does
-    with an audio model): no audio features reach the log-prob passes of the loss."""
+    """`python -m r1aqa.grpo` with TRL's own trainer, taught only to load the audio for generation: as stock TRL."""
     import numpy as np
     from trl import GRPOTrainer
 
@@ -51,8 +45,7 @@ def stock_trl(argv: list[str]) -> None:
 
     class StockTRLGRPOTrainer(GRPOTrainer):
         def __init__(self, model, *args, **kwargs):
-            config = model.config  # TRL reads image_token_id for any processor
-            config.image_token_id = getattr(config, "image_token_id", None) or config.audio_token_index
+            model.config.image_token_id = model.config.audio_token_index  # TRL reads it for any processor
             super().__init__(model, *args, **kwargs)
 
         def _tokenize_prompts(self, prompts: list):
@@ -82,20 +75,19 @@ def subprocess_env() -> dict:
 
 
 def evaluate(run_dir: str, warmup: str, data: dict, env: dict, audio: str = "real", steps: str = "") -> list:
-    """Greedy held-out accuracy (%, in step order) of the warm-up as step 0 (`python -m r1aqa.evaluate`; with `audio`
-    real) and of the run's checkpoints (`test_mmau.sh`: its table, CSV and plot in <run_dir>/mmau/demo[.silent])."""
+    """Greedy accuracy % per step: the warm-up as step 0 (python -m r1aqa.evaluate), the checkpoints (test_mmau.sh)."""
     out_dir = os.path.join(run_dir, "mmau", "demo")
     if audio == "real":
         command = [sys.executable, "-m", "r1aqa.evaluate", "--model_path", warmup, "--data_file", data["test_file"],
                    "--audio_dir", data["test_audio_dir"], "--out_file", os.path.join(out_dir, "checkpoint-0.json"),
                    "--max_new_tokens", "8", "--decoding", "greedy"]  # fmt: skip
         run_all({"evaluating the warm-up": (command, env, None)})
-    settings = {"RUN_DIR": run_dir, "MMAU_FILE": data["test_file"], "AUDIO_DIR": data["test_audio_dir"],
-                "OUT_DIR": out_dir, "MAX_NEW_TOKENS": "8", "DECODING": "greedy", "AUDIO": audio, "STEPS": steps}  # fmt: skip
+    settings = {"RUN_DIR": run_dir, "MMAU_FILE": data["test_file"], "AUDIO_DIR": data["test_audio_dir"], "STEPS": steps,
+                "OUT_DIR": out_dir, "MAX_NEW_TOKENS": "8", "DECODING": "greedy", "AUDIO": audio}  # fmt: skip
     run_all({"test_mmau.sh": (["bash", "test_mmau.sh"], {**env, **settings}, None)})
     scores = glob.glob(os.path.join(out_dir + (".silent" if audio == "silent" else ""), "checkpoint-*.score.json"))
-    scores.sort(key=lambda path: int(re.search(r"checkpoint-(\d+)", path)[1]))
-    return [json.loads(Path(path).read_text())["total"]["accuracy"] for path in scores]
+    scores.sort(key=lambda path: int(path.rsplit("-", 1)[1].split(".")[0]))
+    return [json.load(open(path))["total"]["accuracy"] for path in scores]  # noqa: SIM115
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -131,7 +123,8 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> dict | None:
+    """One demo or bench; with `--seeds`, the bench once per seed (into <out>/seed-N), then mean ± sample std."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="Default: outputs/demo (outputs/bench-learning with --bench).")
     parser.add_argument("--bench", action="store_true", help="Add the silent-clips and stock-TRL controls.")
@@ -145,24 +138,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or ("outputs/bench-learning" if args.bench else "outputs/demo")
     if args.seeds and not args.bench:
         parser.error("--seeds repeats the learning benchmark: add --bench.")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    """One demo or bench; with `--seeds`, the bench once per seed (into <out>/seed-N), then mean ± sample std."""
-    args = parse_args(argv)
     if not args.seeds:
-        run(args)
-        return
-    results = []
-    for seed in args.seeds:
-        print(f"\n===== bench with seed {seed} =====", flush=True)
-        results.append(run(argparse.Namespace(**{**vars(args), "seed": seed, "out": f"{args.out}/seed-{seed}"})))
-    print(f"\nHeld-out greedy accuracy over seeds {' '.join(map(str, args.seeds))} (mean ± sample std):")
-    stats = {name: mean_std([result[name] for result in results]) for name in ROWS}
+        return run(args)
+    results = [run(argparse.Namespace(**{**vars(args), "seed": s, "out": f"{args.out}/seed-{s}"})) for s in args.seeds]
+    print(f"\nHeld-out greedy accuracy over seeds {' '.join(map(str, args.seeds))} (mean ± sample std; each seed):")
+    stats = {name: mean_std([result[name] for result in results]) for name in results[0]}
     for name, (mean, std) in stats.items():
-        each = ", ".join(f"{result[name]:.2f}" for result in results)
-        print(f"  {ROWS[name]:<34} {mean:>6.2f} ± {std:5.2f}%   ({each})")
+        print(f"  {name:<12} {mean:>6.2f} ± {std:5.2f}%   ({', '.join(f'{r[name]:.2f}' for r in results)})")
     print(" ".join(f"{name}={mean:.2f}±{std:.2f}%" for name, (mean, std) in stats.items()), f"seeds={len(results)}")
 
 

@@ -1,9 +1,7 @@
-"""A tiny random Qwen2-Audio or Qwen2.5-Omni thinker with the real classes and processor, for tests and CPU runs.
+"""A tiny random Qwen2-Audio or Qwen2.5-Omni thinker (the real classes and processor) for tests and CPU runs; the same
+options give the same bytes. `--head_dim 32`: vLLM's CPU attention needs head sizes >= 32.
 
-    python -m r1aqa.tryout.tiny --out outputs/tiny-qwen2-audio [--chunk_length 2] [--head_dim 32]
-    python -m r1aqa.tryout.tiny --family qwen2_5_omni --out outputs/tiny-omni --extra_tokens "<answer>" "</answer>" low top
-
-The same family, seed and options give the same bytes. `--head_dim 32`: vLLM's CPU attention needs head sizes >= 32.
+    python -m r1aqa.tryout.tiny --out outputs/tiny [--chunk_length 2] [--head_dim 32] [--family qwen2_5_omni]
 """
 
 from __future__ import annotations
@@ -21,8 +19,7 @@ from r1aqa.prompts import ANSWER_INSTRUCTION, OPTIONS_SENTENCE, THINK_INSTRUCTIO
 PAD_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_end|>"  # Qwen2's bos/pad, and the end of a turn
 RESERVED_TOKENS = [PAD_TOKEN, "<|im_start|>", EOS_TOKEN, "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 OMNI_RESERVED_TOKENS = RESERVED_TOKENS + ["<|vision_bos|>", "<|vision_eos|>", "<|IMAGE|>", "<|VIDEO|>"]
-# Qwen2-Audio-Instruct's template, but audio parts are told by `type` alone: `datasets` gives every content item every
-# key (None when missing), and the hub template's `'audio' in content` would render text parts as audio.
+# Qwen2-Audio-Instruct's, but parts are told by `type` alone (`datasets` gives every part every key, None if missing).
 CHAT_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}{% for message in messages %}"
     + models.SYSTEM_BLOCK.format(turn=models.DEFAULT_SYSTEM_TURN)
@@ -35,15 +32,14 @@ CHAT_TEMPLATE = (
 )
 # The tokenizer's merges are learned from the prompts and typical question words, so prompts take few tokens.
 _CORPUS = [
-    OPTIONS_SENTENCE + ANSWER_INSTRUCTION,
-    OPTIONS_SENTENCE + THINK_INSTRUCTION,
+    OPTIONS_SENTENCE + ANSWER_INSTRUCTION, OPTIONS_SENTENCE + THINK_INSTRUCTION,
     "You are a helpful assistant. Audio 1: system user assistant",
     "<answer> </answer> <think> </think> <answer>yes</answer> <answer>no</answer>",
     "What happened in the audio? What is the main source of sound? Which instrument is playing? How many people "
     "are speaking? What is the emotion of the speaker? What genre is this music? Is the sound loud or quiet?",
     "motorboat sailboat car dog cat bird water wind rain engine guitar piano drum violin singing speech male female "
     "happy sad angry neutral high low top one two three four five six seven eight nine ten Hz tone beep silence",
-]
+]  # fmt: skip
 HIDDEN_SIZE, DEFAULT_HEAD_DIM = 64, 16
 AUDIO_ENCODER = dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, d_model=64)
 
@@ -56,14 +52,12 @@ def build_processor(chunk_length: int = 30, extra_tokens: tuple[str, ...] = (), 
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=OMNI_RESERVED_TOKENS if omni else RESERVED_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
     bpe.train_from_iterator((_CORPUS + [models.OMNI_SYSTEM_PROMPT] if omni else _CORPUS) * 4, trainer=trainer)
     named = {"extra_special_tokens": models.OMNI_NAMED_TOKENS} if omni else {}  # Omni reads tokenizer.audio_token...
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token=None, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, unk_token=None,
-        padding_side="left", model_max_length=4096, chat_template=models.OMNI_CHAT_TEMPLATE if omni else CHAT_TEMPLATE,
-        **named,
-    )  # fmt: skip
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=None, eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN, unk_token=None, padding_side="left", model_max_length=4096,
+        chat_template=models.OMNI_CHAT_TEMPLATE if omni else CHAT_TEMPLATE, **named)  # fmt: skip
     tokenizer.add_tokens(list(extra_tokens))
     features = transformers.WhisperFeatureExtractor(feature_size=128, sampling_rate=16_000, chunk_length=chunk_length)
     if omni:
@@ -73,9 +67,7 @@ def build_processor(chunk_length: int = 30, extra_tokens: tuple[str, ...] = (), 
 
 def build_model(processor, seed: int = 0, chunk_length: int = 30, head_dim: int = DEFAULT_HEAD_DIM):
     """Random weights from `seed`, of the processor's family (`head_dim`: Qwen2-Audio's, a divisor of 64); generation
-    stops at `<|im_end|>` and `<|endoftext|>` (as the 7B's). Omni's vision tower is never used by audio-only training."""
-    if head_dim < 1 or HIDDEN_SIZE % head_dim:
-        raise ValueError(f"head_dim must divide the hidden size {HIDDEN_SIZE}, got {head_dim}.")
+    stops at `<|im_end|>` and `<|endoftext|>` (as the 7B's)."""
     tokenizer, heads = processor.tokenizer, HIDDEN_SIZE // head_dim
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     text = dict(vocab_size=len(tokenizer), hidden_size=HIDDEN_SIZE, intermediate_size=128, num_hidden_layers=2,
@@ -95,16 +87,14 @@ def build_model(processor, seed: int = 0, chunk_length: int = 30, head_dim: int 
             audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
             video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
             audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
-            vision_end_token_id=ids["vision_eos_token"],  # vision ids: read by get_rope_index, not declared by the config
+            vision_end_token_id=ids["vision_eos_token"],  # vision ids: read by get_rope_index, not in the config class
             tie_word_embeddings=False, pad_token_id=pad, eos_token_id=eos,
         )  # fmt: skip
     else:
         model_class = transformers.Qwen2AudioForConditionalGeneration
-        config = transformers.Qwen2AudioConfig(
-            audio_config=audio, audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-            text_config={**text, "num_attention_heads": heads, "num_key_value_heads": heads, "rms_norm_eps": 1e-5,
-                         "rope_theta": 10000.0},
-        )  # fmt: skip
+        text |= {"num_attention_heads": heads, "num_key_value_heads": heads, "rms_norm_eps": 1e-5, "rope_theta": 1e4}
+        audio_token = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+        config = transformers.Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_index=audio_token)
     torch.manual_seed(seed)
     model = model_class(config)
     model.generation_config = transformers.GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad, bos_token_id=pad)
@@ -114,8 +104,6 @@ def build_model(processor, seed: int = 0, chunk_length: int = 30, head_dim: int 
 def write_tiny_model(out_dir: str, seed: int = 0, chunk_length: int = 30, extra_tokens: tuple[str, ...] = (),
                      family: str = models.QWEN2_AUDIO, head_dim: int = DEFAULT_HEAD_DIM) -> str:  # fmt: skip
     """Build and save model + processor to `out_dir`; return it. `head_dim` applies to Qwen2-Audio."""
-    if family not in models.FAMILIES:
-        raise ValueError(f"family must be one of {models.FAMILIES}, got {family!r}")
     processor = build_processor(chunk_length, extra_tokens, family)
     build_model(processor, seed, chunk_length, head_dim).save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -129,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk_length", type=int, default=30, help="Audio window in seconds (Qwen2-Audio: 30).")
     parser.add_argument("--extra_tokens", nargs="*", default=[], help="Words to add to the vocabulary as whole tokens.")
     parser.add_argument("--family", choices=models.FAMILIES, default=models.QWEN2_AUDIO, help="Model family.")
-    parser.add_argument("--head_dim", type=int, default=DEFAULT_HEAD_DIM, help="Language model head size.")
+    parser.add_argument("--head_dim", type=int, default=DEFAULT_HEAD_DIM, choices=(8, 16, 32, 64), help="LM head size.")
     args = parser.parse_args(argv)
     out = write_tiny_model(args.out, args.seed, args.chunk_length, tuple(args.extra_tokens), args.family, args.head_dim)
     print(f"Wrote a tiny {args.family} to {out}")

@@ -17,8 +17,7 @@ from r1aqa.audio import SAMPLING_RATE
 
 PITCHES = {"low": 250.0, "top": 2000.0}  # one token each in the tiny tokenizer: a sampled answer is a whole option
 QUESTION = "Is the tone in the video low or top?"  # "video" -> "audio" at training time, as in AVQA
-# `n_text`: training questions whose text gives the answer away, on a silent clip (for the data filter's benchmark).
-TEXT_QUESTION = "The tone in the video is {answer}. Is the tone in the video low or top?"
+TEXT_QUESTION = "The tone in the video is {answer}. Is the tone in the video low or top?"  # `n_text`, silent clips
 
 
 def make_clips(n: int, rng, audio_dir: str, prefix: str, seconds: float, tone: bool = True) -> list[tuple]:
@@ -55,9 +54,10 @@ def write_toy_task(out_dir: str, n_train=64, n_test=32, seed=0, seconds=1.5, n_t
             f.write(json.dumps(row) + "\n")
     with open(paths["test_file"], "w") as f:
         json.dump([{"id": name, "audio_id": f"./test-mini-audios/{os.path.basename(path)}",
-                    "question": QUESTION.replace("video", "audio"), "choices": choices, "answer": answer, "dataset": "toy-tones",
-                    "task": "sound", "split": "test-mini", "category": "Pitch", "sub-category": "tone pitch",
-                    "difficulty": "easy"} for name, path, answer, choices in test], f, indent=1)  # fmt: skip
+                    "question": QUESTION.replace("video", "audio"), "choices": choices, "answer": answer,
+                    "dataset": "toy-tones", "task": "sound", "split": "test-mini", "category": "Pitch",
+                    "sub-category": "tone pitch", "difficulty": "easy"} for name, path, answer, choices in test],
+                  f, indent=1)  # fmt: skip
     return paths
 
 
@@ -67,10 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n_train", type=int, default=64, help="Training questions.")
     parser.add_argument("--n_test", type=int, default=32, help="Held-out test questions.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for the clips and option order.")
-    parser.add_argument("--seconds", type=float, default=1.5, help="Clip length.")
     parser.add_argument("--n_text", type=int, default=0, help="Extra training questions the text answers.")
     args = parser.parse_args(argv)
-    print(json.dumps(write_toy_task(args.out, args.n_train, args.n_test, args.seed, args.seconds, args.n_text)))
+    print(json.dumps(write_toy_task(args.out, args.n_train, args.n_test, args.seed, n_text=args.n_text)))
 
 
 if __name__ == "__main__":

@@ -1,28 +1,25 @@
-"""Format-only warm-up: a random model never samples `<answer>...</answer>`, so every GRPO reward would be 0; targets
-drawn at random among each question's options teach the format while accuracy stays at chance (GRPO's gains then
-come from the audio). The loss covers the answer and end-of-turn tokens only."""
+"""Format-only warm-up: targets drawn at random among each question's options teach a random model `<answer>..</answer>`
+(without it every GRPO reward is 0) while accuracy stays at chance. The loss covers the answer and end of turn only."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
+import torch
 
 from r1aqa.audio import SAMPLING_RATE, load_audio
 from r1aqa.data import load_avqa_dataset
+from r1aqa.models import load_model, load_processor
 from r1aqa.prompts import solution_text
 
 IGNORE_INDEX = -100
 
 
-def random_targets(rows: list[dict], rng: np.random.Generator) -> list[str]:
-    """`<answer>{option}</answer>`, the option drawn uniformly from each row's `multi_choice`."""
-    return [solution_text(str(rng.choice(row["multi_choice"]))) for row in rows]
-
-
-# `correct`: the right answers (benchmarks/bench_filter.py needs a checkpoint that has learned them).
-TARGETS = {"random": random_targets, "correct": lambda rows, rng: [row["solution"] for row in rows]}
+# random: `<answer>{option}</answer>`, the option drawn uniformly from each row's `multi_choice`; correct: the right
+# answers (benchmarks/bench_filter.py needs a checkpoint that has learned them).
+TARGETS = {"random": lambda rows, rng: [solution_text(str(rng.choice(row["multi_choice"]))) for row in rows],
+           "correct": lambda rows, rng: [row["solution"] for row in rows]}  # fmt: skip
 
 
 def build_batch(processor, rows: list[dict], targets: list[str]) -> dict:
@@ -46,10 +43,6 @@ def build_batch(processor, rows: list[dict], targets: list[str]) -> dict:
 def warmup(model_dir: str, data_file: str, out_dir: str, steps: int = 150, batch_size: int = 16,
            learning_rate: float = 1e-3, seed: int = 0, targets: str = "random") -> str:  # fmt: skip
     """`steps` AdamW steps on `TARGETS[targets]`; save model + processor to `out_dir`; return it."""
-    import torch
-
-    from r1aqa.models import load_model, load_processor
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rows = load_avqa_dataset(data_file).to_list()
@@ -66,7 +59,6 @@ def warmup(model_dir: str, data_file: str, out_dir: str, steps: int = 150, batch
         optimizer.zero_grad()
         if step % 25 == 0 or step == steps:
             print(f"warm-up step {step}/{steps}: loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
-    os.makedirs(out_dir, exist_ok=True)
     model.eval().save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
