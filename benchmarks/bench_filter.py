@@ -7,7 +7,7 @@ Stages, everything under `--out` (default outputs/bench-filter):
 1. `model/`, `data/`: the demo's tiny Qwen2-Audio and the toy tone task (`r1aqa.tryout.toy_task`) with `--n_tone` tone
    questions (the answer is the pitch: audio needed) and `--n_text` questions whose text gives the answer away (silent
    clip: `--n_text` of the toy task);
-2. `warmup/`: supervised warm-up on the right answers (`r1aqa.tryout.warmup --targets correct`): a checkpoint that has
+2. `warmup/`: supervised warm-up on the right answers (`r1aqa.tryout.warmup.warmup`, targets `correct`): a checkpoint that has
    learned both kinds; its file also holds `--n_guess` tone questions with a silent clip and a random answer, so the
    checkpoint guesses evenly when it hears nothing and the text gives nothing away (`write_warmup_file`);
 3. `filter/`: `python -m r1aqa.filter_data` with that checkpoint; prints where each kind went;
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from r1aqa import filter_data  # noqa: E402
-from r1aqa.tryout.demo import CHUNK_LENGTH, EXTRA_TOKENS, RECIPE, run_logged, subprocess_env, wait  # noqa: E402
+from r1aqa.tryout.demo import CHUNK_LENGTH, EXTRA_TOKENS, RECIPE, run_all, subprocess_env  # noqa: E402
 
 METRICS = ("frac_reward_zero_std", "frac_tokens_reward_zero_std", "reward")
 
@@ -121,16 +121,15 @@ def main(argv: list[str] | None = None) -> None:
         weak_file = os.path.join(paths["data"], "warmup-weak.jsonl")
         write_warmup_file(os.path.join(paths["filter"], "weak.jsonl"), weak_file, args.n_guess, args.seed, data)
         start = warmup(paths["model"], weak_file, paths["weak"], args.warmup_steps, seed=args.seed, targets="correct")
-    env = subprocess_env()
     runs = {"whole": data, "strong": os.path.join(paths["filter"], "strong.jsonl")}
-    processes = {}
-    for name, data_file in runs.items():
-        command = [sys.executable, "-m", "r1aqa.grpo", "--config", str(RECIPE), "--model_name_or_path",
-                   start, "--data_file", data_file, "--output_dir", paths[name], "--max_steps",
-                   str(args.grpo_steps), "--save_steps", str(args.grpo_steps)]  # fmt: skip
-        processes[name] = run_logged(command, env, os.path.join(out, f"grpo-{name}.log"))
-    for name, process in processes.items():
-        wait(process, f"the GRPO run on {name}")
+    run_all({
+        f"the GRPO run on {name}": (
+            [sys.executable, "-m", "r1aqa.grpo", "--config", str(REPO / RECIPE), "--model_name_or_path", start,
+             "--data_file", data_file, "--output_dir", paths[name], "--max_steps", str(args.grpo_steps),
+             "--save_steps", str(args.grpo_steps)],
+            {**subprocess_env(), "PYTHONPATH": str(REPO / "src")}, os.path.join(out, f"grpo-{name}.log"))
+        for name, data_file in runs.items()
+    })  # fmt: skip
     results = {name: grpo_metrics(paths[name], args.grpo_steps) for name in runs}
     for name, metrics in results.items():
         print(f"GRPO on {name} ({args.grpo_steps} steps): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         f"zero_std_strong={results['strong']['frac_reward_zero_std']:.3f} "
         f"zero_std_tokens_whole={results['whole']['frac_tokens_reward_zero_std']:.3f} "
         f"zero_std_tokens_strong={results['strong']['frac_tokens_reward_zero_std']:.3f} "
-        f"grpo_start={args.grpo_start} seed={args.seed} filter_seed={args.filter_seed} grpo_seed={yaml.safe_load(RECIPE.read_text())['seed']}"
+        f"grpo_start={args.grpo_start} seed={args.seed} filter_seed={args.filter_seed} grpo_seed={yaml.safe_load((REPO / RECIPE).read_text())['seed']}"
     )
 
 
