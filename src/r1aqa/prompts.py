@@ -1,29 +1,19 @@
-"""The text protocol shared by training, rewards and evaluation: prompt templates and answer extraction.
+"""The paper's prompts and answer extraction, shared by training, rewards and evaluation (docs/recipe.md §4).
 
-Every string here is verbatim from the original release (docs/recipe.md §4): changing a byte changes the science.
+Every string is verbatim from the original release: changing a byte changes the science.
 """
 
 from __future__ import annotations
 
 OPTIONS_SENTENCE = "{question} Please choose the answer from the following options: {choices}."
-# Prompt <2>: answer mode, the paper's main result.
-ANSWER_INSTRUCTION = " Output the final answer in <answer> </answer>."
-# Prompt <3>: think mode.
-THINK_INSTRUCTION = " Output the thinking process in <think> </think> and final answer in <answer> </answer>."
-
+ANSWER_INSTRUCTION = " Output the final answer in <answer> </answer>."  # Prompt <2>, the paper's main result
+THINK_INSTRUCTION = " Output the thinking process in <think> </think> and final answer in <answer> </answer>."  # <3>
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 
 def format_question(question: str, choices: list[str], think: bool = False, format_instruction: bool = True) -> str:
-    """The text part of the user turn.
-
-    `think` picks Prompt <3> over Prompt <2>; `format_instruction=False` gives Prompt <1> (question and options
-    only), which the paper used for its SFT baselines. `choices` is rendered with Python's `str(list)`, exactly as
-    the original did, quotes and all:
-
-    >>> format_question("What is it?", ["a dog", "a cat"])
-    "What is it? Please choose the answer from the following options: ['a dog', 'a cat']. Output the final answer in <answer> </answer>."
-    """
+    """The user turn's text: Prompt <2>, <3> when `think`, <1> (the SFT baselines) without `format_instruction`.
+    The options are rendered with Python's `str(list)`, quotes and all, as the original did."""
     text = OPTIONS_SENTENCE.format(question=question, choices=str(list(choices)))
     if not format_instruction:
         return text
@@ -41,16 +31,8 @@ def solution_text(answer: str) -> str:
 
 
 def extract_answer(text: str) -> str:
-    """The text of the first `<answer>...</answer>` pair, stripped; the whole text stripped when there is none.
-
-    Used by the accuracy reward and by MMAU evaluation, so the metric measures what training optimised. Unlike the
-    original's regex this crosses newlines, and it runs in linear time on any input.
-
-    >>> extract_answer("<think>hm</think> <answer> Sailboat\\n</answer>")
-    'Sailboat'
-    >>> extract_answer("  just words ")
-    'just words'
-    """
+    """The text of the first `<answer>...</answer>` pair (newlines included), else the whole text; stripped.
+    The accuracy reward and evaluation both use it, so the metric measures what training optimised."""
     start = text.find(ANSWER_OPEN)
     if start != -1:
         end = text.find(ANSWER_CLOSE, start + len(ANSWER_OPEN))
@@ -60,5 +42,5 @@ def extract_answer(text: str) -> str:
 
 
 def user_turn(audio_path: str, text: str) -> list[dict]:
-    """One user turn: the audio part, then the text part (docs/recipe.md §4). No system message: the template adds one."""
+    """One user turn: the audio part, then the text part. No system message: the chat template adds one."""
     return [{"role": "user", "content": [{"type": "audio", "path": audio_path}, {"type": "text", "text": text}]}]
