@@ -276,7 +276,7 @@ def test_bad_question_is_skipped_with_its_reason(tmp_path, bad_media, capsys, ba
 
 
 FILE_CASES = {
-    "bad JSON": ('[{"id": 1},\n {"id": 2,,}\n]', 2, ["train_qa.json", "line 2, column 11"]),
+    "bad JSON": ('[{"id": 1},\n {"id": 2,,}\n]', 2, ["train_qa.json", "line 2 column 11"]),
     "not a list": ('{"id": 1}', 2, ["train_qa.json", "expected a JSON list"]),
     "not UTF-8": (b"[\xff\xfe]", 2, ["train_qa.json", "not UTF-8"]),
     "empty list": ("[]", 1, ["no usable question"]),

@@ -82,12 +82,9 @@ def audio_parts(conversation: list[dict]) -> list[dict]:
 def prompts_with_audio(
     prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE, channels: str = "first"
 ) -> list[list[dict]]:
-    """Copies of `prompts` with None-valued keys dropped and each audio `path` replaced by its samples (`load_audio`).
-
-    `datasets` gives every content part every key (None when missing): the processor would load `audio=None` and
-    Qwen2-Audio's template, which tests `'audio' in content`, would render text parts as audio. A path repeated in the
-    batch (the G completions of one prompt) is decoded once.
-    """
+    """Copies of `prompts`, each audio `path` replaced by its samples (`load_audio`; a repeated path is decoded once)
+    and None-valued keys dropped: `datasets` gives every part every key, and Qwen2-Audio's template, which tests
+    `'audio' in content`, would render text parts as audio."""
     cache: dict[str, np.ndarray] = {}
     loaded = []
     for conversation in prompts:

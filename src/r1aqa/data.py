@@ -1,11 +1,6 @@
-"""The AVQA training JSONL (from `python -m r1aqa.prepare_avqa`) -> checked training rows -> a `datasets.Dataset`.
-
-A row is the conversational `prompt` (r1aqa.prompts), the gold `solution`, then every original key (the rewards
-receive them as keyword arguments). Unusable rows are dropped and counted by reason in one warning; a line that is
-not JSON is an error naming the file and line (skipping lines of a broken file would hide it).
-
-    train = load_avqa_dataset("data/avqa/train.jsonl", think=False)
-"""
+"""The AVQA training JSONL (from `python -m r1aqa.prepare_avqa`) -> checked training rows -> a `datasets.Dataset`:
+`load_avqa_dataset("data/avqa/train.jsonl", think=False)`. A row is the conversational `prompt`, the gold `solution`,
+then every original key (the rewards receive them). Unusable rows are dropped and counted by reason."""
 
 from __future__ import annotations
 
@@ -20,7 +15,6 @@ from r1aqa.audio import check_audio
 from r1aqa.prompts import avqa_question, format_question, solution_text, user_turn
 
 logger = logging.getLogger(__name__)
-
 # AVQA's keys, in its order (docs/recipe.md §2); the converter adds `dataset_name` and `audio_path`.
 AVQA_KEYS = tuple("id video_name video_id question_text multi_choice answer question_relation question_type".split())  # noqa: SIM905
 
@@ -30,12 +24,13 @@ class DataError(ValueError):
 
 
 def record_problem(record: object, extra_keys: tuple[str, ...] = ("audio_path",)) -> tuple[str, str] | None:
-    """Why a question cannot be used, as `(reason, detail)`, or None. The converter (AVQA's questions, `extra_keys=
-    AVQA_KEYS`), the loader and evaluation (JSONL rows) skip the same things under the same names."""
+    """Why a question cannot be used, as `(reason, detail)`, or None: the one check of the converter (AVQA's
+    questions, `extra_keys=AVQA_KEYS`), the loader and evaluation (JSONL rows)."""
     if not isinstance(record, dict):
         return "not_an_object", f"expected a JSON object, got {type(record).__name__}"
-    required = dict.fromkeys(("question_text", "multi_choice", "answer", *extra_keys))
-    missing = [key for key in required if key not in record]
+    missing = [
+        key for key in dict.fromkeys(("question_text", "multi_choice", "answer", *extra_keys)) if key not in record
+    ]
     if missing:
         return "missing_keys", ", ".join(missing)
     question, choices, answer = record["question_text"], record["multi_choice"], record["answer"]
@@ -75,8 +70,7 @@ def avqa_example(record: dict, think: bool = False, format_instruction: bool = T
     """One JSONL record -> its training row; Prompt <3> when `think`, <1> without `format_instruction` (SFT)."""
     problem = record_problem(record)
     if problem:
-        record_id = record.get("id") if isinstance(record, dict) else None
-        raise DataError(f"record {record_id!r} cannot be used: {problem[0]} ({problem[1]}).")
+        raise DataError(f"record {record.get('id')!r} cannot be used: {problem[0]} ({problem[1]}).")
     choices = record["multi_choice"]
     text = format_question(avqa_question(record["question_text"]), choices, think, format_instruction)
     return _example(record, record["audio_path"], text, choices[record["answer"]])
@@ -134,54 +128,47 @@ def read_jsonl(path: str) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise DataError(
                     f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno}). Fix or delete that line, "
                     "or re-create the file with `python -m r1aqa.prepare_avqa`."
                 ) from error
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}.")
-            records.append(record)
+            if not isinstance(records[-1], dict):
+                raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(records[-1]).__name__}.")
     return records
 
 
 def write_atomically(path: str | os.PathLike, text: str) -> None:
     """Write `text` under a temporary name, then rename it: neither a reader nor a crash sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8") as f:
+    with open(f"{path}.partial", "w", encoding="utf-8") as f:
         f.write(text)
-    os.replace(partial, path)
+    os.replace(f"{path}.partial", path)
 
 
-def usable_records(
-    records: list[dict], check_audio_files: bool = True, cache_file: str | None = None
-) -> tuple[list[dict], Counter]:
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """One JSON object a line, written atomically (the JSONL writer to `read_jsonl`)."""
+    write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def usable_records(records: list[dict], check_audio_files=True, cache_file: str | None = None) -> tuple[list, Counter]:
     """The records that can be trained on, and the count of the others by reason (`audio_missing`, ...)."""
-    reasons = [(record_problem(record) or (None,))[0] for record in records]
-    audio = {}
-    if check_audio_files:
-        audio = audio_problems(
-            [r["audio_path"] for r, why in zip(records, reasons, strict=True) if not why], cache_file
-        )
-    usable, dropped = [], Counter()
-    for record, reason in zip(records, reasons, strict=True):
-        if not reason and audio.get(record["audio_path"]):
-            reason = f"audio_{audio[record['audio_path']]}"
-        if reason:
-            dropped[reason] += 1
-        else:
-            usable.append(record)
-    return usable, dropped
+    reasons = [(record_problem(record) or [None])[0] for record in records]
+    paths = [record["audio_path"] for record, reason in zip(records, reasons, strict=True) if not reason]
+    audio = audio_problems(paths, cache_file) if check_audio_files else {}
+    for index, record in enumerate(records):
+        if not reasons[index] and audio.get(record["audio_path"]):
+            reasons[index] = f"audio_{audio[record['audio_path']]}"
+    usable = [record for record, reason in zip(records, reasons, strict=True) if not reason]
+    return usable, Counter(reason for reason in reasons if reason)
 
 
 def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str, str | None]:
     """`check_audio` of each distinct path. A file whose size and modification time match `cache_file` (an earlier
-    check, e.g. before a resume) is not decoded again; in a launched job each rank checks its share of the rest and
+    check, e.g. before a resume) is not decoded again; in a launched job each rank checks its share of the others and
     the ranks exchange results; rank 0 writes the cache."""
-    started = time.perf_counter()
-    unique = list(dict.fromkeys(paths))
+    started, unique = time.perf_counter(), list(dict.fromkeys(paths))
     cache = {}
     if cache_file and os.path.isfile(cache_file):
         try:
@@ -189,17 +176,15 @@ def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str,
                 cache = json.load(f)
         except (OSError, ValueError):
             logger.warning("%s is unreadable: every audio file is checked again.", cache_file)
-    keys = {path: _file_key(path) for path in unique}
-    results, todo = {}, []
+    keys = {p: [(stat := os.stat(p)).st_size, stat.st_mtime_ns] for p in unique if os.path.isfile(p)}
+    results = {}
     for path in unique:
         entry = cache.get(path) if isinstance(cache, dict) else None
-        if keys[path] is not None and isinstance(entry, list) and len(entry) == 3 and entry[:2] == keys[path]:
+        if path in keys and isinstance(entry, list) and len(entry) == 3 and entry[:2] == keys[path]:
             results[path] = entry[2]
-        else:
-            todo.append(path)
-    dist = sys.modules.get("torch.distributed")  # initialised by a launched job; not imported here
-    if dist is None or not (dist.is_available() and dist.is_initialized()):
-        dist = None
+    todo = [path for path in unique if path not in results]
+    dist = sys.modules.get("torch.distributed")  # set up by a launched job (torch is not imported for it)
+    dist = dist if dist is not None and dist.is_available() and dist.is_initialized() else None
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
     shares = [{path: check_audio(path) for path in todo[rank::world]}]
     if dist:
@@ -208,7 +193,7 @@ def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str,
     for share in shares:
         results.update(share)
     if cache_file and rank == 0:
-        write_atomically(cache_file, json.dumps({p: [*keys[p], results[p]] for p in unique if keys[p] is not None}))
+        write_atomically(cache_file, json.dumps({p: [*key, results[p]] for p, key in keys.items()}))
     logger.info(
         f"Audio check: {len(unique)} files, {len(todo)} decoded now (over {world} process(es)), "
         f"{len(unique) - len(todo)} unchanged since {cache_file or '(no cache)'}; {time.perf_counter() - started:.1f} s"
@@ -216,17 +201,7 @@ def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str,
     return results
 
 
-def _file_key(path: str) -> list[int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def load_avqa_dataset(
-    path: str, think=False, check_audio_files=True, format_instruction=True, audio_cache: str | None = None
-):
+def load_avqa_dataset(path: str, think=False, check_audio_files=True, format_instruction=True, audio_cache=None):
     """The JSONL at `path` as a `datasets.Dataset` of training rows (`avqa_example`), unusable rows dropped.
 
     Audio is checked first (`check_audio`, whole body) unless `check_audio_files=False`; `audio_cache` keeps the
@@ -236,19 +211,18 @@ def load_avqa_dataset(
 
     records = read_jsonl(path)
     usable, dropped = usable_records(records, check_audio_files, audio_cache)
-    reasons = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common())
+    reasons, n = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common()), len(records)
     if not usable:
         raise DataError(
-            f"{path}: none of its {len(records)} rows is usable ({reasons or 'the file is empty'}). Check that the "
-            "WAVs exist where `audio_path` says, or re-create the file with `python -m r1aqa.prepare_avqa`."
+            f"{path}: none of its {n} rows is usable ({reasons or 'the file is empty'}). Check that the WAVs exist "
+            "where `audio_path` says, or re-create the file with `python -m r1aqa.prepare_avqa`."
         )
     if dropped:
-        n = len(records)
         logger.warning(
             "%s: dropped %d of %d rows (%s); training on %d.", path, n - len(usable), n, reasons, len(usable)
         )
     else:
-        logger.info("%s: all %d rows usable.", path, len(records))
+        logger.info("%s: all %d rows usable.", path, n)
     rows = [avqa_example(record, think, format_instruction) for record in usable]
     # `Dataset.from_list` takes its columns from the first row and silently drops keys only later rows have.
     columns = list(dict.fromkeys(key for row in rows for key in row))

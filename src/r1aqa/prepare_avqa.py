@@ -1,14 +1,11 @@
 """AVQA's question list and media -> the training JSONL (docs/recipe.md §2) and 16 kHz first-channel WAVs.
 
     python -m r1aqa.prepare_avqa --qa_json train_qa.json --media_dir avqa_videos --out_file data/avqa/train.jsonl \\
-        --wav_dir data/avqa/wav [--workers 8]
-    python -m r1aqa.prepare_avqa --qa_json val_qa.json --media_dir avqa_videos --out_file data/avqa/val.jsonl \\
-        --wav_dir data/avqa/wav    # held out to choose a checkpoint (test_mmau.sh SELECT_FILE=...)
+        --wav_dir data/avqa/wav [--workers 8]     # and val_qa.json -> data/avqa/val.jsonl (to choose a checkpoint)
 
-Sources: `<video_name>.wav` (preferred) or `.mp4` anywhere under --media_dir. A re-run keeps finished WAVs. Each
-usable question is one line: AVQA's keys in order, then `dataset_name` and `audio_path`. Unusable ones are counted
-in the summary and listed with their reasons in `<out_file stem>.skipped.jsonl`. Exit code 0 when a question was
-written, 1 when none was usable, 2 for a malformed input file or a missing ffmpeg or folder.
+Sources: `<video_name>.wav` (preferred) or `.mp4` anywhere under --media_dir; a re-run keeps the finished WAVs.
+Skipped questions are counted in the summary and listed in `<out_file stem>.skipped.jsonl`. Exit code 0 when a
+question was written, 1 when none was usable, 2 for a malformed input file or a missing ffmpeg or folder.
 """
 
 from __future__ import annotations
@@ -20,55 +17,21 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import soundfile as sf
 from tqdm import tqdm
 
 from r1aqa.audio import SAMPLING_RATE
-from r1aqa.data import AVQA_KEYS, record_problem, write_atomically
+from r1aqa.data import AVQA_KEYS, record_problem, write_jsonl
 
 SOURCE_EXTENSIONS = (".wav", ".mp4")  # preference order when both exist
-FFMPEG_TIMEOUT_S = 600
 
 
 class InputError(Exception):
     """The input as a whole is unusable (exit code 2); the message names the file and what is wrong."""
-
-
-@dataclass
-class Report:
-    """What one conversion did; `skipped`: one dict per skipped question (index, id, video_name, reason, detail)."""
-
-    questions: int = 0
-    written: int = 0
-    extracted: int = 0
-    reused: int = 0
-    skipped: list[dict] = field(default_factory=list)
-
-    def skip(self, index: int, question: object, reason: str, detail: str) -> None:
-        keys = question if isinstance(question, dict) else {}
-        entry = {"index": index, "id": keys.get("id"), "video_name": keys.get("video_name")}
-        self.skipped.append({**entry, "reason": reason, "detail": detail})
-
-
-def read_questions(path: Path) -> list:
-    """AVQA's train_qa.json or val_qa.json, a JSON list; anything else is an `InputError` naming file and position."""
-    try:
-        questions = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise InputError(f"{path}: no such file (expected AVQA's train_qa.json or val_qa.json).") from error
-    except json.JSONDecodeError as error:
-        raise InputError(
-            f"{path}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}."
-        ) from error
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text (byte {error.start}).") from error
-    if not isinstance(questions, list):
-        raise InputError(f"{path}: expected a JSON list of questions, got a JSON {type(questions).__name__}.")
-    return questions
 
 
 def question_problem(question: object, seen_ids: set) -> tuple[str, str] | None:
@@ -116,84 +79,69 @@ def extract_wav(source: Path, target: Path) -> tuple[str, str] | None:
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-map", "0:a:0", "-vn",
         "-sn", "-dn", "-af", "pan=mono|c0=c0", "-ar", str(SAMPLING_RATE), "-c:a", "pcm_s16le", "-f", "wav", str(partial),
     ]  # fmt: skip
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        result = None
-    if result is None:
-        problem = "ffmpeg_failed", f"{source}: ffmpeg took longer than {FFMPEG_TIMEOUT_S} s"
-    elif result.returncode and "matches no streams" in result.stderr:
-        problem = "no_audio_stream", f"{source}: no audio stream"
-    elif result.returncode:
-        message = result.stderr.strip() or f"exit code {result.returncode}"
-        problem = "ffmpeg_failed", f"{source}: {message.splitlines()[-1]}"
-    else:
-        problem = None if wav_is_complete(partial) else ("empty_audio", str(source))
-    if problem:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
         partial.unlink(missing_ok=True)
-    else:
-        os.replace(partial, target)
-    return problem
+        if "matches no streams" in result.stderr:
+            return "no_audio_stream", f"{source}: no audio stream"
+        last_line = (result.stderr.strip() or f"exit code {result.returncode}").splitlines()[-1]
+        return "ffmpeg_failed", f"{source}: {last_line}"
+    if not wav_is_complete(partial):
+        partial.unlink(missing_ok=True)
+        return "empty_audio", str(source)
+    os.replace(partial, target)
+    return None
 
 
-def extract_all(names: list[str], sources: dict[str, Path], wav_dir: Path, workers: int, report: Report) -> dict:
-    """Make `<wav_dir>/<name>.wav` for every name. Returns `name -> (reason, detail)` for those that failed."""
-    failures, jobs = {}, {}
-    for name in names:
-        if wav_is_complete(wav_dir / f"{name}.wav"):
-            report.reused += 1
-        elif name not in sources:
-            failures[name] = ("missing_source", f"no {' or '.join(SOURCE_EXTENSIONS)} file named {name!r}")
-        else:
-            jobs[name] = sources[name]
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # threads suffice: the work happens in ffmpeg processes
-        futures = {pool.submit(extract_wav, source, wav_dir / f"{name}.wav"): name for name, source in jobs.items()}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="Extracting audio", unit="clip"):
-            problem = future.result()
-            if problem:
-                failures[futures[future]] = problem
-            else:
-                report.extracted += 1
-    return failures
-
-
-def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, workers: int) -> Report:
-    """The whole conversion (`InputError` for malformed input). Writes the skip list, and `out_file` unless no
-    question was usable: an earlier good file is never replaced by an empty one (e.g. after a wrong --media_dir)."""
+def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, workers: int) -> SimpleNamespace:
+    """The whole conversion: counts and `skipped` (index, id, video_name, reason, detail per question), or an
+    `InputError`. Writes the skip list, and `out_file` unless no question was usable (e.g. after a wrong --media_dir:
+    an earlier good file is never replaced by an empty one)."""
     if shutil.which("ffmpeg") is None:
         raise InputError("ffmpeg not found on PATH: install it (Debian/Ubuntu: apt-get install ffmpeg).")
     if not media_dir.is_dir():
         raise InputError(f"{media_dir}: no such folder (--media_dir holds the AVQA videos and/or WAVs).")
     if wav_dir.resolve() == media_dir.resolve():
         raise InputError(f"--wav_dir must differ from --media_dir ({wav_dir}): extraction would overwrite sources.")
-    questions = read_questions(qa_json)
-    report, valid, seen_ids = Report(questions=len(questions)), [], set()
-    for index, question in enumerate(questions):
-        problem = question_problem(question, seen_ids)
-        if problem:
-            report.skip(index, question, *problem)
-        else:
-            valid.append((index, question))
+    if not qa_json.is_file():
+        raise InputError(f"{qa_json}: no such file (expected AVQA's train_qa.json or val_qa.json).")
+    try:
+        questions = json.loads(qa_json.read_text(encoding="utf-8"))
+    except ValueError as error:  # the message names the line and column, or the byte
+        raise InputError(f"{qa_json}: not UTF-8 JSON text ({error}).") from error
+    if not isinstance(questions, list):
+        raise InputError(f"{qa_json}: expected a JSON list of questions, got a JSON {type(questions).__name__}.")
+    seen_ids = set()
+    problems = [question_problem(question, seen_ids) for question in questions]
+    names = dict.fromkeys(q["video_name"] for q, problem in zip(questions, problems, strict=True) if not problem)
     wav_dir.mkdir(parents=True, exist_ok=True)
-    names = list(dict.fromkeys(question["video_name"] for _, question in valid))
-    failures = extract_all(names, index_media(media_dir, exclude=wav_dir.resolve()), wav_dir, workers, report)
+    sources = index_media(media_dir, exclude=wav_dir.resolve())
+    todo = [name for name in names if not wav_is_complete(wav_dir / f"{name}.wav")]  # a re-run keeps finished WAVs
+    jobs = [name for name in todo if name in sources]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # threads suffice: the work happens in ffmpeg processes
+        results = pool.map(extract_wav, [sources[name] for name in jobs], [wav_dir / f"{name}.wav" for name in jobs])
+        progress = tqdm(results, total=len(jobs), desc="Extracting audio", unit="clip")
+        failures = {name: problem for name, problem in zip(jobs, progress, strict=True) if problem}
+    report = SimpleNamespace(questions=len(questions), reused=len(names) - len(todo), skipped=[], written=0)
+    report.extracted = len(jobs) - len(failures)
+    failures |= {
+        name: ("missing_source", f"no .wav or .mp4 file named {name!r}") for name in todo if name not in sources
+    }
     rows = []
-    for index, question in valid:
-        if question["video_name"] in failures:
-            report.skip(index, question, *failures[question["video_name"]])
+    for index, (question, problem) in enumerate(zip(questions, problems, strict=True)):
+        problem = problem or failures.get(question["video_name"])
+        if problem:
+            keys = question if isinstance(question, dict) else {}
+            skip = {"index": index, "id": keys.get("id"), "video_name": keys.get("video_name")}
+            report.skipped.append({**skip, "reason": problem[0], "detail": problem[1]})
         else:
             audio_path = str((wav_dir / f"{question['video_name']}.wav").resolve())
             rows.append({**question, "dataset_name": "AVQA", "audio_path": audio_path})
-    report.skipped.sort(key=lambda skip: skip["index"])
     report.written = len(rows)
-    write_atomically(skipped_path(out_file), _jsonl(report.skipped))
+    write_jsonl(skipped_path(out_file), report.skipped)
     if rows:
-        write_atomically(out_file, _jsonl(rows))
+        write_jsonl(out_file, rows)
     return report
-
-
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def skipped_path(out_file: Path) -> Path:

@@ -1,7 +1,4 @@
-"""The paper's prompts and answer extraction, shared by training, rewards and evaluation (docs/recipe.md §4).
-
-Every string is verbatim from the original release: changing a byte changes the science.
-"""
+"""The paper's prompts and answer extraction (docs/recipe.md §4), verbatim: changing a byte changes the science."""
 
 from __future__ import annotations
 
@@ -12,8 +9,7 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 
 def format_question(question: str, choices: list[str], think: bool = False, format_instruction: bool = True) -> str:
-    """The user turn's text: Prompt <2>, <3> when `think`, <1> (the SFT baselines) without `format_instruction`.
-    The options are rendered with Python's `str(list)`, quotes and all, as the original did."""
+    """Prompt <2>, <3> when `think`, <1> (SFT baselines) without `format_instruction`; options as `str(list)`."""
     text = OPTIONS_SENTENCE.format(question=question, choices=str(list(choices)))
     if not format_instruction:
         return text
@@ -31,14 +27,11 @@ def solution_text(answer: str) -> str:
 
 
 def extract_answer(text: str) -> str:
-    """The text of the first `<answer>...</answer>` pair (newlines included), else the whole text; stripped.
-    The accuracy reward and evaluation both use it, so the metric measures what training optimised."""
+    """The first `<answer>...</answer>` pair's text (across newlines), else the whole text; stripped. The accuracy
+    reward and evaluation both use it, so the metric measures what training optimised."""
     start = text.find(ANSWER_OPEN)
-    if start != -1:
-        end = text.find(ANSWER_CLOSE, start + len(ANSWER_OPEN))
-        if end != -1:
-            return text[start + len(ANSWER_OPEN) : end].strip()
-    return text.strip()
+    end = -1 if start == -1 else text.find(ANSWER_CLOSE, start + len(ANSWER_OPEN))
+    return (text if end == -1 else text[start + len(ANSWER_OPEN) : end]).strip()
 
 
 def user_turn(audio_path: str, text: str) -> list[dict]:

@@ -1,9 +1,5 @@
-"""GRPO rewards (docs/recipe.md §5) and their registry: TRL's `(completions, **kwargs) -> list[float]`, each 0.0 or
-1.0 per completion, summed with equal weight by the trainer (logged as `rewards/<__name__>/mean`).
-
-The paper's semantics, with the answer extraction crossing newlines; the format checks give the original's
-`re.fullmatch` results in linear time (its lazy patterns backtrack quadratically).
-"""
+"""GRPO rewards (docs/recipe.md §5), TRL's `(completions, **kwargs) -> list[float]` of 0.0/1.0, and their registry.
+The format checks give the original's `re.fullmatch` results in linear time (its lazy patterns are quadratic)."""
 
 from __future__ import annotations
 
@@ -19,26 +15,18 @@ _THINK_TO_ANSWER = re.compile(re.escape(THINK_CLOSE) + r"\s*" + re.escape(ANSWER
 
 def completion_texts(completions: list) -> list[str]:
     """The text of each completion: plain strings, or TRL conversational `[{"role": "assistant", "content": ...}]`."""
-    texts = []
-    for index, completion in enumerate(completions):
-        text = completion
-        if isinstance(completion, list) and completion and isinstance(completion[0], dict):
-            text = completion[0].get("content")
+    texts = [c[0].get("content") if isinstance(c, list) and c and isinstance(c[0], dict) else c for c in completions]
+    for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"completion {index}: expected a string or message dicts, got {type(text).__name__}")
-        texts.append(text)
     return texts
-
-
-def _check_lengths(texts: list[str], values: list, name: str) -> None:
-    if len(values) != len(texts):
-        raise ValueError(f"got {len(texts)} completions but {len(values)} {name}")
 
 
 def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[float]:
     """1.0 when the completion's answer equals the solution's (`extract_answer` of both), case-sensitively."""
     texts = completion_texts(completions)
-    _check_lengths(texts, solution, "solutions")
+    if len(solution) != len(texts):
+        raise ValueError(f"got {len(texts)} completions but {len(solution)} solutions")
     rewards = []
     for index, (text, gold) in enumerate(zip(texts, solution, strict=True)):
         if not isinstance(gold, str):
@@ -80,7 +68,8 @@ def option_format_reward(
     options = multi_choice if multi_choice is not None else choices
     if options is None:
         raise ValueError("option_format needs the listed options: a `multi_choice` or `choices` column.")
-    _check_lengths(texts, options, "option lists")
+    if len(options) != len(texts):
+        raise ValueError(f"got {len(texts)} completions but {len(options)} option lists")
     return [
         1.0 if _is_answer_format(text) and extract_answer(text) in {option.strip() for option in row} else 0.0
         for text, row in zip(texts, options, strict=True)
