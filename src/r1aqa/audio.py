@@ -3,6 +3,7 @@ Qwen's loader), 16 kHz, float32, 1-D; the start-up check of a file; the audio pa
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -27,9 +28,7 @@ def load_audio(path: str, sampling_rate: int = SAMPLING_RATE, channels: str = "f
     try:
         samples, source_rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises several types; all mean "this file is unusable"
-        raise AudioError(
-            f"{path}: cannot decode audio ({error}). Re-extract it as WAV (see data/README.md)."
-        ) from error
+        raise AudioError(f"{path}: cannot decode audio ({error}). Re-extract it (see data/README.md).") from error
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no samples. Re-extract it or drop the question.")
     mono = np.ascontiguousarray(samples[:, 0]) if channels == "first" else samples.mean(axis=1, dtype=np.float32)
@@ -56,27 +55,20 @@ def check_audio(path: str) -> str | None:
         return "empty"
     if info.format == "WAV" and _TRUNCATED_WAV.search(info.extra_info):
         return "truncated"
-    frames = 0
     try:
         with sf.SoundFile(path) as f:
             while len(block := f.read(1 << 16, dtype="float32", always_2d=True)):
                 if not np.isfinite(block[:, 0]).all():
                     return "corrupt"
-                frames += len(block)
     except Exception:  # soundfile raises several types for a body that does not decode
         return "corrupt"
-    return None if frames else "empty"
+    return None
 
 
 def audio_parts(conversation: list[dict]) -> list[dict]:
     """The audio parts of a conversation's messages, in order (the one walker over a conversation's audio)."""
-    return [
-        part
-        for message in conversation
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if isinstance(part, dict) and part.get("type") == "audio"
-    ]
+    contents = [message["content"] for message in conversation if isinstance(message.get("content"), list)]
+    return [part for content in contents for part in content if isinstance(part, dict) and part.get("type") == "audio"]
 
 
 def prompts_with_audio(
@@ -85,20 +77,15 @@ def prompts_with_audio(
     """Copies of `prompts`, each audio `path` replaced by its samples (`load_audio`; a repeated path is decoded once)
     and None-valued keys dropped: `datasets` gives every part every key, and Qwen2-Audio's template, which tests
     `'audio' in content`, would render text parts as audio."""
-    cache: dict[str, np.ndarray] = {}
-    loaded = []
-    for conversation in prompts:
-        conversation = [
-            {**message, "content": [{k: v for k, v in part.items() if v is not None} for part in message["content"]]}
-            if isinstance(message["content"], list)
-            else dict(message)
-            for message in conversation
-        ]
-        for part in audio_parts(conversation):
-            if isinstance(part.get("path"), str):
-                path = part.pop("path")
-                if path not in cache:
-                    cache[path] = load_audio(path, sampling_rate, channels)
-                part["audio"] = cache[path]
-        loaded.append(conversation)
+    loaded = [[_without_none(message) for message in conversation] for conversation in prompts]
+    load = functools.cache(lambda path: load_audio(path, sampling_rate, channels))
+    for part in [part for conversation in loaded for part in audio_parts(conversation)]:
+        if isinstance(part.get("path"), str):
+            part["audio"] = load(part.pop("path"))
     return loaded
+
+
+def _without_none(message: dict) -> dict:
+    if not isinstance(message["content"], list):
+        return dict(message)
+    return {**message, "content": [{k: v for k, v in part.items() if v is not None} for part in message["content"]]}

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from r1aqa.audio import check_audio
 from r1aqa.prompts import avqa_question, format_question, solution_text, user_turn
@@ -28,9 +29,7 @@ def record_problem(record: object, extra_keys: tuple[str, ...] = ("audio_path",)
     questions, `extra_keys=AVQA_KEYS`), the loader and evaluation (JSONL rows)."""
     if not isinstance(record, dict):
         return "not_an_object", f"expected a JSON object, got {type(record).__name__}"
-    missing = [
-        key for key in dict.fromkeys(("question_text", "multi_choice", "answer", *extra_keys)) if key not in record
-    ]
+    missing = [k for k in dict.fromkeys(("question_text", "multi_choice", "answer", *extra_keys)) if k not in record]
     if missing:
         return "missing_keys", ", ".join(missing)
     question, choices, answer = record["question_text"], record["multi_choice"], record["answer"]
@@ -50,6 +49,9 @@ def record_problem(record: object, extra_keys: tuple[str, ...] = ("audio_path",)
         return "answer_out_of_range", f"answer {answer} but {len(choices)} options"
     if "audio_path" in extra_keys and not _is_text(record["audio_path"]):
         return "bad_audio_path", f"audio_path must be a non-empty string, got {record['audio_path']!r}"
+    clashes = [key for key in ("prompt", "solution") if key in record]
+    if clashes:
+        return "reserved_keys", f"already has key(s) {clashes}, which the training row adds: rename them"
     return None
 
 
@@ -57,6 +59,17 @@ def _is_text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def avqa_example(record: dict, think: bool = False, format_instruction: bool = True) -> dict:
+    """One JSONL record -> its training row; Prompt <3> when `think`, <1> without `format_instruction` (SFT)."""
+    problem = record_problem(record)
+    if problem:
+        raise DataError(f"record {record.get('id')!r} cannot be used: {problem[0]} ({problem[1]}).")
+    text = format_question(avqa_question(record["question_text"]), record["multi_choice"], think, format_instruction)
+    solution = solution_text(record["multi_choice"][record["answer"]])
+    return {"prompt": user_turn(record["audio_path"], text), "solution": solution, **record}
+
+
+# The evaluation builders below (and `_example`) move to r1aqa.benchmarks (EVAL): delete them at the merge.
 def _example(original: dict, audio_path: str, text: str, answer: str | None) -> dict:
     """The row: `prompt`, `solution` (none when the answer is withheld), then the original keys."""
     clashes = [key for key in ("prompt", "solution") if key in original]
@@ -64,16 +77,6 @@ def _example(original: dict, audio_path: str, text: str, answer: str | None) -> 
         raise DataError(f"record {original.get('id')!r} already has key(s) {clashes}: rename them in the input file.")
     solution = {} if answer is None else {"solution": solution_text(answer)}
     return {"prompt": user_turn(audio_path, text), **solution, **original}
-
-
-def avqa_example(record: dict, think: bool = False, format_instruction: bool = True) -> dict:
-    """One JSONL record -> its training row; Prompt <3> when `think`, <1> without `format_instruction` (SFT)."""
-    problem = record_problem(record)
-    if problem:
-        raise DataError(f"record {record.get('id')!r} cannot be used: {problem[0]} ({problem[1]}).")
-    choices = record["multi_choice"]
-    text = format_question(avqa_question(record["question_text"]), choices, think, format_instruction)
-    return _example(record, record["audio_path"], text, choices[record["answer"]])
 
 
 def avqa_eval_example(
@@ -172,8 +175,7 @@ def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str,
     cache = {}
     if cache_file and os.path.isfile(cache_file):
         try:
-            with open(cache_file, encoding="utf-8") as f:
-                cache = json.load(f)
+            cache = json.loads(Path(cache_file).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             logger.warning("%s is unreadable: every audio file is checked again.", cache_file)
     keys = {p: [(stat := os.stat(p)).st_size, stat.st_mtime_ns] for p in unique if os.path.isfile(p)}
@@ -202,11 +204,8 @@ def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str,
 
 
 def load_avqa_dataset(path: str, think=False, check_audio_files=True, format_instruction=True, audio_cache=None):
-    """The JSONL at `path` as a `datasets.Dataset` of training rows (`avqa_example`), unusable rows dropped.
-
-    Audio is checked first (`check_audio`, whole body) unless `check_audio_files=False`; `audio_cache` keeps the
-    results (training keeps it in its output folder, reused on resume). Raises `DataError` when no row is usable.
-    """
+    """The JSONL at `path` as a `datasets.Dataset` of training rows (`avqa_example`), unusable rows dropped (audio too,
+    unless `check_audio_files=False`; `audio_cache`: see `audio_problems`). `DataError` when no row is usable."""
     import datasets  # deferred: the converter imports this module and needs no Arrow
 
     records = read_jsonl(path)
@@ -218,9 +217,7 @@ def load_avqa_dataset(path: str, think=False, check_audio_files=True, format_ins
             "where `audio_path` says, or re-create the file with `python -m r1aqa.prepare_avqa`."
         )
     if dropped:
-        logger.warning(
-            "%s: dropped %d of %d rows (%s); training on %d.", path, n - len(usable), n, reasons, len(usable)
-        )
+        logger.warning(f"{path}: dropped {n - len(usable)} of {n} rows ({reasons}); training on {len(usable)}.")
     else:
         logger.info("%s: all %d rows usable.", path, n)
     rows = [avqa_example(record, think, format_instruction) for record in usable]

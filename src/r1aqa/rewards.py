@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from r1aqa.prompts import ANSWER_CLOSE, ANSWER_OPEN, extract_answer
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+THINK_OPEN = "<think>"
 # Where the think format joins its two parts; a search for it is linear (each whitespace run follows one `</think>`).
-_THINK_TO_ANSWER = re.compile(re.escape(THINK_CLOSE) + r"\s*" + re.escape(ANSWER_OPEN))
+_THINK_TO_ANSWER = re.compile(r"</think>\s*" + ANSWER_OPEN)
 
 
 def completion_texts(completions: list) -> list[str]:
@@ -76,11 +76,10 @@ def option_format_reward(
     ]
 
 
+# By name without `_reward` (TRL logs `rewards/<__name__>/mean`); option_format is the CPU demo's, not the paper's.
 REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {
-    "accuracy": accuracy_reward,
-    "format": format_reward,
-    "think_format": think_format_reward,
-    "option_format": option_format_reward,  # demo only (configs/grpo_demo_cpu.yaml), not the paper's
+    f.__name__.removesuffix("_reward"): f
+    for f in (accuracy_reward, format_reward, think_format_reward, option_format_reward)
 }
 
 
