@@ -142,17 +142,12 @@ def read_jsonl(path: str) -> list[dict]:
     return records
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write `text` under a temporary name, then rename it: neither a reader nor a crash sees half a file."""
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """One JSON object a line, through a temporary name: neither a reader nor a crash sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(f"{path}.partial", "w", encoding="utf-8") as f:
-        f.write(text)
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     os.replace(f"{path}.partial", path)
-
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """One JSON object a line, written atomically (the JSONL writer to `read_jsonl`)."""
-    write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def usable_records(records: list[dict], check_audio_files=True, cache_file: str | None = None) -> tuple[list, Counter]:
@@ -194,8 +189,9 @@ def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str,
         dist.all_gather_object(shares, mine)
     for share in shares:
         results.update(share)
-    if cache_file and rank == 0:
-        write_atomically(cache_file, json.dumps({p: [*key, results[p]] for p, key in keys.items()}))
+    if cache_file and rank == 0:  # a torn cache is only unreadable: every file is then checked again
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(cache_file).write_text(json.dumps({p: [*key, results[p]] for p, key in keys.items()}), encoding="utf-8")
     logger.info(
         f"Audio check: {len(unique)} files, {len(todo)} decoded now (over {world} process(es)), "
         f"{len(unique) - len(todo)} unchanged since {cache_file or '(no cache)'}; {time.perf_counter() - started:.1f} s"

@@ -3,9 +3,8 @@
     python -m r1aqa.prepare_avqa --qa_json train_qa.json --media_dir avqa_videos --out_file data/avqa/train.jsonl \\
         --wav_dir data/avqa/wav [--workers 8]     # and val_qa.json -> data/avqa/val.jsonl (to choose a checkpoint)
 
-Sources: `<video_name>.wav` (preferred) or `.mp4` anywhere under --media_dir; a re-run keeps the finished WAVs.
-Skipped questions are counted in the summary and listed in `<out_file stem>.skipped.jsonl`. Exit code 0 when a
-question was written, 1 when none was usable, 2 for a malformed input file or a missing ffmpeg or folder.
+Sources: `<video_name>.wav` (preferred) or `.mp4` under --media_dir; a re-run keeps finished WAVs. Skipped questions
+are counted and listed in `<out_file stem>.skipped.jsonl`. Exit code 1: nothing usable; 2: unusable input.
 """
 
 from __future__ import annotations
@@ -25,13 +24,9 @@ import soundfile as sf
 from tqdm import tqdm
 
 from r1aqa.audio import SAMPLING_RATE
-from r1aqa.data import AVQA_KEYS, record_problem, write_jsonl
+from r1aqa.data import AVQA_KEYS, DataError, record_problem, write_jsonl
 
 SOURCE_EXTENSIONS = (".wav", ".mp4")  # preference order when both exist
-
-
-class InputError(Exception):
-    """The input as a whole is unusable (exit code 2); the message names the file and what is wrong."""
 
 
 def question_problem(question: object, seen_ids: set) -> tuple[str, str] | None:
@@ -94,39 +89,36 @@ def extract_wav(source: Path, target: Path) -> tuple[str, str] | None:
 
 
 def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, workers: int) -> SimpleNamespace:
-    """The whole conversion: counts and `skipped` (index, id, video_name, reason, detail per question), or an
-    `InputError`. Writes the skip list, and `out_file` unless no question was usable (e.g. after a wrong --media_dir:
-    an earlier good file is never replaced by an empty one)."""
+    """Counts and `skipped` (index, id, video_name, reason, detail), or a `DataError` for unusable input. Writes the
+    skip list, and `out_file` unless no question was usable (a good file is never replaced by an empty one)."""
     if shutil.which("ffmpeg") is None:
-        raise InputError("ffmpeg not found on PATH: install it (Debian/Ubuntu: apt-get install ffmpeg).")
+        raise DataError("ffmpeg not found on PATH: install it (Debian/Ubuntu: apt-get install ffmpeg).")
     if not media_dir.is_dir():
-        raise InputError(f"{media_dir}: no such folder (--media_dir holds the AVQA videos and/or WAVs).")
+        raise DataError(f"{media_dir}: no such folder (--media_dir holds the AVQA videos and/or WAVs).")
     if wav_dir.resolve() == media_dir.resolve():
-        raise InputError(f"--wav_dir must differ from --media_dir ({wav_dir}): extraction would overwrite sources.")
+        raise DataError(f"--wav_dir must differ from --media_dir ({wav_dir}): extraction would overwrite sources.")
     if not qa_json.is_file():
-        raise InputError(f"{qa_json}: no such file (expected AVQA's train_qa.json or val_qa.json).")
+        raise DataError(f"{qa_json}: no such file (expected AVQA's train_qa.json or val_qa.json).")
     try:
         questions = json.loads(qa_json.read_text(encoding="utf-8"))
     except ValueError as error:  # the message names the line and column, or the byte
-        raise InputError(f"{qa_json}: not UTF-8 JSON text ({error}).") from error
+        raise DataError(f"{qa_json}: not UTF-8 JSON text ({error}).") from error
     if not isinstance(questions, list):
-        raise InputError(f"{qa_json}: expected a JSON list of questions, got a JSON {type(questions).__name__}.")
+        raise DataError(f"{qa_json}: expected a JSON list of questions, got a JSON {type(questions).__name__}.")
     seen_ids = set()
     problems = [question_problem(question, seen_ids) for question in questions]
     names = dict.fromkeys(q["video_name"] for q, problem in zip(questions, problems, strict=True) if not problem)
     wav_dir.mkdir(parents=True, exist_ok=True)
     sources = index_media(media_dir, exclude=wav_dir.resolve())
     todo = [name for name in names if not wav_is_complete(wav_dir / f"{name}.wav")]  # a re-run keeps finished WAVs
-    jobs = [name for name in todo if name in sources]
+    missing = {name: ("missing_source", f"no .wav or .mp4 file named {name!r}") for name in todo if name not in sources}
+    jobs = [name for name in todo if name not in missing]
     with ThreadPoolExecutor(max_workers=workers) as pool:  # threads suffice: the work happens in ffmpeg processes
         results = pool.map(extract_wav, [sources[name] for name in jobs], [wav_dir / f"{name}.wav" for name in jobs])
         progress = tqdm(results, total=len(jobs), desc="Extracting audio", unit="clip")
         failures = {name: problem for name, problem in zip(jobs, progress, strict=True) if problem}
     report = SimpleNamespace(questions=len(questions), reused=len(names) - len(todo), skipped=[], written=0)
-    report.extracted = len(jobs) - len(failures)
-    failures |= {
-        name: ("missing_source", f"no .wav or .mp4 file named {name!r}") for name in todo if name not in sources
-    }
+    report.extracted, failures = len(jobs) - len(failures), {**missing, **failures}
     rows = []
     for index, (question, problem) in enumerate(zip(questions, problems, strict=True)):
         problem = problem or failures.get(question["video_name"])
@@ -161,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     try:
         report = convert(args.qa_json, args.media_dir, args.out_file, args.wav_dir, args.workers)
-    except InputError as error:
+    except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Read {report.questions:,} questions from {args.qa_json}.")

@@ -41,13 +41,6 @@ def _is_answer_format(text: str) -> bool:
     return long_enough and text.startswith(ANSWER_OPEN) and text.endswith(ANSWER_CLOSE)
 
 
-def _is_think_format(text: str) -> bool:
-    """`re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>", text, re.DOTALL)`, in linear time."""
-    if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)):
-        return False
-    return _THINK_TO_ANSWER.search(text, len(THINK_OPEN), len(text) - len(ANSWER_CLOSE)) is not None
-
-
 def format_reward(completions: list, **kwargs) -> list[float]:
     """1.0 when the whole completion is `<answer>...</answer>` (nothing around the tags, not even whitespace)."""
     return [1.0 if _is_answer_format(text) else 0.0 for text in completion_texts(completions)]
@@ -56,6 +49,13 @@ def format_reward(completions: list, **kwargs) -> list[float]:
 def think_format_reward(completions: list, **kwargs) -> list[float]:
     """1.0 when the whole completion is `<think>...</think>`, optional whitespace, `<answer>...</answer>`."""
     return [1.0 if _is_think_format(text) else 0.0 for text in completion_texts(completions)]
+
+
+def _is_think_format(text: str) -> bool:
+    """`re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>", text, re.DOTALL)`, in linear time."""
+    if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)):
+        return False
+    return _THINK_TO_ANSWER.search(text, len(THINK_OPEN), len(text) - len(ANSWER_CLOSE)) is not None
 
 
 def option_format_reward(
