@@ -1,6 +1,5 @@
-"""The AVQA training JSONL (from `python -m r1aqa.prepare_avqa`) -> checked training rows -> a `datasets.Dataset`:
-`load_avqa_dataset("data/avqa/train.jsonl", think=False)`. A row is the conversational `prompt`, the gold `solution`,
-then every original key (the rewards receive them). Unusable rows are dropped and counted by reason."""
+"""The AVQA training JSONL (`python -m r1aqa.prepare_avqa`) -> checked rows (`prompt`, `solution`, the original keys,
+which the rewards receive) -> `load_avqa_dataset("data/avqa/train.jsonl")`; JSONL reading and writing."""
 
 from __future__ import annotations
 
@@ -133,10 +132,8 @@ def read_jsonl(path: str) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise DataError(
-                    f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno}). Fix or delete that line, "
-                    "or re-create the file with `python -m r1aqa.prepare_avqa`."
-                ) from error
+                message = f"not valid JSON ({error.msg}, column {error.colno}). Fix or delete that line"
+                raise DataError(f"{path}:{number}: {message}, or re-create the file (r1aqa.prepare_avqa).") from error
             if not isinstance(records[-1], dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(records[-1]).__name__}.")
     return records
@@ -208,10 +205,8 @@ def load_avqa_dataset(path: str, think=False, check_audio_files=True, format_ins
     usable, dropped = usable_records(records, check_audio_files, audio_cache)
     reasons, n = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common()), len(records)
     if not usable:
-        raise DataError(
-            f"{path}: none of its {n} rows is usable ({reasons or 'the file is empty'}). Check that the WAVs exist "
-            "where `audio_path` says, or re-create the file with `python -m r1aqa.prepare_avqa`."
-        )
+        advice = "Check that the WAVs exist where `audio_path` says, or re-create the file (r1aqa.prepare_avqa)."
+        raise DataError(f"{path}: none of its {n} rows is usable ({reasons or 'the file is empty'}). {advice}")
     if dropped:
         logger.warning(f"{path}: dropped {n - len(usable)} of {n} rows ({reasons}); training on {len(usable)}.")
     else:

@@ -26,8 +26,6 @@ from tqdm import tqdm
 from r1aqa.audio import SAMPLING_RATE
 from r1aqa.data import AVQA_KEYS, DataError, record_problem, write_jsonl
 
-SOURCE_EXTENSIONS = (".wav", ".mp4")  # preference order when both exist
-
 
 def question_problem(question: object, seen_ids: set) -> tuple[str, str] | None:
     """Why a question is unusable before its media is looked at, or None; records its id in `seen_ids`."""
@@ -45,16 +43,11 @@ def question_problem(question: object, seen_ids: set) -> tuple[str, str] | None:
 
 
 def index_media(media_dir: Path, exclude: Path) -> dict[str, Path]:
-    """`video_name -> source file` for every usable file under `media_dir` (not under `exclude`, the output)."""
-    sources: dict[str, Path] = {}
-    for path in sorted(media_dir.resolve().rglob("*")):
-        suffix = path.suffix.lower()
-        if suffix not in SOURCE_EXTENSIONS or exclude in path.parents or not path.is_file():
-            continue
-        current = sources.get(path.stem)
-        if current is None or SOURCE_EXTENSIONS.index(suffix) < SOURCE_EXTENSIONS.index(current.suffix.lower()):
-            sources[path.stem] = path
-    return sources
+    """`video_name -> source` under `media_dir`, not under `exclude` (the output): a .wav over an .mp4, then the first
+    path in sorted order."""
+    paths = [p for p in media_dir.resolve().rglob("*") if p.suffix.lower() in (".wav", ".mp4") and p.is_file()]
+    ranked = sorted(paths, key=lambda p: (p.suffix.lower() != ".wav", p), reverse=True)  # the best comes last
+    return {path.stem: path for path in ranked if exclude not in path.parents}
 
 
 def wav_is_complete(path: Path) -> bool:

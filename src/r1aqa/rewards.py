@@ -13,26 +13,23 @@ THINK_OPEN = "<think>"
 _THINK_TO_ANSWER = re.compile(r"</think>\s*" + ANSWER_OPEN)
 
 
-def completion_texts(completions: list) -> list[str]:
+def completion_texts(completions: list, what: str = "completion") -> list[str]:
     """The text of each completion: plain strings, or TRL conversational `[{"role": "assistant", "content": ...}]`."""
     texts = [c[0].get("content") if isinstance(c, list) and c and isinstance(c[0], dict) else c for c in completions]
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"completion {index}: expected a string or message dicts, got {type(text).__name__}")
+            raise TypeError(f"{what} {index}: expected a string or message dicts, got {type(text).__name__}")
     return texts
 
 
 def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[float]:
     """1.0 when the completion's answer equals the solution's (`extract_answer` of both), case-sensitively."""
-    texts = completion_texts(completions)
-    if len(solution) != len(texts):
-        raise ValueError(f"got {len(texts)} completions but {len(solution)} solutions")
-    rewards = []
-    for index, (text, gold) in enumerate(zip(texts, solution, strict=True)):
-        if not isinstance(gold, str):
-            raise TypeError(f"solution {index}: expected a string, got {type(gold).__name__}")
-        rewards.append(1.0 if extract_answer(text) == extract_answer(gold) else 0.0)
-    return rewards
+    texts, golds = completion_texts(completions), completion_texts(solution, "solution")
+    if len(golds) != len(texts):
+        raise ValueError(f"got {len(texts)} completions but {len(golds)} solutions")
+    return [
+        1.0 if extract_answer(text) == extract_answer(gold) else 0.0 for text, gold in zip(texts, golds, strict=True)
+    ]
 
 
 def _is_answer_format(text: str) -> bool:
