@@ -29,11 +29,9 @@ def load_audio(path: str, sampling_rate: int = SAMPLING_RATE, channels: str = "f
         samples, source_rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises several types; all mean "this file is unusable"
         raise AudioError(f"{path}: cannot decode audio ({error}). Re-extract it (see data/README.md).") from error
-    if samples.shape[0] == 0:
-        raise AudioError(f"{path}: the file holds no samples. Re-extract it or drop the question.")
     mono = np.ascontiguousarray(samples[:, 0]) if channels == "first" else samples.mean(axis=1, dtype=np.float32)
-    if not np.isfinite(mono).all():  # a float WAV can hold NaN/inf: the features and the loss would be NaN
-        raise AudioError(f"{path}: the audio holds NaN or infinite samples. Re-extract it or drop the question.")
+    if not mono.size or not np.isfinite(mono).all():  # NaN/inf (a float WAV can hold them) would make the loss NaN
+        raise AudioError(f"{path}: no samples, or NaN or infinite ones. Re-extract it or drop the question.")
     if source_rate != sampling_rate:
         import librosa  # deferred: its first import compiles numba code for ~25 s
 

@@ -178,11 +178,11 @@ def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str,
             results[path] = entry[2]
     todo = [path for path in unique if path not in results]
     dist = sys.modules.get("torch.distributed")  # set up by a launched job (torch is not imported for it)
-    dist = dist if dist is not None and dist.is_available() and dist.is_initialized() else None
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
-    shares = [{path: check_audio(path) for path in todo[rank::world]}]
-    if dist:
-        mine, shares = shares[0], [None] * world
+    world = dist.get_world_size() if dist and dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    mine = {path: check_audio(path) for path in todo[rank::world]}
+    shares = [mine] * world  # all_gather_object replaces each with that rank's results
+    if world > 1:
         dist.all_gather_object(shares, mine)
     for share in shares:
         results.update(share)

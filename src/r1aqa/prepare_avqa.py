@@ -90,12 +90,10 @@ def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, worke
         raise DataError(f"{media_dir}: no such folder (--media_dir holds the AVQA videos and/or WAVs).")
     if wav_dir.resolve() == media_dir.resolve():
         raise DataError(f"--wav_dir must differ from --media_dir ({wav_dir}): extraction would overwrite sources.")
-    if not qa_json.is_file():
-        raise DataError(f"{qa_json}: no such file (expected AVQA's train_qa.json or val_qa.json).")
     try:
         questions = json.loads(qa_json.read_text(encoding="utf-8"))
-    except ValueError as error:  # the message names the line and column, or the byte
-        raise DataError(f"{qa_json}: not UTF-8 JSON text ({error}).") from error
+    except (OSError, ValueError) as error:  # missing, not UTF-8 or not JSON: the message says which, and where
+        raise DataError(f"{qa_json}: {error}") from error
     if not isinstance(questions, list):
         raise DataError(f"{qa_json}: expected a JSON list of questions, got a JSON {type(questions).__name__}.")
     seen_ids = set()
@@ -131,7 +129,7 @@ def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, worke
 
 def skipped_path(out_file: Path) -> Path:
     """`train.jsonl` -> `train.skipped.jsonl`, next to it."""
-    return out_file.with_name(f"{out_file.stem if out_file.suffix else out_file.name}.skipped.jsonl")
+    return out_file.with_suffix(".skipped.jsonl")
 
 
 def main(argv: list[str] | None = None) -> int:
