@@ -40,9 +40,8 @@ def load_audio(path: str, sampling_rate: int = SAMPLING_RATE, channels: str = "f
 
 
 def check_audio(path: str) -> str | None:
-    """Why `path` is unusable, or None: `missing`, `unreadable` (no audio header), `empty`, `truncated` (a WAV's data
-    chunk shorter than its header says) or `corrupt` (the body does not decode, or holds NaN/inf in channel 0).
-    The whole body is decoded: a header check passes files that fail or turn the loss into NaN mid-training."""
+    """Why `path` is unusable, or None: `missing`, `unreadable` (no audio header), `empty`, `truncated` (a WAV cut
+    short) or `corrupt` (the whole body is decoded: a part that fails, or NaN/inf in channel 0)."""
     if not os.path.isfile(path):
         return "missing"
     try:
@@ -72,9 +71,8 @@ def audio_parts(conversation: list[dict]) -> list[dict]:
 def prompts_with_audio(
     prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE, channels: str = "first"
 ) -> list[list[dict]]:
-    """Copies of `prompts`, each audio `path` replaced by its samples (`load_audio`; a repeated path is decoded once)
-    and None-valued keys dropped: `datasets` gives every part every key, and Qwen2-Audio's template, which tests
-    `'audio' in content`, would render text parts as audio."""
+    """Copies of `prompts`, audio paths replaced by their samples (each decoded once), None values dropped (`datasets`
+    gives every part every key: Qwen2-Audio's template would render `audio: None` text parts as audio)."""
     loaded = [[_without_none(message) for message in conversation] for conversation in prompts]
     load = functools.cache(lambda path: load_audio(path, sampling_rate, channels))
     for part in [part for conversation in loaded for part in audio_parts(conversation)]:

@@ -16,7 +16,8 @@ from r1aqa.prompts import avqa_question, format_question, solution_text, user_tu
 
 logger = logging.getLogger(__name__)
 # AVQA's keys, in its order (docs/recipe.md §2); the converter adds `dataset_name` and `audio_path`.
-AVQA_KEYS = tuple("id video_name video_id question_text multi_choice answer question_relation question_type".split())  # noqa: SIM905
+AVQA_KEYS = ("id", "video_name", "video_id", "question_text", "multi_choice", "answer", "question_relation",
+             "question_type")  # fmt: skip
 
 
 class DataError(ValueError):
@@ -24,8 +25,7 @@ class DataError(ValueError):
 
 
 def record_problem(record: object, extra_keys: tuple[str, ...] = ("audio_path",)) -> tuple[str, str] | None:
-    """Why a question cannot be used, as `(reason, detail)`, or None: the one check of the converter (AVQA's
-    questions, `extra_keys=AVQA_KEYS`), the loader and evaluation (JSONL rows)."""
+    """Why a question cannot be used, `(reason, detail)`, or None: for the converter, the loader and evaluation."""
     if not isinstance(record, dict):
         return "not_an_object", f"expected a JSON object, got {type(record).__name__}"
     missing = [k for k in dict.fromkeys(("question_text", "multi_choice", "answer", *extra_keys)) if k not in record]
@@ -160,9 +160,8 @@ def usable_records(records: list[dict], check_audio_files=True, cache_file: str 
 
 
 def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str, str | None]:
-    """`check_audio` of each distinct path. A file whose size and modification time match `cache_file` (an earlier
-    check, e.g. before a resume) is not decoded again; in a launched job each rank checks its share of the others and
-    the ranks exchange results; rank 0 writes the cache."""
+    """`check_audio` of each distinct path, but those whose size and mtime match `cache_file` (an earlier check, e.g.
+    before a resume); in a launched job each rank checks its share and the ranks exchange results."""
     started, unique = time.perf_counter(), list(dict.fromkeys(paths))
     cache = {}
     if cache_file and os.path.isfile(cache_file):
@@ -197,8 +196,7 @@ def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str,
 
 
 def load_avqa_dataset(path: str, think=False, check_audio_files=True, format_instruction=True, audio_cache=None):
-    """The JSONL at `path` as a `datasets.Dataset` of training rows (`avqa_example`), unusable rows dropped (audio too,
-    unless `check_audio_files=False`; `audio_cache`: see `audio_problems`). `DataError` when no row is usable."""
+    """The JSONL at `path` as a `datasets.Dataset` of training rows (`avqa_example`), unusable rows dropped."""
     import datasets  # deferred: the converter imports this module and needs no Arrow
 
     records = read_jsonl(path)
@@ -209,8 +207,6 @@ def load_avqa_dataset(path: str, think=False, check_audio_files=True, format_ins
         raise DataError(f"{path}: none of its {n} rows is usable ({reasons or 'the file is empty'}). {advice}")
     if dropped:
         logger.warning(f"{path}: dropped {n - len(usable)} of {n} rows ({reasons}); training on {len(usable)}.")
-    else:
-        logger.info("%s: all %d rows usable.", path, n)
     rows = [avqa_example(record, think, format_instruction) for record in usable]
     # `Dataset.from_list` takes its columns from the first row and silently drops keys only later rows have.
     columns = list(dict.fromkeys(key for row in rows for key in row))

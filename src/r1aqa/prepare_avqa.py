@@ -1,10 +1,8 @@
-"""AVQA's question list and media -> the training JSONL (docs/recipe.md §2) and 16 kHz first-channel WAVs.
+"""AVQA's questions and media (`<video_name>.wav` or `.mp4` anywhere under --media_dir) -> the training JSONL
+(docs/recipe.md §2, skips in `<stem>.skipped.jsonl`) and 16 kHz first-channel WAVs; a re-run keeps finished WAVs.
 
     python -m r1aqa.prepare_avqa --qa_json train_qa.json --media_dir avqa_videos --out_file data/avqa/train.jsonl \\
-        --wav_dir data/avqa/wav [--workers 8]     # and val_qa.json -> data/avqa/val.jsonl (to choose a checkpoint)
-
-Sources: `<video_name>.wav` (preferred) or `.mp4` under --media_dir; a re-run keeps finished WAVs. Skipped questions
-are counted and listed in `<out_file stem>.skipped.jsonl`. Exit code 1: nothing usable; 2: unusable input.
+        --wav_dir data/avqa/wav [--workers 8]    # exit code 1: nothing usable; 2: unusable input
 """
 
 from __future__ import annotations
@@ -43,8 +41,7 @@ def question_problem(question: object, seen_ids: set) -> tuple[str, str] | None:
 
 
 def index_media(media_dir: Path, exclude: Path) -> dict[str, Path]:
-    """`video_name -> source` under `media_dir`, not under `exclude` (the output): a .wav over an .mp4, then the first
-    path in sorted order."""
+    """`video_name -> source` under `media_dir` but not `exclude` (the output): a .wav over an .mp4, then sorted."""
     paths = [p for p in media_dir.resolve().rglob("*") if p.suffix.lower() in (".wav", ".mp4") and p.is_file()]
     ranked = sorted(paths, key=lambda p: (p.suffix.lower() != ".wav", p), reverse=True)  # the best comes last
     return {path.stem: path for path in ranked if exclude not in path.parents}
@@ -60,12 +57,12 @@ def wav_is_complete(path: Path) -> bool:
 
 
 def extract_wav(source: Path, target: Path) -> tuple[str, str] | None:
-    """`source`'s first audio stream, its first channel (`pan`: `-ac 1` would down-mix), as 16 kHz 16-bit PCM at
-    `target`, renamed there when complete. Returns `(reason, detail)` on failure."""
+    """`source`'s first audio stream, first channel (`-ac 1` would mix), 16 kHz PCM at `target`; or (reason, detail)."""
     partial = target.with_name(target.name + ".partial")
     command = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-map", "0:a:0", "-vn",
-        "-sn", "-dn", "-af", "pan=mono|c0=c0", "-ar", str(SAMPLING_RATE), "-c:a", "pcm_s16le", "-f", "wav", str(partial),
+        "-sn", "-dn", "-af", "pan=mono|c0=c0", "-ar", str(SAMPLING_RATE), "-c:a", "pcm_s16le", "-f", "wav",
+        str(partial),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
@@ -82,8 +79,7 @@ def extract_wav(source: Path, target: Path) -> tuple[str, str] | None:
 
 
 def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, workers: int) -> SimpleNamespace:
-    """Counts and `skipped` (index, id, video_name, reason, detail), or a `DataError` for unusable input. Writes the
-    skip list, and `out_file` unless no question was usable (a good file is never replaced by an empty one)."""
+    """Counts and `skipped` (index, id, video_name, reason, detail); writes the skip list and a non-empty `out_file`."""
     if shutil.which("ffmpeg") is None:
         raise DataError("ffmpeg not found on PATH: install it (Debian/Ubuntu: apt-get install ffmpeg).")
     if not media_dir.is_dir():
@@ -140,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wav_dir", type=Path, required=True, help="Folder for the extracted 16 kHz WAVs.")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Parallel ffmpeg processes.")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
     try:
         report = convert(args.qa_json, args.media_dir, args.out_file, args.wav_dir, args.workers)
     except DataError as error:

@@ -1,5 +1,4 @@
-"""GRPO rewards (docs/recipe.md §5), TRL's `(completions, **kwargs) -> list[float]` of 0.0/1.0, and their registry.
-The format checks give the original's `re.fullmatch` results in linear time (its lazy patterns are quadratic)."""
+"""GRPO rewards (docs/recipe.md §5): TRL's `(completions, **kwargs) -> list[float]`, each 0.0 or 1.0; the registry."""
 
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[fl
 
 
 def _is_answer_format(text: str) -> bool:
-    """`re.fullmatch(r"<answer>.*?</answer>", text, re.DOTALL)`, in linear time."""
+    """The original's `re.fullmatch(r"<answer>.*?</answer>", text, re.DOTALL)`, in linear time."""
     long_enough = len(text) >= len(ANSWER_OPEN) + len(ANSWER_CLOSE)  # the two tags may not overlap
     return long_enough and text.startswith(ANSWER_OPEN) and text.endswith(ANSWER_CLOSE)
 
@@ -58,9 +57,8 @@ def _is_think_format(text: str) -> bool:
 def option_format_reward(
     completions: list, multi_choice: list[list[str]] | None = None, choices: list[list[str]] | None = None, **kwargs
 ) -> list[float]:
-    """The demo's format reward, not the paper's: 1.0 when the completion is in `format_reward`'s format and its
-    answer is one of the row's options (`multi_choice` of AVQA rows or `choices` of MMAU items, compared stripped).
-    On a tiny random model the paper's format reward let GRPO collapse onto an empty or made-up answer."""
+    """The CPU demo's format reward: `format_reward`'s, and the answer is one of the row's options (stripped), as the
+    paper's let GRPO collapse onto an empty or made-up answer on a tiny random model."""
     texts = completion_texts(completions)
     options = multi_choice if multi_choice is not None else choices
     if options is None:
