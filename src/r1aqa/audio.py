@@ -68,20 +68,15 @@ def audio_parts(conversation: list[dict]) -> list[dict]:
     return [part for content in contents for part in content if isinstance(part, dict) and part.get("type") == "audio"]
 
 
-def prompts_with_audio(
-    prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE, channels: str = "first"
-) -> list[list[dict]]:
+def prompts_with_audio(prompts: list[list[dict]], sampling_rate: int = SAMPLING_RATE, channels: str = "first") -> list:
     """Copies of `prompts`, audio paths replaced by their samples (each decoded once), None values dropped (`datasets`
     gives every part every key: Qwen2-Audio's template would render `audio: None` text parts as audio)."""
-    loaded = [[_without_none(message) for message in conversation] for conversation in prompts]
+    loaded = [[dict(message) for message in conversation] for conversation in prompts]
+    for message in (message for conversation in loaded for message in conversation):
+        if isinstance(message["content"], list):
+            message["content"] = [{k: v for k, v in part.items() if v is not None} for part in message["content"]]
     load = functools.cache(lambda path: load_audio(path, sampling_rate, channels))
     for part in [part for conversation in loaded for part in audio_parts(conversation)]:
         if isinstance(part.get("path"), str):
             part["audio"] = load(part.pop("path"))
     return loaded
-
-
-def _without_none(message: dict) -> dict:
-    if not isinstance(message["content"], list):
-        return dict(message)
-    return {**message, "content": [{k: v for k, v in part.items() if v is not None} for part in message["content"]]}
