@@ -258,6 +258,7 @@ def test_record_problem_names_the_reason():
     assert record_problem([]) == ("not_an_object", "expected a JSON object, got list")
     assert record_problem(avqa_record(answer=False))[0] == "bad_answer"
     assert record_problem({"question_text": "q"})[0] == "missing_keys"
+    assert record_problem(avqa_record(prompt="x"))[0] == "reserved_keys"  # the row's own `prompt` would be lost
 
 
 # --- audio -------------------------------------------------------------------------------------------------------

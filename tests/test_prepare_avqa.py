@@ -276,9 +276,9 @@ def test_bad_question_is_skipped_with_its_reason(tmp_path, bad_media, capsys, ba
 
 
 FILE_CASES = {
-    "bad JSON": ('[{"id": 1},\n {"id": 2,,}\n]', 2, ["train_qa.json", "line 2, column 11"]),
+    "bad JSON": ('[{"id": 1},\n {"id": 2,,}\n]', 2, ["train_qa.json", "line 2 column 11"]),
     "not a list": ('{"id": 1}', 2, ["train_qa.json", "expected a JSON list"]),
-    "not UTF-8": (b"[\xff\xfe]", 2, ["train_qa.json", "not UTF-8"]),
+    "not UTF-8": (b"[\xff\xfe]", 2, ["train_qa.json", "'utf-8' codec can't decode byte 0xff in position 1"]),
     "empty list": ("[]", 1, ["no usable question"]),
     "nothing usable": (json.dumps([question("gone")]), 1, ["no usable question"]),
 }
@@ -305,7 +305,7 @@ def test_missing_qa_file_media_dir_or_same_wav_dir_are_input_errors(tmp_path, to
     assert (
         main(["--qa_json", str(tmp_path / "nope.json"), "--media_dir", str(tone_media), "--wav_dir", "w", *base]) == 2
     )
-    assert "nope.json: no such file" in capsys.readouterr().err
+    assert "nope.json: [Errno 2] No such file" in capsys.readouterr().err
     assert main(["--qa_json", str(qa_json), "--media_dir", str(tmp_path / "nope"), "--wav_dir", "w", *base]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert main(["--qa_json", str(qa_json), "--media_dir", str(tone_media), "--wav_dir", str(tone_media), *base]) == 2

@@ -1,29 +1,15 @@
-"""The text protocol shared by training, rewards and evaluation: prompt templates and answer extraction.
-
-Every string here is verbatim from the original release (docs/recipe.md §4): changing a byte changes the science.
-"""
+"""The paper's prompts and answer extraction (docs/recipe.md §4), verbatim: changing a byte changes the science."""
 
 from __future__ import annotations
 
 OPTIONS_SENTENCE = "{question} Please choose the answer from the following options: {choices}."
-# Prompt <2>: answer mode, the paper's main result.
-ANSWER_INSTRUCTION = " Output the final answer in <answer> </answer>."
-# Prompt <3>: think mode.
-THINK_INSTRUCTION = " Output the thinking process in <think> </think> and final answer in <answer> </answer>."
-
+ANSWER_INSTRUCTION = " Output the final answer in <answer> </answer>."  # Prompt <2>, the paper's main result
+THINK_INSTRUCTION = " Output the thinking process in <think> </think> and final answer in <answer> </answer>."  # <3>
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 
 def format_question(question: str, choices: list[str], think: bool = False, format_instruction: bool = True) -> str:
-    """The text part of the user turn.
-
-    `think` picks Prompt <3> over Prompt <2>; `format_instruction=False` gives Prompt <1> (question and options
-    only), which the paper used for its SFT baselines. `choices` is rendered with Python's `str(list)`, exactly as
-    the original did, quotes and all:
-
-    >>> format_question("What is it?", ["a dog", "a cat"])
-    "What is it? Please choose the answer from the following options: ['a dog', 'a cat']. Output the final answer in <answer> </answer>."
-    """
+    """Prompt <2>, <3> when `think`, <1> (SFT baselines) without `format_instruction`; options as `str(list)`."""
     text = OPTIONS_SENTENCE.format(question=question, choices=str(list(choices)))
     if not format_instruction:
         return text
@@ -41,24 +27,13 @@ def solution_text(answer: str) -> str:
 
 
 def extract_answer(text: str) -> str:
-    """The text of the first `<answer>...</answer>` pair, stripped; the whole text stripped when there is none.
-
-    Used by the accuracy reward and by MMAU evaluation, so the metric measures what training optimised. Unlike the
-    original's regex this crosses newlines, and it runs in linear time on any input.
-
-    >>> extract_answer("<think>hm</think> <answer> Sailboat\\n</answer>")
-    'Sailboat'
-    >>> extract_answer("  just words ")
-    'just words'
-    """
+    """The first `<answer>...</answer>` pair's text (across newlines), else the whole text; stripped. The accuracy
+    reward and evaluation both use it, so the metric measures what training optimised."""
     start = text.find(ANSWER_OPEN)
-    if start != -1:
-        end = text.find(ANSWER_CLOSE, start + len(ANSWER_OPEN))
-        if end != -1:
-            return text[start + len(ANSWER_OPEN) : end].strip()
-    return text.strip()
+    end = -1 if start == -1 else text.find(ANSWER_CLOSE, start + len(ANSWER_OPEN))
+    return (text if end == -1 else text[start + len(ANSWER_OPEN) : end]).strip()
 
 
 def user_turn(audio_path: str, text: str) -> list[dict]:
-    """One user turn: the audio part, then the text part (docs/recipe.md §4). No system message: the template adds one."""
+    """One user turn: the audio part, then the text part. No system message: the chat template adds one."""
     return [{"role": "user", "content": [{"type": "audio", "path": audio_path}, {"type": "text", "text": text}]}]
