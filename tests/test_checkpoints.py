@@ -150,7 +150,7 @@ def test_older_state_is_removed_only_once_a_newer_checkpoint_is_resumable(tmp_pa
     # A save cut short (no scheduler.pt yet): the last good state must survive.
     add_rng_state(make_checkpoint(run / "checkpoint-3"))
     (run / "checkpoint-3" / "scheduler.pt").unlink()
-    callback = KeepNewestState(keep_all_state=False)
+    callback = KeepNewestState()
     on_save(callback, run, 3)
     assert all(has_state(run / f"checkpoint-{step}") for step in (1, 2))
     (run / "checkpoint-3" / "scheduler.pt").write_bytes(b"x")  # now complete
@@ -158,16 +158,6 @@ def test_older_state_is_removed_only_once_a_newer_checkpoint_is_resumable(tmp_pa
     assert [has_state(run / f"checkpoint-{step}") for step in (1, 2, 3)] == [False, False, True]
     assert last_resumable_checkpoint(str(run)) == str(run / "checkpoint-3")
     assert [step for step, _ in complete_checkpoints(str(run))] == [1, 2, 3], "all still evaluable"
-
-
-def test_keep_all_checkpoint_state_keeps_every_state(tmp_path):
-    from r1aqa.runs import KeepNewestState
-
-    run = tmp_path / "run"
-    for step in (1, 2):
-        make_checkpoint(run / f"checkpoint-{step}")
-    on_save(KeepNewestState(keep_all_state=True), run, 2)
-    assert has_state(run / "checkpoint-1") and has_state(run / "checkpoint-2")
 
 
 # --- where a run starts: never silently over an earlier run ------------------------------------------------------------

@@ -328,9 +328,10 @@ def test_lora_without_target_modules_stops_before_loading_and_names_the_setting(
     """PEFT would stop deep in the trainer's start-up; the entry point says which setting is missing instead."""
     from trl import ModelConfig
 
-    from r1aqa.runs import check_peft
+    from r1aqa.runs import check_model_args
 
+    hub_id = "Qwen/Qwen2-Audio-7B-Instruct"
     with pytest.raises(SystemExit, match="lora_target_modules"):
-        check_peft(ModelConfig(use_peft=True))
-    check_peft(ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
-    check_peft(ModelConfig(use_peft=False))
+        check_model_args(ModelConfig(hub_id, use_peft=True))
+    check_model_args(ModelConfig(hub_id, use_peft=True, lora_target_modules=["q_proj"]))
+    check_model_args(ModelConfig(hub_id, use_peft=False))

@@ -1,9 +1,5 @@
-"""The `checkpoint-N` folders of a training run and which are complete, for training (resume) and evaluation.
-
-Evaluable: the weights are whole (each safetensors file's header parses and the file is as long as it says) and a
-training checkpoint's `trainer_state.json` parses. Resumable: also optimizer and scheduler state. A save cut short is
-neither. Only the newest complete checkpoint keeps its resume state (r1aqa.runs); older ones keep their weights.
-"""
+"""The `checkpoint-N` folders of a run and which are complete: evaluable (whole weights, and a training checkpoint's
+`trainer_state.json` readable) or resumable (also optimizer and scheduler state). A save cut short is neither."""
 
 from __future__ import annotations
 
@@ -67,17 +63,6 @@ def weights_problem(folder: str) -> str | None:
     return "no model weights (model.safetensors, its shards, or adapter_model.safetensors)"
 
 
-def trainer_state_problem(folder: str) -> str | None:
-    if not os.path.isfile(path := os.path.join(folder, "trainer_state.json")):
-        return "no trainer_state.json (the run died while saving it)"
-    try:
-        with open(path, encoding="utf-8") as f:
-            int(json.load(f)["global_step"])
-    except (ValueError, KeyError, TypeError) as error:
-        return f"trainer_state.json is unreadable or truncated ({error})"
-    return None
-
-
 def optimizer_problem(folder: str) -> str | None:
     """Why the optimizer and scheduler state needed to resume are missing (weights-only checkpoints have none)."""
     if os.path.isfile(latest := os.path.join(folder, "latest")):  # DeepSpeed: names the folder of its state
@@ -96,10 +81,18 @@ def optimizer_problem(folder: str) -> str | None:
 def checkpoint_problem(folder: str, resumable: bool = False) -> str | None:
     """Why `folder` is not a complete checkpoint (evaluable, or with `resumable` also resumable), or None.
     Folders without `training_args.bin` (r1aqa.merge_lora's) only need weights to be evaluable."""
-    problem = weights_problem(folder)
-    if problem is None and (resumable or os.path.isfile(os.path.join(folder, "training_args.bin"))):
-        problem = trainer_state_problem(folder)
-    return optimizer_problem(folder) if problem is None and resumable else problem
+    if (problem := weights_problem(folder)) or not (
+        resumable or os.path.isfile(os.path.join(folder, "training_args.bin"))
+    ):
+        return problem
+    try:  # HF writes trainer_state.json after the weights
+        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
+            int(json.load(f)["global_step"])
+    except FileNotFoundError:
+        return "no trainer_state.json (the run died while saving it)"
+    except (ValueError, KeyError, TypeError) as error:
+        return f"trainer_state.json is unreadable or truncated ({error})"
+    return optimizer_problem(folder) if resumable else None
 
 
 def complete_checkpoints(run_dir: str, resumable: bool = False, warn=None) -> list[tuple[int, str]]:
@@ -137,7 +130,4 @@ def state_paths(folder: str) -> list[str]:
 def remove_state(folder: str) -> None:
     """Make `folder` a weights-only checkpoint: delete its resume state (`state_paths`)."""
     for path in state_paths(folder):
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

@@ -1,9 +1,6 @@
-"""DeepSpeed ZeRO-3 on a machine without a GPU (gloo, `DS_ACCELERATOR=cpu`); nothing changes on GPU machines.
-
-accelerate picks a distributed backend for a launched process only when it finds an accelerator; on CPU it falls back
-to "not distributed" and the first ZeRO-3 all-gather fails ("expected length 2, got 1"). Called by every training
-entry point (r1aqa.preflight.run_entry_point) before accelerate initialises.
-"""
+"""DeepSpeed ZeRO-3 on a machine without a GPU (gloo, `DS_ACCELERATOR=cpu`): accelerate gives a launched process a
+distributed backend only when it finds an accelerator; on CPU it counts one process and ZeRO-3's first all-gather fails
+("expected length 2, got 1"). r1aqa.runs.cli calls `enable_cpu_deepspeed()` first; nothing changes with a GPU."""
 
 from __future__ import annotations
 
@@ -25,12 +22,8 @@ def enable_cpu_deepspeed() -> bool:
         return True
 
     def prepare_backend(self, cpu: bool = False, sagemaker_dp: bool = False, backend: str | None = None):
-        chosen, distributed_type = original(self, cpu, sagemaker_dp, backend)
-        return (
-            ("gloo", DistributedType.MULTI_CPU)
-            if distributed_type == DistributedType.NO and not cpu
-            else (chosen, distributed_type)
-        )
+        chosen, kind = original(self, cpu, sagemaker_dp, backend)
+        return ("gloo", DistributedType.MULTI_CPU) if kind == DistributedType.NO and not cpu else (chosen, kind)
 
     prepare_backend._r1aqa_cpu = True
     PartialState._prepare_backend = prepare_backend

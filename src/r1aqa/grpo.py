@@ -1,10 +1,8 @@
-"""GRPO post-training of Qwen2-Audio on AVQA questions: the paper's main experiment.
+"""GRPO post-training of Qwen2-Audio on AVQA questions, the paper's main experiment. Every hyperparameter is in the
+recipe; any field can be overridden on the command line (`--max_steps 10`).
 
     bash run_grpo.sh    # torchrun --nproc_per_node 8 -m r1aqa.grpo --config configs/grpo_qwen2_audio_7b.yaml \
                         #     --deepspeed configs/ds_zero3.json --data_file data/avqa/train.jsonl
-    python -m r1aqa.grpo --config configs/grpo_tiny_cpu.yaml    # the smallest CPU run: tiny model, toy task
-
-Every hyperparameter lives in the recipe YAML; any field can be overridden on the command line (`--max_steps 10`).
 """
 
 from __future__ import annotations
@@ -24,8 +22,7 @@ class ScriptArguments(runs.RunArguments):
     smoke: bool = field(default=False, metadata={"help": "A first short run, then a report (r1aqa.smoke)."})
     smoke_steps: int = field(default=20, metadata={"help": "Steps of a smoke run (a checkpoint at half)."})
     system_prompt: str = field(
-        default="default",
-        metadata={"help": "System turn: default (the template's), qwen, none.", "choices": ["default", "qwen", "none"]},
+        default="default", metadata={"help": "System turn: default (the template's), qwen, none."}
     )
 
     def __post_init__(self):

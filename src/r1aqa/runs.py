@@ -1,7 +1,6 @@
 """The start and end of a training run, shared by r1aqa.grpo and r1aqa.sft: the arguments both take, checks before
-any model loads, where the run continues from (never silently over an earlier run), the global batch, the model and
-data, the disk plan (only the newest checkpoint keeps its resume state), `r1aqa_run.json` for evaluation, and the
-checkpoint's weights restored on resume."""
+any model loads, the global batch, where the run continues from (never silently over an earlier run), model and data,
+only the newest checkpoint keeping its resume state, `r1aqa_run.json` for evaluation, the weights restored on resume."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 AUDIO_CHECK_CACHE = "audio_check.json"  # in output_dir: the start-up audio check, reused on resume
 RUN_INFO = "r1aqa_run.json"  # how evaluation prompts this run's checkpoints
-LORA_TARGETS = "'.*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)'"
 
 
 @dataclass
@@ -62,8 +60,7 @@ def cli(parse_args, main, argv: list[str] | None = None) -> None:
 
     enable_cpu_deepspeed()
     script_args, training_args, model_args = parse_args(sys.argv[1:] if argv is None else argv)
-    check_model_path(model_args.model_name_or_path)
-    check_peft(model_args)
+    check_model_args(model_args)
     check_wandb(training_args)
     main(script_args, training_args, model_args)
     if dist.is_available() and dist.is_initialized():
@@ -71,22 +68,18 @@ def cli(parse_args, main, argv: list[str] | None = None) -> None:
         dist.destroy_process_group()
 
 
-def check_model_path(path: str) -> None:
+def check_model_args(model_args) -> None:
+    """A model folder with a config.json or a hub id (`org/name`); LoRA with its target layers (PEFT would stop deep
+    in the trainer's start-up)."""
+    path = model_args.model_name_or_path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise SystemExit(f"Model folder {path!r} has no config.json: point --model_name_or_path at a saved model.")
     if not os.path.isdir(path) and not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", path):
-        raise SystemExit(
-            f"Model {path!r} is neither a local folder nor a hub id like 'Qwen/Qwen2-Audio-7B-Instruct'. Fix "
-            "--model_name_or_path (DEVICE=cpu bash run_grpo.sh builds a tiny model for a CPU try-out)."
-        )
-
-
-def check_peft(model_args) -> None:
-    """LoRA needs to know which layers get adapters (PEFT would stop deep in the trainer's start-up)."""
+        raise SystemExit(f"Model {path!r} is neither a local folder nor a hub id like 'Qwen/Qwen2-Audio-7B-Instruct'.")
     if model_args.use_peft and not (model_args.lora_target_modules or model_args.lora_target_parameters):
         raise SystemExit(
             "use_peft is true but no lora_target_modules are set: say which layers get LoRA adapters, e.g. "
-            f"--lora_target_modules {LORA_TARGETS} (as configs/sft_qwen2_audio_7b_lora.yaml)."
+            "--lora_target_modules '.*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)'."
         )
 
 
@@ -193,18 +186,17 @@ def start_run(script_args, training_args) -> str | None:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     if hasattr(script_args, "batch_line"):
         logger.info(script_args.batch_line)
-    resume_from, save_only = training_args.resume_from_checkpoint, training_args.save_only_model
-    output_dir, overwrite = training_args.output_dir, script_args.overwrite_output_dir
-    return start_checkpoint(output_dir, script_args.resume, resume_from, overwrite, save_only)
+    args = (script_args.resume, training_args.resume_from_checkpoint, script_args.overwrite_output_dir)
+    return start_checkpoint(training_args.output_dir, *args, training_args.save_only_model)
 
 
 def load_dataset(script_args, training_args, loader=None, **options):
     """The training rows (`loader`, default r1aqa.data.load_avqa_dataset: audio checked, unusable rows dropped)."""
     from r1aqa.data import load_avqa_dataset
 
-    cache = os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE)
+    options |= {"check_audio_files": script_args.check_audio_files}
     dataset = (loader or load_avqa_dataset)(
-        script_args.data_file, check_audio_files=script_args.check_audio_files, audio_cache=cache, **options
+        script_args.data_file, audio_cache=os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE), **options
     )
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
@@ -218,30 +210,25 @@ def load_model(model_args, training_args, freeze_audio_encoder: bool, system_pro
 
     from r1aqa import models
 
-    family = models.detect_family(model_args.model_name_or_path, model_args.model_revision)
-    logger.info("Model family: %s", family.name)
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = models.load_model(
-        model_args.model_name_or_path, family, revision=model_args.model_revision, dtype=dtype,
-        attn_implementation=model_args.attn_implementation, trust_remote_code=training_args.trust_remote_code,
-    )  # fmt: skip
+    path, revision, dtype = model_args.model_name_or_path, model_args.model_revision, model_args.dtype
+    options = {
+        "attn_implementation": model_args.attn_implementation,
+        "trust_remote_code": training_args.trust_remote_code,
+    }
+    dtype = dtype if dtype in (None, "auto") else getattr(torch, dtype)
+    model = models.load_model(path, revision=revision, dtype=dtype, **options)
     if freeze_audio_encoder:
         model.model.audio_tower.requires_grad_(False)
-    return model, models.load_processor(model_args.model_name_or_path, family, model_args.model_revision, system_prompt)
+    return model, models.load_processor(path, revision=revision, system_prompt=system_prompt)
 
 
 class KeepNewestState(TrainerCallback):
     """After each save, once the new checkpoint is complete and resumable, remove the resume state of every other one
     (weights stay for evaluation; a save killed midway leaves the previous state untouched)."""
 
-    def __init__(self, keep_all_state: bool = False):
-        self.keep_all_state = keep_all_state
-
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
 
-        if self.keep_all_state:
-            return
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # every rank has written its share (RNG state, DeepSpeed shards)
         if not state.is_world_process_zero:
@@ -263,12 +250,13 @@ def train_and_save(trainer, processor, checkpoint, script_args, training_args, m
     import torch
 
     main = trainer.accelerator.is_main_process
-    trainer.add_callback(KeepNewestState(script_args.keep_all_checkpoint_state))
+    if not script_args.keep_all_checkpoint_state:
+        trainer.add_callback(KeepNewestState())
     if main:
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, RUN_INFO), "w", encoding="utf-8") as f:
             json.dump({**run_info, "seed": training_args.seed}, f, indent=1)
-    report = SmokeReport(script_args, training_args) if getattr(script_args, "smoke", False) else None
+    report = SmokeReport(trainer, script_args) if getattr(script_args, "smoke", False) else None
     if report is not None:
         trainer.add_callback(report)
     if checkpoint:
@@ -288,18 +276,13 @@ def train_and_save(trainer, processor, checkpoint, script_args, training_args, m
 
 
 def restore_weights(trainer, checkpoint: str) -> None:
-    """Load a full checkpoint's weights into `trainer.model` before `train`, every tensor required to match.
-
-    The Trainer's own resume (without DeepSpeed or FSDP) loads `model.safetensors` with `strict=False`, and
-    Qwen2-Audio's are saved under legacy names (`audio_tower.*`) that only `from_pretrained` converts: it matched no
-    tensor and a resumed run went on from its initial weights (tests/test_reliability.py). Adapters (PEFT) and
-    DeepSpeed's checkpoints load as the Trainer loads them."""
+    """Load a full checkpoint's weights into `trainer.model`, every tensor required to match. The Trainer's own
+    resume (without DeepSpeed or FSDP) loads them with `strict=False` and missed Qwen2-Audio's, saved under legacy
+    names (`audio_tower.*`) only `from_pretrained` converts: a resumed run went on from its initial weights."""
     from r1aqa.models import load_model
 
-    full = any(
-        os.path.isfile(os.path.join(checkpoint, n)) for n in ("model.safetensors", checkpoints.SAFETENSORS_INDEX)
-    )
-    if full and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled:
+    full = {"model.safetensors", checkpoints.SAFETENSORS_INDEX} & set(os.listdir(checkpoint))
+    if full and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled:  # adapters: as the Trainer loads
         dtype = next(trainer.model.parameters()).dtype
         trainer.model.load_state_dict(load_model(checkpoint, dtype=dtype).state_dict(), strict=True)
         logger.info("Restored the weights of %s", checkpoint)

@@ -1,12 +1,8 @@
-"""Supervised fine-tuning of Qwen2-Audio on AVQA questions: the paper's SFT baselines (full and LoRA; our recipes).
+"""Supervised fine-tuning on AVQA, the paper's SFT baselines (our recipes): the model hears the clip, reads Prompt <1>
+and learns the option text. TRL's `SFTTrainer` with an audio collator (TRL's know images, not audio).
 
-    bash run_sft.sh                   # = torchrun --nproc_per_node 8 -m r1aqa.sft --config configs/sft_qwen2_audio_7b_full.yaml \
-                                      #       --deepspeed configs/ds_zero3.json --data_file data/avqa/train.jsonl
-    SFT_TYPE=lora bash run_sft.sh     # configs/sft_qwen2_audio_7b_lora.yaml; then python -m r1aqa.merge_lora
-    DEVICE=cpu bash run_sft.sh        # a CPU smoke test on the tiny model
-
-The model hears the clip, reads Prompt <1> and learns the gold option text; the loss covers the answer and the
-`<|im_end|>` that ends the turn. TRL's `SFTTrainer` as is, with our audio collator (TRL's know images, not audio).
+    bash run_sft.sh                 # torchrun ... -m r1aqa.sft --config configs/sft_qwen2_audio_7b_full.yaml ...
+    SFT_TYPE=lora bash run_sft.sh   # configs/sft_qwen2_audio_7b_lora.yaml; then python -m r1aqa.merge_lora
 """
 
 from __future__ import annotations
@@ -100,11 +96,10 @@ class AudioSFTCollator:
 
 def check_sft_config(args) -> None:
     """Reject SFTConfig settings under which TRL would drop or tokenize our rows (a conversation and a file path)."""
+    prepared = (args.dataset_kwargs or {}).get("skip_prepare_dataset")
     fixes = {
         "remove_unused_columns: false  (TRL would drop the `prompt`/`completion` columns)": args.remove_unused_columns,
-        "dataset_kwargs: {skip_prepare_dataset: true}  (TRL would tokenize the rows without audio)": not (
-            args.dataset_kwargs or {}
-        ).get("skip_prepare_dataset"),
+        "dataset_kwargs: {skip_prepare_dataset: true}  (TRL would tokenize the rows without audio)": not prepared,
         "packing: false  (audio sequences cannot be packed)": args.packing,
         "padding_free: false  (the audio collator pads)": args.padding_free,
         "assistant_only_loss: false  (the audio collator masks all but the answer)": args.assistant_only_loss,
@@ -127,9 +122,8 @@ def main(script_args, training_args, model_args) -> None:
 
     check_sft_config(training_args)  # before any data or model loads
     checkpoint = runs.start_run(script_args, training_args)  # a run that would overwrite checkpoints stops here
-    dataset = runs.load_dataset(
-        script_args, training_args, load_sft_dataset, format_instruction=script_args.format_instruction
-    )
+    options = {"format_instruction": script_args.format_instruction}
+    dataset = runs.load_dataset(script_args, training_args, load_sft_dataset, **options)
     model, processor = runs.load_model(model_args, training_args, script_args.freeze_audio_encoder)
     trainer = build_trainer(model, processor, dataset, training_args, get_peft_config(model_args))
     run_info = {"prompt_style": "answer" if script_args.format_instruction else "plain", "think": False}

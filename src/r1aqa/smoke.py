@@ -1,6 +1,6 @@
-"""A first short run (`SMOKE=1 bash run_grpo.sh`, i.e. `--smoke true`): the recipe for `smoke_steps` steps, a
-checkpoint halfway, no W&B, then one screen: time per step (TRL's logged `step_time`) and the recipe's projected
-hours, peak memory per rank, the disk per checkpoint and for the recipe's run, and what to change if it did not fit."""
+"""A first short run (`SMOKE=1 bash run_grpo.sh`, i.e. `--smoke true`): the recipe for `smoke_steps` steps, no W&B,
+then one screen: time per step (TRL's `step_time`) and the recipe's hours, peak memory per rank, the disk per
+checkpoint and for the recipe's run, and what to change if it did not fit."""
 
 from __future__ import annotations
 
@@ -40,26 +40,19 @@ def folder_gb(path: str) -> float:
 
 
 class SmokeReport(TrainerCallback):
-    """Gathers every rank's peak memory at the end of training and writes the screen."""
+    """Gathers every rank's peak memory at the end of training; `screen` reads the trainer's logs and checkpoints."""
 
-    def __init__(self, script_args, training_args):
-        self.args, self.script_args, self.state, self.peaks = training_args, script_args, None, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.state = state
+    def __init__(self, trainer, script_args):
+        self.trainer, self.script_args, self.peaks = trainer, script_args, None
 
     def on_train_end(self, args, state, control, **kwargs):
-        import torch.distributed as dist
+        from accelerate.utils import gather_object
 
-        self.peaks = [peak_memory()]
-        if dist.is_available() and dist.is_initialized():
-            self.peaks = [None] * dist.get_world_size()
-            dist.all_gather_object(self.peaks, peak_memory())
+        self.peaks = gather_object([peak_memory()])
 
     def screen(self, out_of_memory: BaseException | None = None) -> str:
-        args, (max_steps, save_steps) = self.args, self.script_args.recipe
-        peaks, history = self.peaks or [peak_memory()], self.state.log_history if self.state else []
-        times = [log["step_time"] for log in history if "step_time" in log]
+        args, (max_steps, save_steps), peaks = self.trainer.args, self.script_args.recipe, self.peaks or [peak_memory()]
+        times = [log["step_time"] for log in self.trainer.state.log_history if "step_time" in log]
         lines = [
             f"First run (smoke): {len(times)} of {args.max_steps} steps on {args.world_size} process(es), "
             f"{'GPU' if peaks[0].endswith('GPU') else 'CPU'}; output {args.output_dir}",
@@ -74,14 +67,13 @@ class SmokeReport(TrainerCallback):
         lines.append("Memory: peak per rank: " + ", ".join(f"rank {i}: {peak}" for i, peak in enumerate(peaks)))
         if out_of_memory is not None:
             lines.append(f"DID NOT FIT: {str(out_of_memory).splitlines()[0]}")
-        sizes = {path: (folder_gb(path), bool(state_paths(path))) for _, path in checkpoint_dirs(args.output_dir)}
+        sizes = {path: folder_gb(path) for _, path in checkpoint_dirs(args.output_dir)}
         kinds = {True: "with optimizer state", False: "weights only"}
-        measured = [f"{os.path.basename(p)} {gb:.3f} GB ({kinds[state]})" for p, (gb, state) in sizes.items()]
-        weights = min([gb for gb, state in sizes.values() if not state] or [0])
-        with_state = max([gb for gb, state in sizes.values() if state] or [0])
-        n = max_steps // save_steps if save_steps else 0
-        keep_all = self.script_args.keep_all_checkpoint_state
-        total = (n * with_state if keep_all else max(n - 1, 0) * weights + with_state) + weights
+        measured = [f"{os.path.basename(p)} {gb:.3f} GB ({kinds[bool(state_paths(p))]})" for p, gb in sizes.items()]
+        weights, with_state, n = min(sizes.values(), default=0), max(sizes.values(), default=0), max_steps // save_steps
+        total = (
+            n * with_state if self.script_args.keep_all_checkpoint_state else (n - 1) * weights + with_state
+        ) + weights
         lines += [
             f"Disk: {', '.join(measured) or 'no checkpoint'}; the recipe's {n} checkpoints (save_steps {save_steps}) "
             f"+ final model: ~{total:.2f} GB",
