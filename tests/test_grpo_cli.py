@@ -148,10 +148,10 @@ def test_run_grpo_sh_keeps_state_in_the_newest_checkpoint_refuses_a_rerun_and_re
 
     # A second run into the same folder without --resume: stopped before any data or model loads.
     log = run_grpo_sh(toy, out, "--max_steps", "6", expect=2)
-    assert "--resume true" in log and "OUTPUT_DIR" in log and "Model family" not in log
+    assert "--resume true" in log and "OUTPUT_DIR" in log and "Training on" not in log
     # --resume_from_checkpoint a checkpoint whose state was removed: refused, naming the one that has it.
     log = run_grpo_sh(toy, out, "--resume_from_checkpoint", str(out / "checkpoint-2"), expect=2)
-    assert f"--resume_from_checkpoint {out / 'checkpoint-4'}" in log and "Model family" not in log
+    assert f"--resume_from_checkpoint {out / 'checkpoint-4'}" in log and "Training on" not in log
 
     # A save cut short at step 5 (no trainer_state.json): resume skips it, continues from 4 and writes it whole.
     (out / "checkpoint-5").mkdir()
@@ -226,7 +226,7 @@ def test_run_sft_sh_records_the_plain_prompt_and_refuses_a_rerun(toy, tmp_path):
     assert run_info["prompt_style"] == "plain" and run_info["think"] is False and run_info["system_prompt"] is None
     assert optimizer_steps(out) == [2]
     log = run_grpo_sh(toy, out, "--max_steps", "2", script="run_sft.sh", expect=2)
-    assert "--resume true" in log and "Model family" not in log
+    assert "--resume true" in log and "Training on" not in log
 
 
 def test_resume_from_weights_only_checkpoints_stops_before_anything_loads(toy, tmp_path, monkeypatch):

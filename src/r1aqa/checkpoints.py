@@ -58,8 +58,6 @@ def weights_problem(folder: str) -> str | None:
     for name in ("model.safetensors", "adapter_model.safetensors"):
         if os.path.isfile(os.path.join(folder, name)):
             return safetensors_problem(os.path.join(folder, name))
-    if any(os.path.isfile(os.path.join(folder, name)) for name in ("pytorch_model.bin", "adapter_model.bin")):
-        return None
     return "no model weights (model.safetensors, its shards, or adapter_model.safetensors)"
 
 

@@ -62,8 +62,6 @@ class AudioSFTCollator:
         targets = [row["completion"][0]["content"] for row in rows]
         texts = [self.render(conversation, target) for conversation, target in zip(conversations, targets, strict=True)]
         audio = [part["audio"] for conversation in conversations for part in audio_parts(conversation)]
-        if len(audio) != len(rows):
-            raise ValueError(f"{len(audio)} audio parts in {len(rows)} prompts: every prompt needs exactly one.")
         rate = self.processor.feature_extractor.sampling_rate
         encoded = self.processor(text=texts, audio=audio, sampling_rate=rate, padding=True, return_tensors="pt")
         sequences, labels = [], []
