@@ -21,7 +21,6 @@ SUFFIX=""                                            # default folders: think mo
 if flag_true --think "$@"; then SUFFIX+="-think"; fi
 if [ "${SMOKE:-0}" = 1 ]; then SUFFIX+="-smoke"; fi
 
-# --- quick config --------------------------------------------------------------------------------------------------
 if [ "$DEVICE" = gpu ]; then
   : "${MODEL:=Qwen/Qwen2-Audio-7B-Instruct}"
   : "${DATA_FILE:=$REPO/data/avqa/train.jsonl}"
@@ -30,7 +29,7 @@ if [ "$DEVICE" = gpu ]; then
   : "${DS_CONFIG=$REPO/configs/ds_zero3.json}"     # set it empty for plain DDP
   : "${NPROC_PER_NODE:=$GPUS}"
 else
-  if wants_vllm "$@"; then                           # vLLM's CPU attention needs a head size of at least 32
+  if flag_true --use_vllm "$@"; then                 # vLLM's CPU attention needs a head size of at least 32
     CPU_MODEL=$REPO/outputs/tiny-qwen2-audio-vllm CPU_TINY_ARGS=(--head_dim 32)
   fi
   : "${MODEL:=$CPU_MODEL}"

@@ -15,8 +15,6 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$REPO/scripts/launch.sh"                             # PYTHON, DEVICE, SEEDS, node variables, launch_seeds
 check_device
-
-# --- quick config --------------------------------------------------------------------------------------------------
 : "${SFT_TYPE:=full}"                                # full | lora
 case "$SFT_TYPE" in
   full) DEFAULT_DS=$REPO/configs/ds_zero3.json ;;

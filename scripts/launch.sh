@@ -1,25 +1,17 @@
-# The launcher run_grpo.sh and run_sft.sh share: which device, the CPU try-out's model and data, and how processes
-# start (one process, or torchrun over NPROC_PER_NODE x NNODES). Sourced by those scripts, which set REPO (the
-# repository folder) and stay in the user's folder; not meant to be run by itself. Works on bash 4.2: an array that
-# may be empty is expanded as ${a[@]+"${a[@]}"} (a bare "${a[@]}" is an unbound variable there under set -u).
-#
-#   DEVICE=gpu (default)  the real run. With no GPU visible it stops at once and says why: a training job that
-#                         silently fell back to a toy model would "succeed" and train nothing.
-#   DEVICE=cpu            the CPU try-out: the same entry point with a tiny random Qwen2-Audio and a toy tone task,
-#                         both built on first use (CPU_PROCS=2 for two processes; DS_CONFIG=configs/ds_zero3.json for
-#                         DeepSpeed ZeRO-3 on CPU).
+# The launcher run_grpo.sh and run_sft.sh source (they set REPO and stay in the user's folder): the device, the CPU
+# try-out's model and data, and how processes start (one process, or torchrun over NPROC_PER_NODE x NNODES).
+#   DEVICE=gpu (default)  the real run; with no GPU visible it stops (a job that fell back to a toy model would
+#                         "succeed" and train nothing).
+#   DEVICE=cpu            the CPU try-out: a tiny random Qwen2-Audio and a toy tone task, built on first use
+#                         (CPU_PROCS=2: two processes; DS_CONFIG=configs/ds_zero3.json: DeepSpeed ZeRO-3 on CPU).
+# Bash 4.2: an array that may be empty is expanded as ${a[@]+"${a[@]}"} (a bare "${a[@]}" is unbound under set -u).
 
 : "${PYTHON:=$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python)}"
-: "${DEVICE:=gpu}"
-: "${NNODES:=1}"
-: "${NODE_RANK:=0}"
-: "${MASTER_ADDR:=127.0.0.1}"
-: "${MASTER_PORT:=29500}"
+: "${DEVICE:=gpu}" "${NNODES:=1}" "${NODE_RANK:=0}" "${MASTER_ADDR:=127.0.0.1}" "${MASTER_PORT:=29500}"
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 SCRIPT_NAME="$(basename "$0")"
-CPU_MODEL=$REPO/outputs/tiny-qwen2-audio             # the CPU try-out's defaults (built on first use)
+CPU_MODEL=$REPO/outputs/tiny-qwen2-audio CPU_DATA=$REPO/outputs/toy/train.jsonl   # the CPU try-out's defaults
 CPU_TINY_ARGS=()                                     # extra arguments of r1aqa.tryout.tiny for CPU_MODEL
-CPU_DATA=$REPO/outputs/toy/train.jsonl
 
 launch_die() { echo "$SCRIPT_NAME: $*" >&2; exit 2; }
 
@@ -45,8 +37,8 @@ MSG
   fi
 }
 
-# The CPU try-out: build the tiny model and the toy task when their default paths are used and missing; DeepSpeed
-# on CPU (see src/r1aqa/deepspeed_cpu.py) needs use_cpu=false, plain CPU runs need use_cpu=true.
+# The CPU try-out: build the tiny model and the toy task when their default paths are used and missing. DeepSpeed
+# on CPU (src/r1aqa/deepspeed_cpu.py) needs use_cpu=false, plain CPU runs use_cpu=true.
 prepare_cpu_tryout() {
   if [ "$MODEL" = "$CPU_MODEL" ] && [ ! -f "$MODEL/config.json" ]; then
     "$PYTHON" -m r1aqa.tryout.tiny --out "$MODEL" --extra_tokens "<answer>" "</answer>" low top ${CPU_TINY_ARGS[@]+"${CPU_TINY_ARGS[@]}"}
@@ -70,9 +62,6 @@ flag_true() {
   case "$value" in true | True | 1) return 0 ;; *) return 1 ;; esac
 }
 
-# wants_vllm ARG...: whether the arguments turn vLLM generation on (--use_vllm true).
-wants_vllm() { flag_true --use_vllm "$@"; }
-
 # launch MODULE ARG...: one process, or torchrun when there are several processes or nodes.
 launch() {
   local module="$1"; shift
@@ -84,10 +73,9 @@ launch() {
   fi
 }
 
-# launch_seeds MODULE ARG...: the run, given the script's ARGS array and the user's ARG... (which win, as they come
-# last). With SEEDS="42 43 44": one complete run per seed, one after the other, each into <output dir>/seed-<seed>
-# with --seed <seed> (each resumable, each with its own r1aqa_run.json); the output dir is $OUTPUT_DIR or the user's
-# --output_dir. A --seed among ARG... contradicts SEEDS and stops.
+# launch_seeds MODULE ARG...: the run with the script's ARGS then the user's ARG... (which win). SEEDS="42 43 44":
+# one complete run per seed, one after the other, into <OUTPUT_DIR or --output_dir>/seed-<seed> with --seed <seed>
+# (each resumable, with its own r1aqa_run.json); a --seed among ARG... contradicts SEEDS and stops.
 launch_seeds() {
   local module="$1"; shift
   if [ -z "${SEEDS:-}" ]; then
@@ -103,9 +91,7 @@ launch_seeds() {
       *) user+=("$1"); shift ;;
     esac
   done
-  for seed in $SEEDS; do
-    [[ "$seed" =~ ^[0-9]+$ ]] || launch_die "SEEDS must be integers, got '$seed'."
-  done
+  for seed in $SEEDS; do [[ "$seed" =~ ^[0-9]+$ ]] || launch_die "SEEDS must be integers, got '$seed'."; done
   for seed in $SEEDS; do
     echo "=== seed $seed -> $base/seed-$seed ==="
     launch "$module" "${ARGS[@]}" --seed "$seed" --output_dir "$base/seed-$seed" ${user[@]+"${user[@]}"}

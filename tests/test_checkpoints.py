@@ -104,17 +104,7 @@ def test_resume_from_weights_only_checkpoints_stops_with_a_clear_message(tmp_pat
     with pytest.raises(ValueError, match="holds weights only.*save_only_model: false"):
         last_resumable_checkpoint(str(tmp_path))
     with pytest.raises(ValueError, match="needs resumable checkpoints"):
-        checkpoints.resume_checkpoint(str(tmp_path), save_only_model=True)
-
-
-def test_cli_lists_evaluable_steps(tmp_path, capsys):
-    make_checkpoint(tmp_path / "checkpoint-20", optimizer=False)
-    make_checkpoint(tmp_path / "checkpoint-3")
-    make_checkpoint(tmp_path / "checkpoint-100", state=False)
-    assert checkpoints.main([str(tmp_path)]) == 0
-    captured = capsys.readouterr()
-    assert captured.out.split() == ["3", "20"]
-    assert "checkpoint-100: no trainer_state.json" in captured.err
+        start(tmp_path, resume=True, save_only_model=True)
 
 
 # --- bounded disk: only the newest checkpoint keeps its resume state ---------------------------------------------------
@@ -152,7 +142,7 @@ def has_state(folder) -> bool:
 
 
 def test_older_state_is_removed_only_once_a_newer_checkpoint_is_resumable(tmp_path):
-    from r1aqa.runs import make_state_callback
+    from r1aqa.runs import KeepNewestState
 
     run = tmp_path / "run"
     for step in (1, 2):
@@ -160,7 +150,7 @@ def test_older_state_is_removed_only_once_a_newer_checkpoint_is_resumable(tmp_pa
     # A save cut short (no scheduler.pt yet): the last good state must survive.
     add_rng_state(make_checkpoint(run / "checkpoint-3"))
     (run / "checkpoint-3" / "scheduler.pt").unlink()
-    callback = make_state_callback(keep_all_state=False)
+    callback = KeepNewestState()
     on_save(callback, run, 3)
     assert all(has_state(run / f"checkpoint-{step}") for step in (1, 2))
     (run / "checkpoint-3" / "scheduler.pt").write_bytes(b"x")  # now complete
@@ -168,16 +158,6 @@ def test_older_state_is_removed_only_once_a_newer_checkpoint_is_resumable(tmp_pa
     assert [has_state(run / f"checkpoint-{step}") for step in (1, 2, 3)] == [False, False, True]
     assert last_resumable_checkpoint(str(run)) == str(run / "checkpoint-3")
     assert [step for step, _ in complete_checkpoints(str(run))] == [1, 2, 3], "all still evaluable"
-
-
-def test_keep_all_checkpoint_state_keeps_every_state(tmp_path):
-    from r1aqa.runs import make_state_callback
-
-    run = tmp_path / "run"
-    for step in (1, 2):
-        make_checkpoint(run / f"checkpoint-{step}")
-    on_save(make_state_callback(keep_all_state=True), run, 2)
-    assert has_state(run / "checkpoint-1") and has_state(run / "checkpoint-2")
 
 
 # --- where a run starts: never silently over an earlier run ------------------------------------------------------------
@@ -256,22 +236,3 @@ def test_batch_line_says_when_an_explicit_accumulation_is_not_the_recipes_batch(
     assert "NOT" not in paper
     other = batch_line(16, 8, 8, 4, 2, explicit=True)
     assert other.startswith("Batch: 8 questions x 8 completions per step") and "NOT the recipe's 16" in other
-
-
-# --- disk sizes at the start -----------------------------------------------------------------------------------------
-
-
-def test_checkpoint_sizes_count_weights_and_adam_state():
-    import torch
-
-    from r1aqa.runs import checkpoint_sizes, disk_plan
-
-    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10)).to(torch.bfloat16)  # 220 params
-    model[1].requires_grad_(False)
-    assert checkpoint_sizes(model, deepspeed=False, peft=False) == (440.0, 440.0 + 2 * 2 * 110)
-    assert checkpoint_sizes(model, deepspeed=True, peft=False) == (440.0, 440.0 + 12 * 110)
-    assert checkpoint_sizes(model, deepspeed=True, peft=True) == (220.0, 220.0 + 12 * 110), "adapters only"
-    gb = 2**30
-    # 1000 steps, a save every 100: 10 checkpoints, 9 weights-only + 1 with state, + the final model.
-    assert "~116.00 GB for the whole run" in disk_plan(10 * gb, 16 * gb, 1000, 100, keep_all_state=False)
-    assert "~170.00 GB for the whole run" in disk_plan(10 * gb, 16 * gb, 1000, 100, keep_all_state=True)

@@ -84,7 +84,7 @@ def test_unknown_setting_and_foreign_template_are_refused(tiny_model_dir):
 
 def test_training_records_the_setting_and_prompts_carry_it(toy, tmp_path):
     """The GRPO entry point: the recipe value reaches the prompts the trainer tokenizes and r1aqa_run.json."""
-    from r1aqa import grpo
+    from r1aqa import grpo, runs
 
     argv = [
         "--config", str(REPO / "configs/grpo_tiny_cpu.yaml"), "--model_name_or_path", toy["model"],
@@ -93,7 +93,7 @@ def test_training_records_the_setting_and_prompts_carry_it(toy, tmp_path):
     ]  # fmt: skip
     script_args, training_args, model_args = grpo.parse_args(argv)
     assert script_args.system_prompt == "none"
-    _, processor = grpo.load_model(model_args, training_args, False, script_args.system_prompt)
+    _, processor = runs.load_model(model_args, training_args, False, script_args.system_prompt)
     assert rendered(processor).startswith("<|im_start|>user\n")
     grpo.main(script_args, training_args, model_args)
     assert json.loads((tmp_path / "r1aqa_run.json").read_text())["system_prompt"] == "none"

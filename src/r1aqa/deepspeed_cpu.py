@@ -1,11 +1,6 @@
-"""DeepSpeed on a machine without a GPU: everything it takes, in one place, and nothing on GPU machines.
-
-DeepSpeed ZeRO-3 runs on CPU (gloo) with `DS_ACCELERATOR=cpu` and `use_cpu=False`, but accelerate 1.15 only picks a
-distributed backend for a launched process (LOCAL_RANK set, `use_cpu=False`) when it finds an accelerator; on CPU it
-falls back to "not distributed", counts one process, and the first ZeRO-3 all-gather fails with "invalid output tensor
-list ... expected length 2, got 1". `enable_cpu_deepspeed()` makes it choose gloo instead. It changes nothing when
-CUDA is available or when the process was not started by a distributed launcher.
-"""
+"""DeepSpeed ZeRO-3 on a machine without a GPU (gloo, `DS_ACCELERATOR=cpu`): accelerate gives a launched process a
+distributed backend only when it finds an accelerator; on CPU it counts one process and ZeRO-3's first all-gather fails
+("expected length 2, got 1"). r1aqa.runs.cli calls `enable_cpu_deepspeed()` first; nothing changes with a GPU."""
 
 from __future__ import annotations
 
@@ -13,7 +8,7 @@ import os
 
 
 def enable_cpu_deepspeed() -> bool:
-    """Patch accelerate to use gloo for launched processes on a CPU-only machine. Returns whether it patched."""
+    """Make accelerate use gloo for launched processes (LOCAL_RANK set) on a CPU-only machine; whether it did."""
     import torch
 
     if torch.cuda.is_available() or os.environ.get("LOCAL_RANK") is None:
@@ -23,15 +18,13 @@ def enable_cpu_deepspeed() -> bool:
     from accelerate.utils import DistributedType
 
     original = PartialState._prepare_backend
-    if getattr(original, "_r1aqa_cpu_patch", False):
+    if getattr(original, "_r1aqa_cpu", False):
         return True
 
     def prepare_backend(self, cpu: bool = False, sagemaker_dp: bool = False, backend: str | None = None):
-        chosen, distributed_type = original(self, cpu, sagemaker_dp, backend)
-        if distributed_type == DistributedType.NO and not cpu:
-            return "gloo", DistributedType.MULTI_CPU
-        return chosen, distributed_type
+        chosen, kind = original(self, cpu, sagemaker_dp, backend)
+        return ("gloo", DistributedType.MULTI_CPU) if kind == DistributedType.NO and not cpu else (chosen, kind)
 
-    prepare_backend._r1aqa_cpu_patch = True
+    prepare_backend._r1aqa_cpu = True
     PartialState._prepare_backend = prepare_backend
     return True

@@ -1,302 +1,288 @@
-"""The start of a training run, shared by the GRPO and SFT entry points: where it continues from (never silently over
-an earlier run), the global batch, the run's record for evaluation (`r1aqa_run.json`), and its disk use (only the
-newest checkpoint keeps optimizer state).
-
-Everything here runs before any model loads, except the callback, which the trainer calls after each save.
-"""
+"""The start and end of a training run, shared by r1aqa.grpo and r1aqa.sft: the arguments both take, checks before
+any model loads, the global batch, where the run continues from (never silently over an earlier run), model and data,
+only the newest checkpoint keeping its resume state, `r1aqa_run.json` for evaluation, the weights restored on resume."""
 
 from __future__ import annotations
 
 import json
 import logging
+import netrc
 import os
+import re
 import shutil
 import sys
+from dataclasses import dataclass, field
 
-from r1aqa.checkpoints import checkpoint_dirs, checkpoint_problem, remove_state, resume_checkpoint, state_paths
+from transformers import TrainerCallback
+
+from r1aqa import checkpoints
+from r1aqa.smoke import SmokeReport
 
 logger = logging.getLogger(__name__)
 
-GB = 2**30
 AUDIO_CHECK_CACHE = "audio_check.json"  # in output_dir: the start-up audio check, reused on resume
-RUN_INFO = "r1aqa_run.json"  # what evaluation reads to prompt a checkpoint as it was trained
-TRUE_WORDS = ("true", "1", "yes")
+RUN_INFO = "r1aqa_run.json"  # how evaluation prompts this run's checkpoints
 
 
-class RunRefused(SystemExit):
-    """A run that must not start as asked (it would overwrite or ignore an earlier run): exit code 2, the message on
-    stderr, before any model loads."""
+@dataclass
+class RunArguments:
+    """What GRPO and SFT take besides the trainer's config: the data, what is trained, and where the run starts."""
 
-    def __init__(self, message: str):
-        super().__init__(2)
-        self.message = message
+    data_file: str = field(default=None, metadata={"help": "AVQA training JSONL written by r1aqa.prepare_avqa."})
+    check_audio_files: bool = field(default=True, metadata={"help": "Check every audio file; drop unusable rows."})
+    max_train_samples: int = field(default=None, metadata={"help": "Use only the first N questions (debugging)."})
+    freeze_audio_encoder: bool = field(default=False, metadata={"help": "Do not train the audio encoder."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the newest resumable checkpoint, if any."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Delete output_dir's checkpoints first."})
+    keep_all_checkpoint_state: bool = field(default=False, metadata={"help": "Resume state in every checkpoint."})
 
-    def __str__(self) -> str:
-        return self.message
+    def __post_init__(self):
+        if not self.data_file or not os.path.isfile(self.data_file):
+            raise ValueError(
+                f"data_file {self.data_file!r} does not exist. Make it with `python -m r1aqa.prepare_avqa` "
+                "(see data/README.md) or pass --data_file PATH."
+            )
 
 
 def refuse(message: str):
-    """Stop with exit code 2; the message is printed once (by rank 0: every rank reaches the same decision)."""
-    if is_main_process():
+    """Stop with exit code 2; rank 0 says why (every rank reaches the same decision)."""
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"error: {message}", file=sys.stderr, flush=True)
-    raise RunRefused(message)
+    raise SystemExit(2)
 
 
-def is_main_process() -> bool:
-    """Rank 0 of the launch (torchrun sets RANK; a single process is rank 0)."""
-    return int(os.environ.get("RANK", "0")) == 0
+def cli(parse_args, main, argv: list[str] | None = None) -> None:
+    """An entry point: DeepSpeed on CPU (before accelerate initialises), parse, check, `main`, then close the process
+    group (left to interpreter shutdown, gloo/DeepSpeed threads could abort a finished CPU run with exit -6)."""
+    import torch.distributed as dist
+
+    from r1aqa.deepspeed_cpu import enable_cpu_deepspeed
+
+    enable_cpu_deepspeed()
+    script_args, training_args, model_args = parse_args(sys.argv[1:] if argv is None else argv)
+    check_model_args(model_args)
+    check_wandb(training_args)
+    main(script_args, training_args, model_args)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
-# --- where the run starts ---------------------------------------------------------------------------------------------
+def check_model_args(model_args) -> None:
+    """A model folder with a config.json or a hub id (`org/name`); LoRA with its target layers (PEFT would stop deep
+    in the trainer's start-up)."""
+    path = model_args.model_name_or_path
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise SystemExit(f"Model folder {path!r} has no config.json: point --model_name_or_path at a saved model.")
+    if not os.path.isdir(path) and not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", path):
+        raise SystemExit(f"Model {path!r} is neither a local folder nor a hub id like 'Qwen/Qwen2-Audio-7B-Instruct'.")
+    if model_args.use_peft and not (model_args.lora_target_modules or model_args.lora_target_parameters):
+        raise SystemExit(
+            "use_peft is true but no lora_target_modules are set: say which layers get LoRA adapters, e.g. "
+            "--lora_target_modules '.*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)'."
+        )
 
 
-def newest_resumable(run_dir: str) -> str | None:
-    """The newest checkpoint of `run_dir` that holds optimizer, scheduler and trainer state, or None (no errors)."""
-    for _step, path in reversed(checkpoint_dirs(run_dir)):
-        if checkpoint_problem(path, resumable=True) is None:
-            return path
-    return None
+def check_wandb(training_args) -> None:
+    """W&B logs online with a key (WANDB_API_KEY or `wandb login`), offline without; it never stops a run."""
+    if "wandb" not in (training_args.report_to or []) or os.environ.get("WANDB_MODE"):
+        return
+    try:
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        has_key = False
+    if not has_key:
+        os.environ["WANDB_MODE"] = "offline"
+        logger.warning("No W&B key found: logging offline to ./wandb (`wandb sync` uploads it; report_to=none: off).")
 
 
-def start_checkpoint(
-    output_dir: str,
-    resume: bool,
-    resume_from_checkpoint: str | None,
-    overwrite_output_dir: bool,
-    save_only_model: bool,
-) -> str | None:
-    """The checkpoint the run continues from (None: from step 0), decided before anything loads.
-
-    - `resume_from_checkpoint PATH`: that checkpoint, if it holds the state to resume (else refused, naming the newest
-      checkpoint beside it that does); `true` means the same as `resume`.
-    - `resume`: the newest resumable checkpoint of `output_dir` (r1aqa.checkpoints), or step 0 when there is none.
-    - neither, and `output_dir` holds checkpoints: refused (exit code 2), unless `overwrite_output_dir`, which removes
-      the old checkpoints first so the folder holds one run only.
-    """
-    if resume_from_checkpoint and resume_from_checkpoint.lower() in TRUE_WORDS + ("false", "0", "no"):
-        resume = resume or resume_from_checkpoint.lower() in TRUE_WORDS
-        resume_from_checkpoint = None
-    if resume_from_checkpoint:
-        if save_only_model:
-            raise ValueError("`resume_from_checkpoint` needs resumable checkpoints: set `save_only_model: false`.")
-        path = resume_from_checkpoint.rstrip("/")
-        if not os.path.isdir(path):
-            refuse(f"--resume_from_checkpoint {path}: no such folder.")
-        problem = checkpoint_problem(path, resumable=True)
-        if problem:
-            run_dir = os.path.dirname(path) or "."
-            newest = newest_resumable(run_dir)
-            hint = (
-                f"The newest checkpoint of {run_dir} that holds it is {newest}: --resume_from_checkpoint {newest}"
-                if newest
-                else f"No checkpoint of {run_dir} holds it: start a new run from its weights with "
-                f"--model_name_or_path {path} and a new output_dir"
-            )
-            refuse(f"--resume_from_checkpoint {path} cannot be resumed from ({problem}). {hint}.")
-        logger.info("Resuming from %s", path)
-        return path
-    if resume:
-        return resume_checkpoint(output_dir, save_only_model)
-    existing = checkpoint_dirs(output_dir)
-    if existing:
-        if not overwrite_output_dir:
-            refuse(
-                f"{output_dir} already holds {len(existing)} checkpoint(s) (newest {existing[-1][1]}); starting again "
-                "would overwrite them. To continue that run: --resume true. To start a new one: a new OUTPUT_DIR "
-                "(--output_dir), or --overwrite_output_dir true to delete those checkpoints first."
-            )
-        if is_main_process():
-            for _step, path in existing:
-                shutil.rmtree(path)
-            logger.warning("overwrite_output_dir: deleted %d checkpoint(s) of %s", len(existing), output_dir)
-    return None
-
-
-def start_of_run(script_args, training_args) -> str | None:
-    """`start_checkpoint` with an entry point's arguments (both take `RunArguments`: resume, overwrite_output_dir)."""
-    return start_checkpoint(
-        training_args.output_dir,
-        script_args.resume,
-        training_args.resume_from_checkpoint,
-        script_args.overwrite_output_dir,
-        training_args.save_only_model,
-    )
-
-
-# --- the global batch -------------------------------------------------------------------------------------------------
-
-
-def reachable_world_sizes(completions_per_step: int, per_device: int) -> list[int]:
-    """World sizes w for which w x per_device x accumulation = completions_per_step with an integer accumulation."""
-    return [w for w in range(1, completions_per_step // per_device + 1) if completions_per_step % (w * per_device) == 0]
-
-
-def derive_accumulation(
-    questions_per_step: int, num_generations: int, per_device: int, world_size: int, paper_questions: int = 16
-) -> int:
-    """gradient_accumulation_steps that makes each optimizer step see `questions_per_step` questions x
-    `num_generations` completions on `world_size` processes of `per_device` completions; refused when none does."""
+def derive_accumulation(questions_per_step: int, num_generations: int, per_device: int, world_size: int) -> int:
+    """gradient_accumulation_steps for `questions_per_step` x `num_generations` completions per optimizer step on
+    `world_size` processes of `per_device` completions; refused when no integer reaches it."""
     completions = questions_per_step * num_generations
     if completions % (world_size * per_device):
-        sizes = reachable_world_sizes(completions, per_device)
+        sizes = [w for w in range(1, completions // per_device + 1) if completions % (w * per_device) == 0]
         refuse(
             f"questions_per_step {questions_per_step} x num_generations {num_generations} = {completions} completions "
-            f"per step cannot be reached on world size {world_size} with per_device_train_batch_size {per_device} "
-            f"({world_size * per_device} completions per micro-step). World sizes that can: "
-            f"{', '.join(map(str, sizes)) or 'none'} (NPROC_PER_NODE x NNODES; or change "
+            f"per step cannot be reached on world size {world_size} with per_device_train_batch_size {per_device}. "
+            f"World sizes that can: {', '.join(map(str, sizes)) or 'none'} (NPROC_PER_NODE x NNODES; or change "
             "per_device_train_batch_size, or give --gradient_accumulation_steps to train another batch)."
         )
     return completions // (world_size * per_device)
 
 
-def batch_line(
-    questions_per_step: int | None,
-    num_generations: int,
-    per_device: int,
-    world_size: int,
-    accumulation: int,
-    explicit: bool,
-) -> str:
-    """The one line a run prints about its batch."""
-    completions = world_size * per_device * accumulation
-    line = (
-        f"Batch: {completions // num_generations} questions x {num_generations} completions per step = world size "
-        f"{world_size} x per-device batch {per_device} completions x accumulation {accumulation}"
+def batch_line(questions, generations: int, per_device: int, world: int, accumulation: int, explicit: bool) -> str:
+    note = f"the recipe's questions_per_step: {questions}" if questions else "the recipe sets no questions_per_step"
+    if questions and explicit:
+        note = f"--gradient_accumulation_steps {accumulation} given: NOT the recipe's {questions} questions"
+    return (
+        f"Batch: {world * per_device * accumulation // generations} questions x {generations} completions per step "
+        f"= world size {world} x per-device batch {per_device} completions x accumulation {accumulation} ({note})"
     )
-    if questions_per_step is None:
-        return line + " (the recipe sets no questions_per_step)"
-    if explicit:
-        return line + (
-            f" (--gradient_accumulation_steps {accumulation} given: NOT the recipe's {questions_per_step} questions"
-            " per step, not the paper's batch)"
-        )
-    return line + f" (the recipe's questions_per_step: {questions_per_step})"
 
 
-def gave_option(argv: list[str], name: str) -> bool:
-    """Whether `--name` was given on the command line (as `--name V` or `--name=V`)."""
-    return any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv)
+def parse_recipe(parser, argv: list[str] | None = None):
+    """Recipe + command line (a TrlParser). With `questions_per_step`, gradient_accumulation_steps is derived from the
+    world size unless given, and `script_args.batch_line` says the batch."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    if not hasattr(training_args, "num_generations"):  # SFT: the batch is the recipe's
+        return script_args, training_args, model_args
+    questions, explicit = script_args.questions_per_step, any("--gradient_accumulation_steps" in a for a in argv)
+    batch = [training_args.num_generations, training_args.per_device_train_batch_size, training_args.world_size]
+    if questions is not None and not explicit:
+        accumulation = derive_accumulation(questions, *batch)
+        if accumulation != training_args.gradient_accumulation_steps:  # parsed again: TRL derives batch sizes from it
+            argv += ["--gradient_accumulation_steps", str(accumulation)]
+            script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    script_args.batch_line = batch_line(questions, *batch, training_args.gradient_accumulation_steps, explicit)
+    return script_args, training_args, model_args
 
 
-# --- what evaluation reads ----------------------------------------------------------------------------------------------
-
-
-def write_run_info(output_dir: str, prompt_style: str, think: bool, seed: int, system_prompt=None, **extra) -> str:
-    """`r1aqa_run.json`: how the run prompts (prompt_style answer | think | plain, system prompt, think), read by
-    test_mmau.sh so each checkpoint is evaluated with the prompt it was trained with. Both entry points write it."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, RUN_INFO)
-    info = {"prompt_style": prompt_style, "think": think, "system_prompt": system_prompt, "seed": seed, **extra}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1)
+def start_checkpoint(output_dir: str, resume: bool, resume_from: str | None, overwrite: bool, save_only_model: bool):
+    """The checkpoint the run continues from (None: step 0), decided before anything loads: `resume_from` PATH if it
+    holds the state to resume (`true` means `resume`); with `resume` the newest resumable one of `output_dir`; else
+    an `output_dir` holding checkpoints is refused unless `overwrite`, which deletes them first."""
+    if resume_from and resume_from.lower() in ("true", "1", "yes", "false", "0", "no"):
+        resume, resume_from = resume or resume_from.lower() in ("true", "1", "yes"), None
+    if (resume or resume_from) and save_only_model:
+        raise ValueError("`resume: true` needs resumable checkpoints: set `save_only_model: false`.")
+    if resume_from:
+        path = resume_from.rstrip("/")
+        problem = checkpoints.checkpoint_problem(path, resumable=True) if os.path.isdir(path) else "no such folder"
+        if problem:
+            run_dir = os.path.dirname(path) or "."
+            newest = checkpoints.complete_checkpoints(run_dir, resumable=True, warn=lambda _: None)[-1:]
+            hint = f"--resume_from_checkpoint {newest[0][1]} has it" if newest else f"no checkpoint of {run_dir} has it"
+            refuse(f"--resume_from_checkpoint {path} cannot be resumed from ({problem}): {hint}.")
+    elif resume:
+        path = checkpoints.last_resumable_checkpoint(output_dir)
+    else:
+        existing = checkpoints.checkpoint_dirs(output_dir)
+        if existing and not overwrite:
+            refuse(
+                f"{output_dir} already holds {len(existing)} checkpoint(s) (newest {existing[-1][1]}); starting again "
+                "would overwrite them. To continue that run: --resume true. To start a new one: a new OUTPUT_DIR "
+                "(--output_dir), or --overwrite_output_dir true to delete those checkpoints first."
+            )
+        if existing and int(os.environ.get("RANK", "0")) == 0:
+            for _step, old in existing:
+                shutil.rmtree(old)
+            logger.warning("overwrite_output_dir: deleted %d checkpoint(s) of %s", len(existing), output_dir)
+        return None
+    logger.info("Resuming from %s", path or "scratch (no complete checkpoint yet)")
     return path
 
 
-# --- disk ---------------------------------------------------------------------------------------------------------------
+def start_run(script_args, training_args) -> str | None:
+    """Seed and logging, then the checkpoint to continue from (`start_checkpoint`)."""
+    import datasets
+    import transformers
+
+    transformers.set_seed(training_args.seed)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("r1aqa").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    datasets.utils.logging.set_verbosity(training_args.get_process_log_level())
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if hasattr(script_args, "batch_line"):
+        logger.info(script_args.batch_line)
+    args = (script_args.resume, training_args.resume_from_checkpoint, script_args.overwrite_output_dir)
+    return start_checkpoint(training_args.output_dir, *args, training_args.save_only_model)
 
 
-def checkpoint_sizes(model, deepspeed: bool, peft: bool) -> tuple[float, float]:
-    """Expected bytes of one checkpoint without and with its resume state, from the parameter counts.
+def load_dataset(script_args, training_args, loader=None, **options):
+    """The training rows (`loader`, default r1aqa.data.load_avqa_dataset: audio checked, unusable rows dropped)."""
+    from r1aqa.data import load_avqa_dataset
 
-    Weights: every parameter at its dtype's size (a LoRA checkpoint: the trainable adapter only). State: Adam's two
-    moments per trainable parameter, at the parameter's dtype with torch's optimizer, in fp32 plus an fp32 master
-    copy (12 bytes) under DeepSpeed; scheduler and RNG state are a few KB."""
-    weights = trainable = trainable_bytes = 0
-    for parameter in model.parameters():
-        count = getattr(parameter, "ds_numel", None) or parameter.numel()  # ZeRO-3 keeps only a shard locally
-        if parameter.requires_grad:
-            trainable += count
-            trainable_bytes += count * parameter.element_size()
-        if not peft or parameter.requires_grad:
-            weights += count * parameter.element_size()
-    state = 12 * trainable if deepspeed else 2 * trainable_bytes
-    return float(weights), float(weights + state)
-
-
-def human_bytes(n: float) -> str:
-    """`n` bytes as GB, MB or KB (binary units), to two significant decimals."""
-    for unit, size in (("GB", GB), ("MB", 2**20)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n / 1024:.1f} KB"
-
-
-def disk_plan(weights: float, with_state: float, max_steps: int, save_steps: int, keep_all_state: bool) -> str:
-    """The start-of-run lines on disk: one checkpoint with and without state, and the whole run."""
-    n = max_steps // save_steps if save_steps and max_steps > 0 else 0
-    total = (n * with_state if keep_all_state else (n - 1) * weights + with_state if n else 0) + weights  # + final
-    kept = "every checkpoint keeps its state" if keep_all_state else "only the newest keeps its state"
-    return (
-        f"Disk: a checkpoint is ~{human_bytes(weights)} of weights, ~{human_bytes(with_state)} with optimizer "
-        f"state; {n} checkpoint(s) ({max_steps} steps / save_steps {save_steps}, {kept}) + the final model: "
-        f"~{human_bytes(total)} for the whole run."
+    options |= {"check_audio_files": script_args.check_audio_files}
+    dataset = (loader or load_avqa_dataset)(
+        script_args.data_file, audio_cache=os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE), **options
     )
+    if script_args.max_train_samples is not None:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    logger.info("Training on %d questions from %s (%s)", len(dataset), script_args.data_file, options)
+    return dataset
 
 
-def make_state_callback(keep_all_state: bool):
-    """A TrainerCallback that, after each save, removes the resume state (optimizer, scheduler, RNG, DeepSpeed's
-    `global_step*`) of every other checkpoint, once the new one is complete and resumable. Weights stay, so every
-    checkpoint can still be evaluated; a save killed midway leaves the previous state untouched."""
-    from transformers import TrainerCallback
-
-    class KeepNewestState(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            import torch.distributed as dist
-
-            if keep_all_state:
-                return
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()  # every rank has written its share (RNG state, DeepSpeed shards) of the new one
-            if not state.is_world_process_zero:
-                return
-            newest = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            problem = checkpoint_problem(newest, resumable=True)
-            if problem:
-                logger.warning("Kept the older checkpoints' state: %s is not resumable (%s).", newest, problem)
-                return
-            for _step, path in checkpoint_dirs(args.output_dir):
-                if path != newest and state_paths(path):
-                    remove_state(path)
-                    logger.info("Removed the resume state of %s (weights kept; %s has it)", path, newest)
-
-    return KeepNewestState()
-
-
-# --- the run itself ------------------------------------------------------------------------------------------------------
-
-
-def prepare_run(trainer, script_args, training_args, model_args):
-    """What both entry points add to their trainer: the disk plan (logged), the callback that keeps the resume state
-    in the newest checkpoint only, and with `smoke` the report's callback (returned; None otherwise)."""
-    trainer.add_callback(make_state_callback(script_args.keep_all_checkpoint_state))
-    weights, with_state = checkpoint_sizes(trainer.model, bool(training_args.deepspeed), bool(model_args.use_peft))
-    if trainer.accelerator.is_main_process:
-        max_steps = getattr(script_args, "recipe_max_steps", None) or training_args.max_steps
-        save_steps = getattr(script_args, "recipe_save_steps", None) or training_args.save_steps
-        logger.info(disk_plan(weights, with_state, max_steps, int(save_steps), script_args.keep_all_checkpoint_state))
-    if not getattr(script_args, "smoke", False):
-        return None
-    from r1aqa.smoke import SmokeReport
-
-    report = SmokeReport(script_args, training_args, model_args, trainer.model, weights, with_state)
-    trainer.add_callback(report)
-    return report
-
-
-def train(trainer, checkpoint, report) -> None:
-    """`trainer.train` from `checkpoint`, its weights restored (r1aqa.checkpoints.restore_weights_on_resume: the
-    Trainer's own resume loads no Qwen2-Audio weight); a smoke run that runs out of memory prints what to change
-    before it fails."""
-    from r1aqa.checkpoints import restore_weights_on_resume
-
-    restore_weights_on_resume(trainer)
-    if report is None:
-        trainer.train(resume_from_checkpoint=checkpoint)
-        return
+def load_model(model_args, training_args, freeze_audio_encoder: bool, system_prompt: str = "default"):
+    """The model of the checkpoint's family (r1aqa.models) and its processor (left padding, `system_prompt` set)."""
     import torch
 
+    from r1aqa import models
+
+    path, revision, dtype = model_args.model_name_or_path, model_args.model_revision, model_args.dtype
+    options = {
+        "attn_implementation": model_args.attn_implementation,
+        "trust_remote_code": training_args.trust_remote_code,
+    }
+    dtype = dtype if dtype in (None, "auto") else getattr(torch, dtype)
+    model = models.load_model(path, revision=revision, dtype=dtype, **options)
+    if freeze_audio_encoder:
+        model.model.audio_tower.requires_grad_(False)
+    return model, models.load_processor(path, revision=revision, system_prompt=system_prompt)
+
+
+class KeepNewestState(TrainerCallback):
+    """After each save, once the new checkpoint is complete and resumable, remove the resume state of every other one
+    (weights stay for evaluation; a save killed midway leaves the previous state untouched)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its share (RNG state, DeepSpeed shards)
+        if not state.is_world_process_zero:
+            return
+        newest = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        problem = checkpoints.checkpoint_problem(newest, resumable=True)
+        if problem:
+            logger.warning("Kept the older checkpoints' state: %s is not resumable (%s).", newest, problem)
+            return
+        for _step, path in checkpoints.checkpoint_dirs(args.output_dir):
+            if path != newest and checkpoints.state_paths(path):
+                checkpoints.remove_state(path)
+                logger.info("Removed the resume state of %s (weights kept; %s has it)", path, newest)
+
+
+def train_and_save(trainer, processor, checkpoint, script_args, training_args, model_args, run_info: dict) -> None:
+    """`r1aqa_run.json` (`run_info` + the seed), the checkpoint's weights restored, `trainer.train`, the final save;
+    with `smoke` the one-screen report (also when a step runs out of memory)."""
+    import torch
+
+    main = trainer.accelerator.is_main_process
+    if not script_args.keep_all_checkpoint_state:
+        trainer.add_callback(KeepNewestState())
+    if main:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, RUN_INFO), "w", encoding="utf-8") as f:
+            json.dump({**run_info, "seed": training_args.seed}, f, indent=1)
+    report = SmokeReport(trainer, script_args) if getattr(script_args, "smoke", False) else None
+    if report is not None:
+        trainer.add_callback(report)
+    if checkpoint:
+        restore_weights(trainer, checkpoint)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except (torch.OutOfMemoryError, MemoryError) as error:
-        print(report.screen(out_of_memory=error), file=sys.stderr, flush=True)
+        if report is not None:
+            print(report.screen(out_of_memory=error), file=sys.stderr, flush=True)
         raise
+    trainer.save_model(training_args.output_dir)  # with LoRA: the adapter only (r1aqa.merge_lora merges it)
+    if main:
+        processor.save_pretrained(training_args.output_dir)
+        logger.info("Saved the final model to %s", training_args.output_dir)
+        if report is not None:
+            print(report.screen(), flush=True)
+
+
+def restore_weights(trainer, checkpoint: str) -> None:
+    """Load a full checkpoint's weights into `trainer.model`, every tensor required to match. The Trainer's own
+    resume (without DeepSpeed or FSDP) loads them with `strict=False` and missed Qwen2-Audio's, saved under legacy
+    names (`audio_tower.*`) only `from_pretrained` converts: a resumed run went on from its initial weights."""
+    from r1aqa.models import load_model
+
+    full = {"model.safetensors", checkpoints.SAFETENSORS_INDEX} & set(os.listdir(checkpoint))
+    if full and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled:  # adapters: as the Trainer loads
+        dtype = next(trainer.model.parameters()).dtype
+        trainer.model.load_state_dict(load_model(checkpoint, dtype=dtype).state_dict(), strict=True)
+        logger.info("Restored the weights of %s", checkpoint)
