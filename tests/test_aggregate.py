@@ -109,14 +109,13 @@ def test_aggregate_gives_mean_std_min_max_and_count_per_step_and_task(three_runs
     assert lines[100].split()[3:] == ["50.00±25.00", "66.67±28.87", "-", "58.33±26.02"]
     assert lines[200].split()[:2] == ["200", "2/3"] and not lines[200].startswith("*")
     assert "Step 200: in 2 of 3 runs (missing: c): its numbers cover those runs only; not a candidate" in printed
-    assert "Range over runs (min-max):" in printed and "37.50-87.50" in printed
 
     rows = read_csv(prefix.with_suffix(".csv"))
     assert [row["step"] for row in rows] == ["100", "200"]
-    assert {key: rows[0][key] for key in ("count", "n_runs", "total_mean", "total_std", "total_min", "total_max")} == {
-        "count": "3", "n_runs": "3", "total_mean": "58.33", "total_std": "26.02", "total_min": "37.5",
+    assert {key: rows[0][key] for key in ("count", "n_runs", "total", "total_std", "total_min", "total_max")} == {
+        "count": "3", "n_runs": "3", "total": "58.33", "total_std": "26.02", "total_min": "37.5",
         "total_max": "87.5"}  # fmt: skip
-    assert (rows[1]["count"], rows[1]["missing_runs"], rows[0]["best_on_test"]) == ("2", "c", "True")
+    assert (rows[1]["count"], rows[1]["missing_runs"], rows[0]["best"]) == ("2", "c", "True")
     assert prefix.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -174,8 +173,8 @@ def test_selected_on_validation_beside_best_on_test(tmp_path, capsys):
     assert ("Each run at its own step selected on validation (recommended): test 62.50±17.68% total (min 50.00, "
             "max 75.00); seed-1 step 300: 50.00, seed-2 step 300: 75.00") in printed  # fmt: skip
     rows = read_csv(prefix.with_suffix(".csv"))
-    assert [row["selected_on_validation"] for row in rows] == ["False", "False", "True"]
-    assert [row["validation_total_mean"] for row in rows] == ["50.0", "62.5", "87.5"]
+    assert [row["selected"] for row in rows] == ["False", "False", "True"]
+    assert [row["validation_total"] for row in rows] == ["50.0", "62.5", "87.5"]
 
 
 def test_selection_tie_goes_to_the_earliest_step_and_needs_every_run(tmp_path):
