@@ -1,14 +1,13 @@
 """Accuracy of every checkpoint of one run or several (seeds): a table (best row marked), CSV, JSON and a plot.
 
     python -m r1aqa.report --score_dir RUN/mmau/mmau-test-mini.answer [--silent_score_dir RUN/mmau/...answer.silent]
-        [--select_score_dir RUN/avqa/val.answer]                       # one run; test_mmau.sh runs this
+        [--select_score_dir RUN/avqa/val.answer]                       # one run (test_mmau.sh runs this)
     python -m r1aqa.report --aggregate --score_dirs RUN1/mmau/x RUN2/mmau/x [--select_score_dirs ...] --out_prefix P
 
-Reads `checkpoint-N.score.json` (r1aqa.evaluate), writes PREFIX.csv/.json/.png (default SCORE_DIR/checkpoints). One
-run is an aggregate of one: per step and column (tasks, modalities or question types, then the total) the mean over
-the runs that have the step, std (n-1; one run: over its sampled passes), min and max. Best: the highest total (the
-earliest step on a tie) among the steps every run has. Silent: the same checkpoints with `--audio silent`, beside.
-Select: the step with the highest held-out (AVQA validation) total, beside the best on test (optimistic).
+One run is an aggregate of one: per step and column (tasks, modalities or question types, then the total) the mean
+over the runs that have the step, its std (n-1; one run: over its sampled passes), min and max. Best: the highest
+total among the steps every run has. Silent: the same checkpoints with `--audio silent`, beside. Select: the step with
+the highest held-out (AVQA validation) total, its test accuracy beside the best on test (optimistic). Ties: earliest.
 """
 
 from __future__ import annotations
@@ -34,20 +33,19 @@ KINDS = ("std", "min", "max")
 
 
 def collect(score_dir: str) -> list[dict]:
-    """One row per score file of `score_dir`, in step order: each column's accuracy (None: no items) and `std` over
-    sampled passes, `n_items`, `num_samples`, `audio_errors`, the data `release` and the `decoding` mode."""
+    """One row per score file, in step order: each column's accuracy (None: no items) and `std` over passes, with
+    `n_items`, `num_samples`, `audio_errors`, the data `release` and the `decoding` mode (from the meta file)."""
     rows = []
     for name in os.listdir(score_dir):
         if not (match := SCORE_FILE.match(name)):
             continue
         path = os.path.join(score_dir, name)
-        summary = json.loads(Path(path).read_text(encoding="utf-8"))
+        summary, settings = json.loads(Path(path).read_text(encoding="utf-8")), {}
         key, names = GROUPS[summary.get("benchmark", "mmau")]
         groups = {group: summary[key].get(group, {"total": 0}) for group in names or summary[key]}
         groups["total"] = summary["total"]
-        settings = {}
-        for meta in (path[: -len("score.json")] + "meta.json", path[: -len(".score.json")] + ".sample-0.meta.json"):
-            if os.path.isfile(meta):  # the first pass's for several
+        for meta in (path.replace(".score.", ".meta."), path.replace(".score.", ".sample-0.meta.")):
+            if os.path.isfile(meta):  # of the first pass for several
                 settings = json.loads(Path(meta).read_text(encoding="utf-8")).get("settings", {})
                 break
         sha256 = settings.get("data_sha256")
@@ -61,18 +59,9 @@ def collect(score_dir: str) -> list[dict]:
     return sorted(rows, key=lambda row: row["step"])
 
 
-def _stats(values: list[float]) -> tuple:
-    """Mean, std (n - 1; None for one value), min and max, rounded as the scores are; Nones for no values."""
-    if not values:
-        return None, None, None, None
-    mean, std = mean_std(values)
-    return round(mean, 2), round(std, 2) if len(values) > 1 else None, min(values), max(values)
-
-
 def aggregate_runs(runs: list[list[dict]], labels: list[str]) -> list[dict]:
-    """One row per step of any run (`collect` of each run), over the runs that have it: `n_runs`, `count`, `runs`,
-    `missing_runs`, each column's mean under its name, and `std`, `min`, `max`, `values` (run -> value) per column
-    (one run keeps the std of its passes). The runs must score the same items with the same number of passes."""
+    """One row per step of any run (`collect` of each), over the runs that have it: `n_runs`, `count`, `runs`,
+    `missing_runs`, each column's mean under its name and `std`, `min`, `max`, `values` (run -> value) per column."""
     if empty := [label for label, rows in zip(labels, runs, strict=True) if not rows]:
         raise ValueError(f"no checkpoint-N.score.json for run(s) {empty}: score their checkpoints first.")
     for what, key in (("benchmarks", "benchmark"), ("numbers of items", "n_items"),
@@ -91,9 +80,12 @@ def aggregate_runs(runs: list[list[dict]], labels: list[str]) -> list[dict]:
                **{key: runs[0][0][key] for key in ("benchmark", "n_items", "num_samples", "release", "decoding")},
                "audio_errors": max(run["audio_errors"] for run in present.values()), **{k: {} for k in KINDS}}  # fmt: skip
         for c in columns:
-            row["values"][c] = {label: run[c] for label, run in present.items() if run.get(c) is not None}
-            row[c], row["std"][c], row["min"][c], row["max"][c] = _stats(list(row["values"][c].values()))
-            row["std"][c] = present[labels[0]]["std"].get(c) if len(runs) == 1 else row["std"][c]
+            values = row["values"][c] = {label: run[c] for label, run in present.items() if run.get(c) is not None}
+            mean, std = mean_std(list(values.values())) if values else (None, None)
+            row[c], row["min"][c], row["max"][c] = mean and round(mean, 2), *(f(values.values(), default=None)
+                                                                              for f in (min, max))  # fmt: skip
+            passes = present[labels[0]]["std"].get(c) if len(runs) == 1 else None  # one run: over its passes
+            row["std"][c] = round(std, 2) if len(values) > 1 else passes
         out.append(row)
     return out
 
@@ -113,45 +105,20 @@ def _candidates(rows: list[dict]) -> list[dict]:
     return [row for row in rows if row["count"] == row["n_runs"]] or rows
 
 
-def _top(rows: list[dict]) -> int | None:
-    """The step with the highest total, the earliest on a tie."""
-    return max(rows, key=lambda row: (row["total"], -row["step"]))["step"] if rows else None
-
-
-def best_step(rows: list[dict]) -> int:
-    return _top(_candidates(rows))
+def best_step(rows: list[dict]) -> int | None:
+    """The step with the highest total (the earliest on a tie) among the candidates."""
+    return max(rows, key=lambda row: (row["total"], -row["step"]))["step"] if (rows := _candidates(rows)) else None
 
 
 def add_selection(rows: list[dict], select_rows: list[dict]) -> int | None:
     """Give each row `select` (its step's held-out `{"total", "std", "count"}`; None when not scored there) and
-    return the selected step: the highest held-out total among the candidate steps of both (None: none)."""
+    return the selected step: the best of the held-out rows among the candidate steps on test."""
     by_step = {row["step"]: row for row in select_rows if row["total"] is not None}
     for row in rows:
         other = by_step.get(row["step"])
         row["select"] = other and {"total": other["total"], "std": other["std"]["total"], "count": other["count"]}
     tested = {row["step"] for row in _candidates(rows)}
-    return _top([row for row in _candidates(select_rows) if row["step"] in tested])
-
-
-def per_run_choices(rows: list[dict], select_rows: list[dict] | None) -> dict:
-    """Each run choosing its own step (the earliest on a tie), on test (`best_on_test`) and on held-out rows
-    (`selected_on_validation`): `runs` (run -> step, test total, validation total) and `summary` of the test totals."""
-    out = {}
-    for kind, by in (("best_on_test", rows), ("selected_on_validation", select_rows)):
-        if by is None:
-            continue
-        runs = {}
-        for label in rows[0]["runs"] + rows[0]["missing_runs"]:
-            test = {row["step"]: row["values"]["total"][label] for row in rows if label in row["values"]["total"]}
-            score = {row["step"]: row["values"]["total"][label] for row in by
-                     if label in row["values"]["total"] and row["step"] in test}  # fmt: skip
-            if score:
-                step = max(score, key=lambda step: (score[step], -step))
-                runs[label] = {"step": step, "test_total": test[step]}
-                runs[label] |= {"validation_total": score[step]} if by is select_rows else {}
-        summary = _stats([choice["test_total"] for choice in runs.values()])
-        out[kind] = {"runs": runs, "summary": dict(zip(("mean", *KINDS), summary, strict=True))}
-    return out
+    return best_step([row for row in _candidates(select_rows) if row["step"] in tested])
 
 
 def _cell(value: float | None, std: float | None = None) -> str:
@@ -160,10 +127,6 @@ def _cell(value: float | None, std: float | None = None) -> str:
 
 def _row(rows: list[dict], step: int | None) -> dict | None:
     return next((row for row in rows if row["step"] == step), None)
-
-
-def _select_cell(row: dict) -> str:
-    return "-" if not row.get("select") else _cell(row["select"]["total"], row["select"]["std"])
 
 
 def _test_cell(row: dict) -> str:
@@ -184,67 +147,52 @@ def missing_clips(rows: list[dict]) -> str | None:
     return f"{most} clips missing or unreadable (counted wrong)" if max(counts) else None
 
 
-def format_table(rows: list[dict], best: int, selected=None, select_name=None, choices=None) -> str:
-    """Step x columns (mean±std), the best row marked `*`; over several runs a `runs` column (`count/n_runs`) and
-    the steps some runs lack; with a selection a `validation` column, the selected row marked."""
-    columns, n_runs, passes = rows[0]["columns"], rows[0]["n_runs"], rows[0]["num_samples"]
-    cells = [{c: _cell(row[c], row["std"][c]) for c in columns} | {"validation": _select_cell(row)} for row in rows]
-    shown = columns + (["validation"] if "select" in rows[0] else [])
+def format_table(rows: list[dict], best: int, selected=None, select_name=None) -> str:
+    """Step x columns (mean±std), the best row marked `*`; over several runs a `runs` column (`count/n_runs`);
+    with a selection a `validation` column, the selected row marked; with silent audio, audio vs silent."""
+    columns, n_runs, passes, first = rows[0]["columns"], rows[0]["n_runs"], rows[0]["num_samples"], rows[0]
+    validation = {
+        r["step"]: "-" if not r.get("select") else _cell(r["select"]["total"], r["select"]["std"]) for r in rows
+    }
+    cells = [
+        {c: _cell(row[c], row["std"][c]) for c in columns} | {"validation": validation[row["step"]]} for row in rows
+    ]
+    shown = columns + (["validation"] if "select" in first else [])
     widths = {c: max(7, len(c), *(len(cell[c]) for cell in cells)) for c in shown}
     header = f"  {'step':>6}  " + ("  runs  " if n_runs > 1 else "") + "  ".join(f"{c:>{widths[c]}}" for c in shown)
-    lines = [text for text in (heading(rows),) if text]
-    if n_runs > 1:
-        labels = ", ".join(rows[0]["runs"] + rows[0]["missing_runs"])
-        lines.append(f"{rows[0]['benchmark'].upper()} over {n_runs} run(s) ({labels}): per step, mean±std (n-1) over "
-                     "the runs that have the step"
-                     + (f"; each run counts with its mean over {passes} sampled passes" if passes else ""))  # fmt: skip
-    lines += [header, "  " + "-" * (len(header) - 2)]
+    lines = [text for text in (heading(rows),) if text] + ([f"{first['benchmark'].upper()} over {n_runs} run(s) "
+             f"({', '.join(first['runs'] + first['missing_runs'])}): per step, mean±std (n-1) over the runs that "
+             "have the step" + (f"; each run counts with its mean over {passes} sampled passes" if passes else "")]
+             if n_runs > 1 else []) + [header, "  " + "-" * (len(header) - 2)]  # fmt: skip
     for row, cell in zip(rows, cells, strict=True):
-        runs = f"{row['count']}/{n_runs}".rjust(5) + "  " if n_runs > 1 else ""
-        lines.append(f"{'*' if row['step'] == best else ' '} {row['step']:>6}  {runs}"
+        lines.append(f"{'*' if row['step'] == best else ' '} {row['step']:>6}  "
+                     + (f"{row['count']}/{n_runs}".rjust(5) + "  " if n_runs > 1 else "")
                      + "  ".join(f"{cell[c]:>{widths[c]}}" for c in shown)
                      + (f"  {SELECTED}" if row["step"] == selected else ""))  # fmt: skip
-    candidates = {row["step"] for row in _candidates(rows)}
-    lines += [f"Step {row['step']}: in {row['count']} of {n_runs} runs (missing: {', '.join(row['missing_runs'])}): "
-              "its numbers cover those runs only" + ("" if row["step"] in candidates else "; not a candidate for "
-              "best or selected") + "." for row in rows if row["count"] < n_runs]  # fmt: skip
+    if any(row["count"] < n_runs for row in rows):
+        lines.append(f"Steps with runs < {n_runs}: their numbers cover those runs only, and they are no candidates for "
+                     "best or selected while some step is in every run.")  # fmt: skip
     top, chosen = _row(rows, best), _row(rows, selected)
-    if "select" in rows[0]:
+    if "select" in first:
         lines.append(f"Selected on validation ({select_name}): " + ("none: no step is scored on both validation and "
                      "test." if chosen is None else f"step {selected} (highest validation total "
-                     f"{_select_cell(chosen)}%, the earliest on a tie): test "
-                     f"{_test_cell(chosen)}. Recommended: the test set played no part in choosing it."))  # fmt: skip
+                     f"{validation[selected]}%, the earliest on a tie): test {_test_cell(chosen)}. Recommended: the "
+                     "test set played no part in choosing it."))  # fmt: skip
     line = f"* best on test: step {best}: test {_test_cell(top)}"
     if chosen is not None:
         line += ". The paper's practice; optimistic, since it picks the step by the test numbers it reports" + (
             f" ({top['total'] - chosen['total']:.2f} points above the selected step)" if best != selected
             else " (here the same step)")  # fmt: skip
     lines.append(line + (f" (mean±std over {passes} sampled passes)" if passes and n_runs == 1 else ""))
-    names = {"selected_on_validation": "selected on validation (recommended)",
-             "best_on_test": "best on test (the paper's practice, optimistic)"}  # fmt: skip
-    for kind, name in names.items():
-        if kind in (choices or {}):
-            runs, summary = choices[kind]["runs"], choices[kind]["summary"]
-            each = ", ".join(f"{label} step {c['step']}: {c['test_total']:.2f}" for label, c in runs.items())
-            spread = f" (min {_cell(summary['min'])}, max {_cell(summary['max'])})" if len(runs) > 1 else ""
-            lines.append(f"Each run at its own step {name}: test {_cell(summary['mean'], summary['std'])}% total"
-                         f"{spread}; {each or 'no step'}")  # fmt: skip
-    missing = missing_clips(rows)
-    return "\n".join(
-        lines + ([f"Audio: {missing}{' (the most of any run)' if n_runs > 1 else ''}."] if missing else [])
-    )
-
-
-def format_silent_table(rows: list[dict]) -> str:
-    """Per step and column: accuracy with the audio, with silence, and the difference (of the means, over runs)."""
-    width = max(len(c) for c in rows[0]["columns"])
-    over = f", means over {rows[0]['n_runs']} run(s)" if rows[0]["n_runs"] > 1 else ""
-    lines = [f"Audio vs silence (accuracy %{over}; diff = with audio - silent: what needs the audio):",
-             f"  {'step':>6}  {'':<{width}}  {'audio':>7}  {'silent':>7}  {'diff':>7}"]  # fmt: skip
-    for row in rows:
-        diff = {c: "-" if value is None else f"{value:+.2f}" for c, value in row["diff"].items()}
+    if missing := missing_clips(rows):
+        lines.append(f"Audio: {missing}{' (the most of any run)' if n_runs > 1 else ''}.")
+    if "silent" in first:
+        width, over = max(map(len, columns)), f", means over {n_runs} run(s)" if n_runs > 1 else ""
+        lines += [f"Audio vs silence (accuracy %{over}; diff = with audio - silent: what needs the audio):",
+                  f"  {'step':>6}  {'':<{width}}  {'audio':>7}  {'silent':>7}  {'diff':>7}"]  # fmt: skip
         lines += [f"  {row['step'] if i == 0 else '':>6}  {c:<{width}}  {_cell(row[c]):>7}  {_cell(row['silent'][c]):>7}"
-                  f"  {diff[c]:>7}" for i, c in enumerate(rows[0]["columns"])]  # fmt: skip
+                  f"  {'-' if row['diff'][c] is None else format(row['diff'][c], '+.2f'):>7}"
+                  for row in rows for i, c in enumerate(columns)]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -273,16 +221,14 @@ def write_csv(rows: list[dict], best: int, path: str, selected: int | None = Non
 def write_json(rows: list[dict], best: int, path: str, selected=None, select_name=None, **extra) -> None:
     """The rows, the best step and (with a selection) what each choice gives on test (and validation)."""
     data = {"best_step": best, "data_release": rows[0]["release"], "missing_clips": missing_clips(rows), **extra}
-
-    def choice(row: dict | None) -> dict | None:
-        select = row and row["select"] and {"validation_total": row["select"]["total"], "validation_data": select_name,
-                                            "validation_total_std": row["select"]["std"]}  # fmt: skip
-        return row and {"step": row["step"], "test_total": row["total"], "count": row["count"],
-                        **{f"test_total_{kind}": row[kind]["total"] for kind in KINDS}, **(select or {})}  # fmt: skip
-
     if "select" in rows[0]:
-        data |= {"selected_step": selected, "selected_on_validation": choice(_row(rows, selected)),
-                 "best_on_test": choice(_row(rows, best))}  # fmt: skip
+        data["selected_step"] = selected
+        for name, row in (("selected_on_validation", _row(rows, selected)), ("best_on_test", _row(rows, best))):
+            data[name] = row and {"step": row["step"], "test_total": row["total"], "count": row["count"],
+                                  **{f"test_total_{kind}": row[kind]["total"] for kind in KINDS}}  # fmt: skip
+            if row and row["select"]:
+                data[name] |= {"validation_total": row["select"]["total"], "validation_data": select_name,
+                               "validation_total_std": row["select"]["std"]}  # fmt: skip
     data["rows"] = [{**row, "best": row["step"] == best} for row in rows]
     Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -328,7 +274,7 @@ def plot(rows: list[dict], best: int, path: str, title: str, selected=None, sele
     if first["benchmark"] == "mmau" and (first["release"] or "").startswith("MMAU test-mini"):
         values.append(PAPER_ACCURACY)
         ax.axhline(PAPER_ACCURACY, color="dimgrey", linestyle="--", linewidth=1,
-                   label=f"paper: {PAPER_ACCURACY}% ({PAPER_RELEASE})")  # fmt: skip
+                   label=f"paper: {PAPER_ACCURACY}% on {PAPER_RELEASE}")  # fmt: skip
     for step, marker, label in ((best, "*", "best on test"), (selected, "D", "selected on validation")):
         if (row := _row(rows, step)) is not None:
             ax.plot([step], [row["total"]], marker=marker, markersize=16 if marker == "*" else 9, linestyle="none",
@@ -361,48 +307,34 @@ def _labels(score_dirs: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m r1aqa.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    for flag, text in (("score_dir", "checkpoint-N.score.json files of one run"),
-                       ("silent_score_dir", "the same checkpoints evaluated with --audio silent"),
-                       ("select_score_dir", "the same checkpoints on held-out data: selects a step")):  # fmt: skip
-        parser.add_argument("--" + flag, help=f"Folder: {text}.")
-        parser.add_argument(f"--{flag}s", nargs="+", help=f"With --aggregate: per run, {text}.")
-    parser.add_argument("--aggregate", action="store_true", help="Several runs: --score_dirs D1 D2 ...")
-    parser.add_argument("--out_prefix", help="Write PREFIX.csv/.json/.png (default SCORE_DIR/checkpoints).")
+    for flag, text in (("score_dir", "checkpoint-N.score.json files, one folder per run"),
+                       ("silent_score_dir", "the same checkpoints evaluated with --audio silent, per run"),
+                       ("select_score_dir", "the same checkpoints on held-out data, per run: selects a step")):  # fmt: skip
+        parser.add_argument(f"--{flag}", f"--{flag}s", nargs="+", help=f"Folders: {text}.")
+    parser.add_argument("--aggregate", action="store_true", help="Accepted for older commands: --score_dir D1 D2.")
+    parser.add_argument("--out_prefix", help="Write PREFIX.csv/.json/.png (one run: default SCORE_DIR/checkpoints).")
     parser.add_argument("--title", help="The plot's first title line (default: the run's folder name).")
     args = parser.parse_args(argv)
-    one = (args.score_dir, args.silent_score_dir, args.select_score_dir)
-    several = (args.score_dirs, args.silent_score_dirs, args.select_score_dirs)
-    if args.aggregate and (not args.score_dirs or any(one) or not args.out_prefix):
-        parser.error("--aggregate takes --score_dirs (and --silent_score_dirs, --select_score_dirs) and --out_prefix.")
-    if not args.aggregate and (not args.score_dir or any(several)):
-        parser.error("give --score_dir (one run), or --aggregate --score_dirs D1 D2 ... (several runs).")
-    folders = several if args.aggregate else tuple([folder] if folder else None for folder in one)
-    for folder in [folder for group in folders for folder in group or ()]:
-        if not os.path.isdir(folder):
-            parser.exit(2, f"error: {folder}: no such folder.\n")
+    folders = (args.score_dir, args.silent_score_dir, args.select_score_dir)
+    if not args.score_dir or (len(args.score_dir) > 1 and not args.out_prefix):
+        parser.error("give --score_dir D (one run), or --score_dir D1 D2 ... and --out_prefix (several runs).")
     try:
         rows, silent_rows, select_rows = (group and aggregate_runs([collect(f) for f in group], _labels(group))
                                           for group in folders)  # fmt: skip
-    except (ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError) as error:
         parser.exit(2, f"error: {error}\n")
-    if silent_rows and silent_rows[0]["benchmark"] != rows[0]["benchmark"]:
-        parser.exit(2, f"error: {folders[1]} score(s) another benchmark than {folders[0]}.\n")
     if silent_rows:
         add_silent(rows, silent_rows)
     selected = select_name = None
-    if select_rows:  # named `<benchmark>/<data>.<settings>` by test_mmau.sh, e.g. avqa/val.answer
-        select_name = os.path.relpath(os.path.abspath(folders[2][0]), os.path.dirname(os.path.dirname(os.path.abspath(
-            folders[2][0]))))  # fmt: skip
+    if select_rows:  # test_mmau.sh names it `<benchmark>/<data>.<settings>`, e.g. avqa/val.answer
+        select_name = "/".join(os.path.abspath(folders[2][0]).split(os.sep)[-2:])
         selected = add_selection(rows, select_rows)
     best, labels = best_step(rows), _labels(folders[0])
-    choices = per_run_choices(rows, select_rows) if len(labels) > 1 else None
-    print(format_table(rows, best, selected, select_name, choices))
-    if silent_rows:
-        print(format_silent_table(rows))
-    prefix = args.out_prefix or os.path.join(args.score_dir, "checkpoints")
+    print(format_table(rows, best, selected, select_name))
+    prefix = args.out_prefix or os.path.join(args.score_dir[0], "checkpoints")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     write_csv(rows, best, prefix + ".csv", selected)
-    extra = {"n_runs": len(labels), "runs": labels} | ({"per_run_choices": choices} if choices else {})
+    extra = {"n_runs": len(labels), "runs": labels}
     for name, group in zip(("score_dirs", "silent_score_dirs", "select_score_dirs"), folders, strict=True):
         extra |= {name: [os.path.abspath(folder) for folder in group]} if group else {}
     write_json(rows, best, prefix + ".json", selected, select_name, **extra)

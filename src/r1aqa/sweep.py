@@ -14,10 +14,11 @@ import argparse
 import glob
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from r1aqa import report
@@ -26,25 +27,17 @@ from r1aqa.checkpoints import complete_checkpoints
 
 # test_mmau.sh's environment variables, each also a flag (RUN_DIR: --run_dir; a flag wins over the variable).
 VARIABLES = (
-    ("RUN_DIR", "the training run's output_dir, or a folder of seed-* runs (default outputs/grpo-qwen2-audio-7b)", {}),
-    (
-        "RUN_DIRS",
-        "several runs, e.g. 'out/seed-42 out/seed-43': each as alone, then their aggregate",
-        {"type": str.split},
-    ),  # fmt: skip
+    ("RUN_DIR", "the run's output_dir, or a folder of seed-* runs (default outputs/grpo-qwen2-audio-7b)", {}),
+    ("RUN_DIRS", "several runs, e.g. 'out/seed-42 out/seed-43': each as alone, then their aggregate", {"type": str.split}),
     ("AGG_DIR", "where the aggregate of several runs goes (default: <their common parent>/aggregate)", {}),
     ("STEPS", "checkpoint steps, e.g. '100 200' (default: every complete checkpoint)", {"type": str.split}),
-    (
-        "PROTOCOL",
-        "paper: the paper-time release (steps 100-500, batch 16; r1aqa.evaluate --protocol)",
-        {"default": "default", "choices": ("default", "paper")},
-    ),  # fmt: skip
-    ("MMAU_FILE", "default data/mmau/mmau-test-mini.json (MMAU a5cd89a: the paper's; data/README.md)", {}),
+    ("PROTOCOL", "paper: the paper-time release (steps 100-500, batch 16)", {"choices": ("default", "paper")}),
+    ("MMAU_FILE", "default data/mmau/mmau-test-mini.json (MMAU a5cd89a, the paper's; data/README.md)", {}),
     ("DATA_FILE", "MMAU JSON, MMAR-meta.jsonl or AVQA JSONL (default MMAU_FILE)", {}),
     ("BENCHMARK", "told from DATA_FILE by default", {"default": "auto", "choices": ("auto", "mmau", "mmar", "avqa")}),
     ("AUDIO_DIR", "the clips (default data/mmau/test-mini-audios; AVQA: each row's audio_path)", {}),
     ("DECODING", "original (the paper's; default) or greedy", {"choices": ("original", "greedy")}),
-    ("SEED", "seed of the first pass", {"type": int, "default": 42}),
+    ("SEED", "seed of the first pass (default 42)", {"type": int}),
     ("NUM_SAMPLES", "K seeded passes: mean ± std", {"type": int, "default": 1}),
     ("AUDIO", "silent: every clip replaced by silence (a control)", {"default": "real", "choices": ("real", "silent")}),
     ("BATCH_SIZE", "default 32 (PROTOCOL=paper: 16)", {"type": int}),
@@ -57,8 +50,8 @@ VARIABLES = (
     ("SELECT_AUDIO_DIR", "its WAVs, if moved since conversion", {}),
     ("EVAL_DEVICES", "GPUs, one worker each (default every visible GPU; cpu: none)", {"type": str.split}),
     ("EVAL_PROCS", "workers on CPU", {"type": int, "default": 1}),
-    ("BACKEND", "hf (transformers) or vllm", {"default": "hf", "choices": ("hf", "vllm")}),
-)
+    ("BACKEND", "hf (transformers) or vllm", {"choices": ("hf", "vllm")}),
+)  # fmt: skip
 EVALUATE_FLAGS = ("data_file", "benchmark", "audio_dir", "batch_size", "max_new_tokens", "prompt_style",
                   "system_prompt", "decoding", "protocol", "seed", "num_samples", "audio", "backend")  # fmt: skip
 
@@ -142,39 +135,30 @@ def workers(devices: list[str] | None, procs: int) -> list[tuple[str, dict[str, 
 def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[str]) -> int:
     """One `python -m r1aqa.evaluate` per checkpoint over the workers; 0, else the first failure's exit code. A
     worker whose checkpoint failed stops (its GPU would fail again); the others take the rest."""
-    team, left, failures, lock = workers(run.eval_devices, run.eval_procs), list(steps), [], threading.Lock()
+    team, todo, failures = workers(run.eval_devices, run.eval_procs), queue.SimpleQueue(), []
+    for step in [*steps, *[None] * len(team)]:  # a None ends each worker
+        todo.put(step)
     several = len(team) > 1
     if several:
-        print(f"{len(team)} workers ({', '.join(name for name, _ in team)}) for {len(steps)} checkpoint(s).")
+        print(f"{len(team)} workers ({', '.join(name for name, _ in team)}) for {len(steps)} checkpoint(s).", flush=True)
     flags = [f"--{key}={getattr(run, key)}" for key in EVALUATE_FLAGS if getattr(run, key) is not None]
-
-    def say(text: str) -> None:
-        with lock:
-            print(text, flush=True)
 
     def work(name: str, changes: dict[str, str]) -> None:
         env = {**os.environ, **changes, **({"TQDM_DISABLE": "1"} if several else {})}  # no interleaved bars
-        while True:
-            with lock:
-                if not left:
-                    return
-                step = left.pop(0)
-            say(f"=== checkpoint-{step}" + (f" ({name})" if several else "") + " ===")
+        for step in iter(todo.get, None):
+            print(f"=== checkpoint-{step}" + (f" ({name})" if several else "") + " ===\n", end="", flush=True)
             model, out = (os.path.join(folder, f"checkpoint-{step}") for folder in (run.run_dir, run.eval_dir))
             command = [sys.executable, "-m", "r1aqa.evaluate", "--model_path", model, "--out_file", out + ".json"]
             pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if several else {}
             process = subprocess.Popen([*command, *flags, *extra], env=env, text=True, **pipe)
             for line in process.stdout or ():  # several workers: each line prefixed with its checkpoint
-                say(f"[checkpoint-{step}] {line.rstrip()}")
+                print(f"[checkpoint-{step}] {line}", end="", flush=True)  # one write: lines never interleave
             if code := process.wait():
                 failures.append((step, name, code))
-                return say(f"checkpoint-{step} failed ({name}, exit code {code}): this worker stops.")
+                return print(f"checkpoint-{step} failed ({name}, exit code {code}): this worker stops.\n", end="")
 
-    threads = [threading.Thread(target=work, args=worker, daemon=True) for worker in team]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(len(team)) as pool:
+        list(pool.map(lambda worker: work(*worker), team))
     if failures:
         failed = ", ".join(f"checkpoint-{step} ({name}, exit code {code})" for step, name, code in failures)
         print(f"error: evaluation failed for {failed}. Run the same command again: finished checkpoints are "
@@ -197,7 +181,7 @@ def sweep_run(run: argparse.Namespace, extra: list[str]) -> int:
         die(f"no complete checkpoint-N folder in RUN_DIR={run.run_dir} (training saves one every save_steps)")
     print(f"{run.benchmark.upper()}: {len(steps)} checkpoint(s) of {run.run_dir} (steps {' '.join(steps)}), "
           f"{run.data_file}, prompt {run.prompt_style}, decoding {run.decoding or 'original'} ({run.num_samples} "
-          f"pass(es)), protocol {run.protocol}, audio {run.audio} -> {run.eval_dir}", flush=True)  # fmt: skip
+          f"pass(es)), protocol {run.protocol or 'default'}, audio {run.audio} -> {run.eval_dir}", flush=True)  # fmt: skip
     os.makedirs(run.eval_dir, exist_ok=True)
     if code := evaluate_checkpoints(run, steps, extra):
         return code
