@@ -149,11 +149,7 @@ def test_selected_on_validation_beside_best_on_test(tmp_path, capsys):
 
     data = json.loads(prefix.with_suffix(".json").read_text())
     assert (data["best_step"], data["selected_step"]) == (200, 300)
-    assert data["selected_on_validation"] == {"step": 300, "test_total": 62.5, "test_total_std": 17.68,
-                                              "test_total_min": 50.0, "test_total_max": 75.0, "count": 2,
-                                              "validation_total": 87.5, "validation_data": "avqa/val.answer",
-                                              "validation_total_std": 17.68}  # fmt: skip
-    assert data["best_on_test"]["step"] == 200 and data["best_on_test"]["test_total"] == 75.0
+    assert data["select_data"] == "avqa/val.answer" and data["rows"][2]["select"]["total"] == 87.5
     lines = table_rows(printed)
     assert lines[300].endswith(tables.SELECTED) and lines[300].split()[-5] == "87.50±17.68"
     assert lines[200].startswith("*") and not lines[200].endswith(tables.SELECTED)

@@ -219,16 +219,9 @@ def write_csv(rows: list[dict], best: int, path: str, selected: int | None = Non
 
 
 def write_json(rows: list[dict], best: int, path: str, selected=None, select_name=None, **extra) -> None:
-    """The rows, the best step and (with a selection) what each choice gives on test (and validation)."""
+    """The rows (each with `best`, and `select`: its held-out total), the best and the selected step."""
     data = {"best_step": best, "data_release": rows[0]["release"], "missing_clips": missing_clips(rows), **extra}
-    if "select" in rows[0]:
-        data["selected_step"] = selected
-        for name, row in (("selected_on_validation", _row(rows, selected)), ("best_on_test", _row(rows, best))):
-            data[name] = row and {"step": row["step"], "test_total": row["total"], "count": row["count"],
-                                  **{f"test_total_{kind}": row[kind]["total"] for kind in KINDS}}  # fmt: skip
-            if row and row["select"]:
-                data[name] |= {"validation_total": row["select"]["total"], "validation_data": select_name,
-                               "validation_total_std": row["select"]["std"]}  # fmt: skip
+    data |= {"selected_step": selected, "select_data": select_name} if "select" in rows[0] else {}
     data["rows"] = [{**row, "best": row["step"] == best} for row in rows]
     Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 

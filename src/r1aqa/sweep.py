@@ -1,11 +1,9 @@
-"""Evaluate every checkpoint of a training run, or of several, then report them (`bash test_mmau.sh`, which runs
-`python -m r1aqa.sweep --repo_dir <the repository>`; `--help` lists its variables).
+"""Evaluate every checkpoint of one training run or several, then report them: `bash test_mmau.sh` (= `python -m
+r1aqa.sweep --repo_dir <repository>`; `--help` lists its variables, e.g. RUN_DIR, each also a flag, e.g. --run_dir).
 
-Each complete checkpoint (r1aqa.checkpoints) is one `python -m r1aqa.evaluate` (which skips one already scored with
-the same settings), taken in step order by one worker per GPU or EVAL_PROCS on CPU; a failed checkpoint is named and
-redone by the next run. Results: RUN_DIR/<benchmark>/<data file>.<style>[.greedy][.samples-K][.paper][.system-S]
-[.silent]/ (the selection file's likewise), with r1aqa.report's checkpoints.{csv,json,png}. Several runs: each as
-alone, then AGG_DIR/<benchmark>/<folder>/aggregate.{csv,json,png}.
+Each complete checkpoint is one `python -m r1aqa.evaluate` (which skips one scored with the same settings), taken in
+step order by a worker per GPU or EVAL_PROCS on CPU. Results: RUN_DIR/<benchmark>/<data file>.<settings>/, then
+r1aqa.report's checkpoints.{csv,json,png}; several runs: each, then AGG_DIR/<benchmark>/<folder>/aggregate.*.
 """
 
 from __future__ import annotations
@@ -140,7 +138,7 @@ def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[
         todo.put(step)
     several = len(team) > 1
     if several:
-        print(f"{len(team)} workers ({', '.join(name for name, _ in team)}) for {len(steps)} checkpoint(s).", flush=True)
+        print(f"{len(team)} workers ({', '.join(name for name, _ in team)}) for {len(steps)} checkpoints.", flush=True)
     flags = [f"--{key}={getattr(run, key)}" for key in EVALUATE_FLAGS if getattr(run, key) is not None]
 
     def work(name: str, changes: dict[str, str]) -> None:
@@ -215,8 +213,6 @@ def sweep_runs(args: argparse.Namespace, run_dirs: list[str], extra: list[str]) 
         die(f"the runs' results have different settings ({', '.join(names)}): were they trained in different modes? "
             "Set THINK or PROMPT_STYLE to evaluate them alike.")  # fmt: skip
     parent = os.path.commonpath([os.path.dirname(os.path.abspath(run_dir)) for run_dir in run_dirs])
-    if not args.agg_dir and parent == os.path.sep:
-        die("the runs share no parent folder: set AGG_DIR (where the aggregate goes)")
     for run in runs:
         print(f"##### run {run.run_dir} #####", flush=True)
         if sweep_run(run, extra):
