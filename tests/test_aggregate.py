@@ -296,7 +296,7 @@ def test_two_seeds_trained_evaluated_aggregated_and_selected_on_avqa_validation(
     expected = max((1, 2), key=lambda step: (statistics.fmean(val_totals[step]), -step))
     assert data["selected_step"] == expected
     header = (agg / "aggregate.csv").read_text().splitlines()[0].split(",")
-    assert {"total_mean", "total_std", "total_min", "total_max", "count"} <= set(header)
+    assert {"total", "total_std", "total_min", "total_max", "count"} <= set(header)
     assert (agg / "aggregate.png").exists()
     printed = result.stdout[result.stdout.index("##### aggregate of 2 runs") :]
     lines = table_rows(printed)
