@@ -8,8 +8,6 @@
 """
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
