@@ -46,7 +46,8 @@ VARIABLES = (
     ("OUT_DIR", "one run's result folder (default RUN_DIR/<benchmark>/<data file>.<settings>)", {}),
     ("SELECT_FILE", "AVQA validation JSONL (prepare_avqa): selects a step without the test set", {}),
     ("SELECT_AUDIO_DIR", "its WAVs, if moved since conversion", {}),
-    ("EVAL_DEVICES", "GPUs, one worker each (default every visible GPU; cpu: none)", {"type": str.split}),
+    ("EVAL_DEVICES", "GPUs, one worker each, e.g. '0 1' (default every visible GPU; cpu: none)",
+     {"type": lambda text: text.replace(",", " ").split()}),
     ("EVAL_PROCS", "workers on CPU", {"type": int, "default": 1}),
     ("BACKEND", "hf (transformers) or vllm", {"choices": ("hf", "vllm")}),
 )  # fmt: skip
