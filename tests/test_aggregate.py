@@ -108,7 +108,7 @@ def test_aggregate_gives_mean_std_min_max_and_count_per_step_and_task(three_runs
     assert lines[100].startswith("*") and lines[100].split()[1:3] == ["100", "3/3"]
     assert lines[100].split()[3:] == ["50.00±25.00", "66.67±28.87", "-", "58.33±26.02"]
     assert lines[200].split()[:2] == ["200", "2/3"] and not lines[200].startswith("*")
-    assert "Steps with runs < 3: their numbers cover those runs only, and they are no candidates" in printed
+    assert "a step some lack is no candidate while some step is in every run" in printed
 
     rows = read_csv(prefix.with_suffix(".csv"))
     assert [row["step"] for row in rows] == ["100", "200"]

@@ -44,10 +44,9 @@ def collect(score_dir: str) -> list[dict]:
         key, names = GROUPS[summary.get("benchmark", "mmau")]
         groups = {group: summary[key].get(group, {"total": 0}) for group in names or summary[key]}
         groups["total"] = summary["total"]
-        for meta in (path.replace(".score.", ".meta."), path.replace(".score.", ".sample-0.meta.")):
-            if os.path.isfile(meta):  # of the first pass for several
-                settings = json.loads(Path(meta).read_text(encoding="utf-8")).get("settings", {})
-                break
+        stem = path[: -len(".score.json")]  # the meta file beside it (of the first pass for several)
+        metas = [meta for meta in (stem + ".meta.json", stem + ".sample-0.meta.json") if os.path.isfile(meta)]
+        settings = json.loads(Path(metas[0]).read_text(encoding="utf-8"))["settings"] if metas else {}
         sha256 = settings.get("data_sha256")
         row = {c: g["accuracy"] if g["total"] else None for c, g in groups.items()}
         row.update(step=int(match.group(1)), benchmark=summary.get("benchmark", "mmau"), columns=list(groups),
@@ -151,6 +150,7 @@ def format_table(rows: list[dict], best: int, selected=None, select_name=None) -
     """Step x columns (mean±std), the best row marked `*`; over several runs a `runs` column (`count/n_runs`);
     with a selection a `validation` column, the selected row marked; with silent audio, audio vs silent."""
     columns, n_runs, passes, first = rows[0]["columns"], rows[0]["n_runs"], rows[0]["num_samples"], rows[0]
+    labels = first["runs"] + first["missing_runs"]
     validation = {
         r["step"]: "-" if not r.get("select") else _cell(r["select"]["total"], r["select"]["std"]) for r in rows
     }
@@ -160,18 +160,16 @@ def format_table(rows: list[dict], best: int, selected=None, select_name=None) -
     shown = columns + (["validation"] if "select" in first else [])
     widths = {c: max(7, len(c), *(len(cell[c]) for cell in cells)) for c in shown}
     header = f"  {'step':>6}  " + ("  runs  " if n_runs > 1 else "") + "  ".join(f"{c:>{widths[c]}}" for c in shown)
-    lines = [text for text in (heading(rows),) if text] + ([f"{first['benchmark'].upper()} over {n_runs} run(s) "
-             f"({', '.join(first['runs'] + first['missing_runs'])}): per step, mean±std (n-1) over the runs that "
-             "have the step" + (f"; each run counts with its mean over {passes} sampled passes" if passes else "")]
-             if n_runs > 1 else []) + [header, "  " + "-" * (len(header) - 2)]  # fmt: skip
+    lines = [text for text in (heading(rows),) if text] + [header, "  " + "-" * (len(header) - 2)]
     for row, cell in zip(rows, cells, strict=True):
         lines.append(f"{'*' if row['step'] == best else ' '} {row['step']:>6}  "
                      + (f"{row['count']}/{n_runs}".rjust(5) + "  " if n_runs > 1 else "")
                      + "  ".join(f"{cell[c]:>{widths[c]}}" for c in shown)
                      + (f"  {SELECTED}" if row["step"] == selected else ""))  # fmt: skip
-    if any(row["count"] < n_runs for row in rows):
-        lines.append(f"Steps with runs < {n_runs}: their numbers cover those runs only, and they are no candidates for "
-                     "best or selected while some step is in every run.")  # fmt: skip
+    if n_runs > 1:
+        lines.append(f"{first['benchmark'].upper()}: mean±std (n-1) over the runs ({', '.join(labels)}) that have the "
+                     "step (runs); a step some lack is no candidate while some step is in every run"
+                     + (f"; each run counts with its mean over {passes} sampled passes" if passes else ""))  # fmt: skip
     top, chosen = _row(rows, best), _row(rows, selected)
     if "select" in first:
         lines.append(f"Selected on validation ({select_name}): " + ("none: no step is scored on both validation and "
@@ -197,8 +195,7 @@ def format_table(rows: list[dict], best: int, selected=None, select_name=None) -
 
 
 def write_csv(rows: list[dict], best: int, path: str, selected: int | None = None) -> None:
-    """One line per step: the columns' means, `best`, the selection, `<column>_std` (several runs: also `_min`,
-    `_max`, `count`, `n_runs`, `missing_runs`), `_silent` and `_diff`, `n_items`, `audio_errors`."""
+    """Per step: the columns' means, `best`, the selection, `_std` (several runs: `_min`, `_max`, `count`...)."""
     columns, several = rows[0]["columns"], rows[0]["n_runs"] > 1
     fields = ["step", *columns, "best"] + (["selected", "validation_total", "validation_total_std"]
                                            if "select" in rows[0] else [])  # fmt: skip
@@ -227,10 +224,8 @@ def write_json(rows: list[dict], best: int, path: str, selected=None, select_nam
 
 
 def plot(rows: list[dict], best: int, path: str, title: str, selected=None, select_name=None):
-    """Accuracy against step, saved to `path`; returns the figure. A line per column, the total wide and beneath
-    (a task equal to it stays visible) with its ±1 std band, each run's total thin; dashed: silent audio, the
-    validation total and, on MMAU test-mini, the paper's number; the best step a star, the selected one a diamond.
-    Title: the run, the benchmark and its release, the decoding; the legend outside the axes."""
+    """Accuracy against step (returns the figure): the total wide beneath the columns (a task equal to it stays
+    visible) with a ±1 std band; dashed: silent audio, validation and (MMAU test-mini) the paper's number."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -303,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, text in (("score_dir", "checkpoint-N.score.json files, one folder per run"),
                        ("silent_score_dir", "the same checkpoints evaluated with --audio silent, per run"),
                        ("select_score_dir", "the same checkpoints on held-out data, per run: selects a step")):  # fmt: skip
-        parser.add_argument(f"--{flag}", f"--{flag}s", nargs="+", help=f"Folders: {text}.")
+        parser.add_argument(f"--{flag}", f"--{flag}s", nargs="+", metavar="DIR", help=f"Folders: {text}.")
     parser.add_argument("--aggregate", action="store_true", help="Accepted for older commands: --score_dir D1 D2.")
     parser.add_argument("--out_prefix", help="Write PREFIX.csv/.json/.png (one run: default SCORE_DIR/checkpoints).")
     parser.add_argument("--title", help="The plot's first title line (default: the run's folder name).")

@@ -63,6 +63,7 @@ def die(message: str):
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The settings (variables, then flags) and the other arguments, for r1aqa.evaluate."""
     parser = argparse.ArgumentParser(prog="test_mmau.sh", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Other arguments (e.g. --limit 50, --force) go to r1aqa.evaluate.")  # fmt: skip
     parser.add_argument("--repo_dir", default=".", help="Where the default paths are (test_mmau.sh: its folder).")
     for name, text, options in VARIABLES:
