@@ -79,12 +79,14 @@ def aggregate_runs(runs: list[list[dict]], labels: list[str]) -> list[dict]:
                **{key: runs[0][0][key] for key in ("benchmark", "n_items", "num_samples", "release", "decoding")},
                "audio_errors": max(run["audio_errors"] for run in present.values()), **{k: {} for k in KINDS}}  # fmt: skip
         for c in columns:
-            values = row["values"][c] = {label: run[c] for label, run in present.items() if run.get(c) is not None}
-            mean, std = mean_std(list(values.values())) if values else (None, None)
-            row[c], row["min"][c], row["max"][c] = mean and round(mean, 2), *(f(values.values(), default=None)
-                                                                              for f in (min, max))  # fmt: skip
+            row["values"][c] = {label: run[c] for label, run in present.items() if run.get(c) is not None}
+            numbers = list(row["values"][c].values())
+            mean, std = mean_std(numbers) if numbers else (None, None)
+            row[c], row["min"][c], row["max"][c] = (
+                (round(mean, 2), min(numbers), max(numbers)) if numbers else [None] * 3
+            )
             passes = present[labels[0]]["std"].get(c) if len(runs) == 1 else None  # one run: over its passes
-            row["std"][c] = round(std, 2) if len(values) > 1 else passes
+            row["std"][c] = round(std, 2) if len(numbers) > 1 else passes
         out.append(row)
     return out
 
@@ -237,11 +239,12 @@ def plot(rows: list[dict], best: int, path: str, title: str, selected=None, sele
     def line(get, **style) -> list[float]:
         ys = [math.nan if get(row) is None else get(row) for row in rows]
         values.extend(y for y in ys if not math.isnan(y))
-        return ax.plot(steps, ys, clip_on=False, **style) and ys
+        ax.plot(steps, ys, clip_on=False, **style)  # markers at 0 or 100% drawn whole
+        return ys
 
-    for label in first["runs"] + first["missing_runs"] if first["n_runs"] > 1 else ():
+    for index, label in enumerate(first["runs"] + first["missing_runs"] if first["n_runs"] > 1 else ()):
         line(lambda row, label=label: row["values"]["total"].get(label), color="grey", linewidth=0.7, alpha=0.6,
-             label=None if values else "each run (total)")  # fmt: skip
+             label=None if index else "each run (total)")  # fmt: skip
     for index, name in enumerate(first["columns"]):
         if all(row[name] is None for row in rows):
             continue  # a group without items

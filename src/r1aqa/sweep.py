@@ -155,7 +155,8 @@ def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[
                 print(f"[checkpoint-{step}] {line}", end="", flush=True)  # one write: lines never interleave
             if code := process.wait():
                 failures.append((step, name, code))
-                return print(f"checkpoint-{step} failed ({name}, exit code {code}): this worker stops.\n", end="")
+                print(f"checkpoint-{step} failed ({name}, exit code {code}): this worker stops.\n", end="", flush=True)
+                return
 
     with ThreadPoolExecutor(len(team)) as pool:
         list(pool.map(lambda worker: work(*worker), team))
@@ -232,10 +233,10 @@ def sweep_runs(args: argparse.Namespace, run_dirs: list[str], extra: list[str]) 
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = parse(sys.argv[1:] if argv is None else argv)
-    run_dirs, pattern = args.run_dirs, os.path.join(glob.escape(args.run_dir), "{}-*")
-    if not run_dirs and os.path.isdir(args.run_dir) and not glob.glob(pattern.format("checkpoint")):
+    run_dirs, root = args.run_dirs, glob.escape(args.run_dir)
+    if not run_dirs and os.path.isdir(args.run_dir) and not glob.glob(os.path.join(root, "checkpoint-*")):
         # a folder of seed-* runs (SEEDS="42 43" bash run_grpo.sh), in seed order
-        found = [path for path in glob.glob(pattern.format("seed")) if os.path.isdir(path)]
+        found = [path for path in glob.glob(os.path.join(root, "seed-*")) if os.path.isdir(path)]
         run_dirs = sorted(found, key=lambda path: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)])
     if run_dirs:
         return sweep_runs(args, run_dirs, extra)
