@@ -8,8 +8,6 @@
 """
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -115,23 +113,22 @@ def test_omni_recipes_use_the_templates_own_system_turn_as_ke_omni_r(recipe, toy
 
 
 def test_test_mmau_sh_evaluates_with_the_runs_system_prompt(tmp_path):
-    """test_mmau.sh reads `system_prompt` from r1aqa_run.json (as it reads `think`) and names the folder by it."""
+    """test_mmau.sh (r1aqa.sweep) reads `system_prompt` from r1aqa_run.json (as it reads `think`) and names the folder
+    by it."""
+    from r1aqa import sweep
+
     run = tmp_path / "run"
     run.mkdir()
 
-    def out_dir(record: dict | None, **env) -> str:
+    def out_dir(record: dict | None, **flags) -> str:
         if record is not None:
             (run / "r1aqa_run.json").write_text(json.dumps(record))
-        environment = {**os.environ, "RUN_DIR": str(run), "DATA_FILE": str(MMAU_2025_03), "TEST_MMAU_PRINT_DIRS": "1",
-                       "AUDIO_DIR": str(MMAU_AUDIO_DIR)}  # fmt: skip
-        result = subprocess.run(
-            ["bash", str(REPO / "test_mmau.sh")], env={**environment, **env}, capture_output=True, text=True, cwd=REPO
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout.splitlines()[0]
+        argv = ["--run_dir", str(run), "--data_file", str(MMAU_2025_03), "--audio_dir", str(MMAU_AUDIO_DIR)]
+        args, _ = sweep.parse(argv + [f"--{name}={value}" for name, value in flags.items()])
+        return sweep.settings(args, str(run)).out_dir
 
     assert out_dir({"think": False, "system_prompt": "none"}).endswith(".answer.system-none")
-    assert out_dir({"think": False, "system_prompt": "qwen"}, SYSTEM_PROMPT="none").endswith(".system-none")
+    assert out_dir({"think": False, "system_prompt": "qwen"}, system_prompt="none").endswith(".system-none")
     assert out_dir({"think": False, "system_prompt": "default"}).endswith(".answer")
     assert out_dir({"think": False}).endswith(".answer")  # a run made before the setting: default
 

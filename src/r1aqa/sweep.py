@@ -1,0 +1,247 @@
+"""Evaluate every checkpoint of one training run or several, then report them: `bash test_mmau.sh` (= `python -m
+r1aqa.sweep --repo_dir <repository>`; `--help` lists its variables, e.g. RUN_DIR, each also a flag, e.g. --run_dir).
+
+Each complete checkpoint is one `python -m r1aqa.evaluate` (which skips one scored with the same settings), taken in
+step order by a worker per GPU or EVAL_PROCS on CPU. Results: RUN_DIR/<benchmark>/<data file>.<settings>/, then
+r1aqa.report's checkpoints.{csv,json,png}; several runs: each, then AGG_DIR/<benchmark>/<folder>/aggregate.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from r1aqa import report
+from r1aqa.benchmarks import detect_benchmark, load_items
+from r1aqa.checkpoints import complete_checkpoints
+
+# test_mmau.sh's environment variables, each also a flag (RUN_DIR: --run_dir; a flag wins over the variable).
+VARIABLES = (
+    ("RUN_DIR", "the run's output_dir, or a folder of seed-* runs (default outputs/grpo-qwen2-audio-7b)", {}),
+    ("RUN_DIRS", "several runs, e.g. 'out/seed-42 out/seed-43': each as alone, then their aggregate", {"type": str.split}),
+    ("AGG_DIR", "where the aggregate of several runs goes (default: <their common parent>/aggregate)", {}),
+    ("STEPS", "checkpoint steps, e.g. '100 200' (default: every complete checkpoint)", {"type": str.split}),
+    ("PROTOCOL", "paper: the paper-time release (steps 100-500, batch 16)", {"choices": ("default", "paper")}),
+    ("MMAU_FILE", "default data/mmau/mmau-test-mini.json (MMAU a5cd89a, the paper's; data/README.md)", {}),
+    ("DATA_FILE", "MMAU JSON, MMAR-meta.jsonl or AVQA JSONL (default MMAU_FILE)", {}),
+    ("BENCHMARK", "told from DATA_FILE by default", {"default": "auto", "choices": ("auto", "mmau", "mmar", "avqa")}),
+    ("AUDIO_DIR", "the clips (default data/mmau/test-mini-audios; AVQA: each row's audio_path)", {}),
+    ("DECODING", "original (the paper's; default) or greedy", {"choices": ("original", "greedy")}),
+    ("SEED", "seed of the first pass (default 42)", {"type": int}),
+    ("NUM_SAMPLES", "K seeded passes: mean ± std", {"type": int, "default": 1}),
+    ("AUDIO", "silent: every clip replaced by silence (a control)", {"default": "real", "choices": ("real", "silent")}),
+    ("BATCH_SIZE", "default 32 (PROTOCOL=paper: 16)", {"type": int}),
+    ("MAX_NEW_TOKENS", "default 256, as the paper", {"type": int}),
+    ("THINK", "true: Prompt <3>; false: Prompt <2>", {"choices": ("true", "false")}),
+    ("PROMPT_STYLE", "default: as the run was trained (r1aqa_run.json)", {"choices": ("answer", "think", "plain")}),
+    ("SYSTEM_PROMPT", "default: as the run was trained", {"choices": ("default", "qwen", "none")}),
+    ("OUT_DIR", "one run's result folder (default RUN_DIR/<benchmark>/<data file>.<settings>)", {}),
+    ("SELECT_FILE", "AVQA validation JSONL (prepare_avqa): selects a step without the test set", {}),
+    ("SELECT_AUDIO_DIR", "its WAVs, if moved since conversion", {}),
+    ("EVAL_DEVICES", "GPUs, one worker each, e.g. '0 1' (default every visible GPU; cpu: none)",
+     {"type": lambda text: text.replace(",", " ").split()}),
+    ("EVAL_PROCS", "workers on CPU", {"type": int, "default": 1}),
+    ("BACKEND", "hf (transformers) or vllm", {"choices": ("hf", "vllm")}),
+)  # fmt: skip
+EVALUATE_FLAGS = ("data_file", "benchmark", "audio_dir", "batch_size", "max_new_tokens", "prompt_style",
+                  "system_prompt", "decoding", "protocol", "seed", "num_samples", "audio", "backend")  # fmt: skip
+
+
+def die(message: str):
+    print(f"test_mmau.sh: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The settings (variables, then flags) and the other arguments, for r1aqa.evaluate."""
+    parser = argparse.ArgumentParser(prog="test_mmau.sh", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Other arguments (e.g. --limit 50, --force) go to r1aqa.evaluate.")  # fmt: skip
+    parser.add_argument("--repo_dir", default=".", help="Where the default paths are (test_mmau.sh: its folder).")
+    for name, text, options in VARIABLES:
+        parser.add_argument("--" + name.lower(), help=f"{name}: {text}", **options)
+    variables = [f"--{name.lower()}={os.environ[name]}" for name, _, _ in VARIABLES if os.environ.get(name)]
+    args, extra = parser.parse_known_args(variables + argv)
+    if args.protocol == "paper":
+        args.steps = args.steps or ["100", "200", "300", "400", "500"]
+    args.run_dir = args.run_dir or os.path.join(args.repo_dir, "outputs", "grpo-qwen2-audio-7b")
+    args.data_file = args.data_file or args.mmau_file or os.path.join(args.repo_dir, "data/mmau/mmau-test-mini.json")
+    return args, extra
+
+
+def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
+    """One run's settings: the prompt and system turn it was trained with unless set, the benchmark, the folders
+    (`out_dir`; `eval_dir`: the same, `.silent` for silent audio)."""
+    run = argparse.Namespace(**{**vars(args), "run_dir": run_dir})
+    recorded_file = os.path.join(run_dir, "r1aqa_run.json")
+    recorded = json.loads(Path(recorded_file).read_text(encoding="utf-8")) if os.path.isfile(recorded_file) else {}
+    if run.think == "true" and run.prompt_style not in (None, "think"):
+        die(f"THINK=true contradicts PROMPT_STYLE={run.prompt_style}")
+    trained = recorded.get("prompt_style") or ("think" if recorded.get("think") else "answer")
+    run.prompt_style = "think" if run.think == "true" else run.prompt_style or ("answer" if run.think else trained)
+    run.system_prompt = run.system_prompt or recorded.get("system_prompt") or "default"
+    if not os.path.isdir(run_dir):
+        die(f"RUN_DIR={run_dir} is not a folder (set RUN_DIR to the training run's output_dir)")
+    if run.select_file and not os.path.isfile(run.select_file):
+        die(f"SELECT_FILE={run.select_file} does not exist (python -m r1aqa.prepare_avqa --qa_json val_qa.json ... "
+            "writes it)")  # fmt: skip
+    try:
+        run.benchmark = detect_benchmark(load_items(run.data_file)) if run.benchmark == "auto" else run.benchmark
+    except (OSError, ValueError) as error:
+        die(f"cannot read DATA_FILE={run.data_file} ({error}; see data/README.md)")
+    if run.audio_dir is None and run.benchmark != "avqa":  # AVQA rows name their own clips
+        run.audio_dir = os.path.join(args.repo_dir, "data", "mmau", "test-mini-audios")
+    # One folder per data file and settings, so that results of different settings never mix.
+    name = re.sub(r"\.jsonl?$", "", os.path.basename(run.data_file)) + f".{run.prompt_style}"
+    name += ".greedy" if run.decoding == "greedy" else ""
+    name += f".samples-{run.num_samples}" if run.num_samples > 1 else ""
+    name += ".paper" if run.protocol == "paper" else ""
+    name += f".system-{run.system_prompt}" if run.system_prompt != "default" else ""
+    run.out_dir = run.out_dir or os.path.join(run_dir, run.benchmark, name)
+    run.eval_dir = run.out_dir + (".silent" if run.audio == "silent" else "")
+    return run
+
+
+def validation(run: argparse.Namespace) -> argparse.Namespace:
+    """The selection file's settings: the run's prompt, decoding, seed and passes, always with the audio."""
+    changes = {"data_file": run.select_file, "audio_dir": run.select_audio_dir, "select_file": None, "out_dir": None,
+               "benchmark": "auto", "audio": "real"}  # fmt: skip
+    return settings(argparse.Namespace(**{**vars(run), **changes}), run.run_dir)
+
+
+def workers(devices: list[str] | None, procs: int) -> list[tuple[str, dict[str, str]]]:
+    """`(name, environment)` per worker: one per GPU (default every visible one), else `procs` on CPU sharing the
+    cores."""
+    if devices is None and "CUDA_VISIBLE_DEVICES" in os.environ:
+        devices = os.environ["CUDA_VISIBLE_DEVICES"].replace(",", " ").split()
+    elif devices is None:
+        import torch
+
+        devices = [str(index) for index in range(torch.cuda.device_count())]
+    if devices and devices != ["cpu"]:
+        return [(f"gpu {gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in devices]
+    threads = {} if procs == 1 else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
+    return [(f"cpu {index}", {"CUDA_VISIBLE_DEVICES": "", **threads}) for index in range(procs)]
+
+
+def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[str]) -> int:
+    """One `python -m r1aqa.evaluate` per checkpoint over the workers; 0, else the first failure's exit code. A
+    worker whose checkpoint failed stops (its GPU would fail again); the others take the rest."""
+    team, todo, failures = workers(run.eval_devices, run.eval_procs), queue.SimpleQueue(), []
+    for step in [*steps, *[None] * len(team)]:  # a None ends each worker
+        todo.put(step)
+    several = len(team) > 1
+    if several:
+        print(f"{len(team)} workers ({', '.join(name for name, _ in team)}) for {len(steps)} checkpoints.", flush=True)
+    flags = [f"--{key}={getattr(run, key)}" for key in EVALUATE_FLAGS if getattr(run, key) is not None]
+
+    def work(name: str, changes: dict[str, str]) -> None:
+        env = {**os.environ, **changes, **({"TQDM_DISABLE": "1"} if several else {})}  # no interleaved bars
+        for step in iter(todo.get, None):
+            print(f"=== checkpoint-{step}" + (f" ({name})" if several else "") + " ===\n", end="", flush=True)
+            model, out = (os.path.join(folder, f"checkpoint-{step}") for folder in (run.run_dir, run.eval_dir))
+            command = [sys.executable, "-m", "r1aqa.evaluate", "--model_path", model, "--out_file", out + ".json"]
+            pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if several else {}
+            process = subprocess.Popen([*command, *flags, *extra], env=env, text=True, **pipe)
+            for line in process.stdout or ():  # several workers: each line prefixed with its checkpoint
+                print(f"[checkpoint-{step}] {line}", end="", flush=True)  # one write: lines never interleave
+            if code := process.wait():
+                failures.append((step, name, code))
+                print(f"checkpoint-{step} failed ({name}, exit code {code}): this worker stops.\n", end="", flush=True)
+                return
+
+    with ThreadPoolExecutor(len(team)) as pool:
+        list(pool.map(lambda worker: work(*worker), team))
+    if failures:
+        failed = ", ".join(f"checkpoint-{step} ({name}, exit code {code})" for step, name, code in failures)
+        print(f"error: evaluation failed for {failed}. Run the same command again: finished checkpoints are "
+              "skipped, the others redone.", file=sys.stderr, flush=True)  # fmt: skip
+    return failures[0][2] if failures else 0
+
+
+def scored(folder: str) -> bool:
+    return bool(glob.glob(os.path.join(glob.escape(folder), "checkpoint-*.score.json")))
+
+
+def sweep_run(run: argparse.Namespace, extra: list[str]) -> int:
+    """Evaluate one run's checkpoints (then the selection file's) and report them; returns the exit code."""
+    for step in run.steps or ():
+        if not os.path.isdir(os.path.join(run.run_dir, f"checkpoint-{step}")):
+            die(f"{os.path.join(run.run_dir, f'checkpoint-{step}')} does not exist")
+    warn = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    steps = run.steps or [str(step) for step, _ in complete_checkpoints(run.run_dir, warn=warn)]
+    if not steps:
+        die(f"no complete checkpoint-N folder in RUN_DIR={run.run_dir} (training saves one every save_steps)")
+    print(f"{run.benchmark.upper()}: {len(steps)} checkpoint(s) of {run.run_dir} (steps {' '.join(steps)}), "
+          f"{run.data_file}, prompt {run.prompt_style}, decoding {run.decoding or 'original'} ({run.num_samples} "
+          f"pass(es)), protocol {run.protocol or 'default'}, audio {run.audio} -> {run.eval_dir}", flush=True)  # fmt: skip
+    os.makedirs(run.eval_dir, exist_ok=True)
+    if code := evaluate_checkpoints(run, steps, extra):
+        return code
+    table = []
+    if run.select_file:
+        print(f"=== validation: {run.select_file} (selects a step without the test set) ===", flush=True)
+        if code := sweep_run(select := validation(run), extra):
+            return code
+        table = ["--select_score_dir", select.eval_dir]
+    if not scored(run.eval_dir):
+        print(f"No scores (the data file has no answers): predictions are in {run.eval_dir}.")
+        return 0
+    if run.audio == "silent" and scored(run.out_dir):  # beside the accuracy with audio, scored before
+        table += ["--score_dir", run.out_dir, "--silent_score_dir", run.eval_dir, "--out_prefix"]
+        return report.main([*table, os.path.join(run.eval_dir, "checkpoints")])
+    if run.audio == "silent":
+        print(f"No scores with audio in {run.out_dir} yet: the table shows silent accuracy only.")
+    return report.main(["--score_dir", run.eval_dir, *table])
+
+
+def sweep_runs(args: argparse.Namespace, run_dirs: list[str], extra: list[str]) -> int:
+    """Each run evaluated as alone, then their aggregate (r1aqa.report --aggregate)."""
+    if args.out_dir:
+        die("OUT_DIR is one run's folder: with several runs unset it (AGG_DIR places the aggregate)")
+    for run_dir in run_dirs:
+        if not os.path.isdir(run_dir):
+            die(f"RUN_DIRS: {run_dir} is not a folder")
+    runs = [settings(args, run_dir) for run_dir in run_dirs]
+    names = sorted({f"{run.benchmark}/{os.path.basename(run.eval_dir)}" for run in runs})
+    if len(names) > 1:
+        die(f"the runs' results have different settings ({', '.join(names)}): were they trained in different modes? "
+            "Set THINK or PROMPT_STYLE to evaluate them alike.")  # fmt: skip
+    parent = os.path.commonpath([os.path.dirname(os.path.abspath(run_dir)) for run_dir in run_dirs])
+    for run in runs:
+        print(f"##### run {run.run_dir} #####", flush=True)
+        if sweep_run(run, extra):
+            die(f"evaluating {run.run_dir} failed (see above)")
+    agg_dir = os.path.join(args.agg_dir or os.path.join(parent, "aggregate"), names[0])
+    table = ["--aggregate", "--out_prefix", os.path.join(agg_dir, "aggregate"), "--score_dirs"]
+    if args.audio == "silent" and all(scored(run.out_dir) for run in runs):  # audio vs silent, as alone
+        table += [run.out_dir for run in runs] + ["--silent_score_dirs"]
+    table += [run.eval_dir for run in runs]
+    if args.select_file:
+        table += ["--select_score_dirs", *(validation(run).eval_dir for run in runs)]
+    print(f"##### aggregate of {len(runs)} runs -> {agg_dir} #####", flush=True)
+    return report.main(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse(sys.argv[1:] if argv is None else argv)
+    run_dirs, root = args.run_dirs, glob.escape(args.run_dir)
+    if not run_dirs and os.path.isdir(args.run_dir) and not glob.glob(os.path.join(root, "checkpoint-*")):
+        # a folder of seed-* runs (SEEDS="42 43" bash run_grpo.sh), in seed order
+        found = [path for path in glob.glob(os.path.join(root, "seed-*")) if os.path.isdir(path)]
+        run_dirs = sorted(found, key=lambda path: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)])
+    if run_dirs:
+        return sweep_runs(args, run_dirs, extra)
+    return sweep_run(settings(args, args.run_dir), extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
