@@ -346,7 +346,7 @@ def test_prompts_come_from_the_training_builder(run_dir, mmau_slice, tmp_path, m
         expected = example("mmau", item, audio_dir, style)["prompt"]
         audio, text = conversation[0]["content"]
         assert text == expected[0]["content"][1]
-        assert text["text"] == format_question(item["question"], item["choices"], **settings)
+        assert text["text"] == format_question(item["question"], item["choices"], *settings)
         assert audio["type"] == "audio" and audio["audio"].dtype == np.float32 and audio["audio"].ndim == 1
 
 
@@ -571,7 +571,9 @@ def test_original_is_the_original_generate_call_seeded(planted_model, mmau_slice
     processor.tokenizer.padding_side = "left"
     model = Qwen2AudioForConditionalGeneration.from_pretrained(planted_model).eval()
     conversations = prompts_with_audio([example("mmau", item, audio_dir)["prompt"] for item in items[:3]])
-    inputs = evaluator.model_inputs(model, processor, conversations)
+    texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    audios = [conversation[0]["content"][0]["audio"] for conversation in conversations]
+    inputs = processor(text=texts, audio=audios, sampling_rate=16_000, padding=True, return_tensors="pt")
     original = {"mode": "original", "max_new_tokens": 12, "seed": 0, "batch_size": 3, "overrides": {}}
     config = decoding.generation_config(model.generation_config, processor.tokenizer, original)
     runs = []

@@ -1,10 +1,7 @@
-"""The benchmark registry: MMAU, MMAR and AVQA validation (item keys, clip, prompt, gold answer, groups, matching rule,
-release), scoring and the official scripts' printout.
+"""The benchmark registry (MMAU, MMAR, AVQA validation: item keys, clip, prompt, gold, groups, release), the official
+rule's score (MMAU's `is_match`, which MMAR copies; docs/recipe.md §7, §8) and the official scripts' printout.
 
     python -m r1aqa.benchmarks --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
-
-One rule for all (`is_match`: MMAU's token-set match, which MMAR's script copies); a missing, None or non-string
-prediction counts as wrong and is counted, never skipped (docs/recipe.md §7, §8).
 """
 
 from __future__ import annotations
@@ -22,41 +19,28 @@ from r1aqa.data import avqa_example, read_jsonl, record_problem
 from r1aqa.prompts import format_question, solution_text, user_turn
 
 # The official scripts print these groups in this order, empty or not; other values follow in order of appearance.
-TASKS = ("sound", "music", "speech")
-DIFFICULTIES = ("easy", "hard", "medium")
+TASKS, DIFFICULTIES = ("sound", "music", "speech"), ("easy", "hard", "medium")
 MODALITIES = ("sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
               "mix-sound-music-speech")  # fmt: skip
 CATEGORIES = ("Signal Layer", "Perception Layer", "Semantic Layer", "Cultural Layer")
 SUB_CATEGORY = ("sub-category", "Sub-category", ())  # optional per item: items without one join none
-# Prompt <2> (the paper's main result), Prompt <3> (think) and Prompt <1> (question and options only: SFT baselines).
-PROMPT_STYLES = {
-    "answer": {"think": False, "format_instruction": True},
-    "think": {"think": True, "format_instruction": True},
-    "plain": {"think": False, "format_instruction": False},
-}
+# (think, format_instruction) of r1aqa.prompts.format_question: Prompt <2> (the paper's), <3>, <1> (SFT baselines)
+PROMPT_STYLES = {"answer": (False, True), "think": (True, True), "plain": (False, False)}
+# keys: what a prompt needs; clip: the key whose file name is the clip; choices: the options' key; groups: (key,
+# printed title, values printed first); predictions: the keys read, in order (MMAU's and MMAR's evaluation.py read the
+# first). AVQA: the validation split r1aqa.prepare_avqa writes (training's format), `answer` an index into its options.
 BENCHMARKS = {
-    # keys: what a prompt needs; clip_key: the item key whose file name is the clip; groups: (item key, printed
-    # title, values printed first); prediction_keys: read in this order (MMAU's and MMAR's evaluation.py read the first)
-    "mmau": {
-        "keys": ("id", "audio_id", "question", "choices"),
-        "clip_key": "audio_id",
-        "groups": (("task", "Task", TASKS), ("difficulty", "Difficulty", DIFFICULTIES), SUB_CATEGORY),
-        "prediction_keys": ("model_output", "model_prediction"),
-    },
-    "mmar": {
-        "keys": ("id", "audio_path", "question", "choices"),
-        "clip_key": "audio_path",
-        "groups": (("modality", "Modality", MODALITIES), ("category", "Category", CATEGORIES), SUB_CATEGORY),
-        "prediction_keys": ("answer_prediction", "model_output", "model_prediction"),
-    },
-    # the validation split r1aqa.prepare_avqa writes (training's format): `answer` indexes `multi_choice`
-    "avqa": {
-        "keys": ("id", "audio_path", "question_text", "multi_choice", "answer"),
-        "clip_key": "audio_path",
-        "groups": (("question_type", "Question type", ()), ("question_relation", "Question relation", ())),
-        "prediction_keys": ("model_output", "model_prediction"),
-    },
-}
+    "mmau": {"keys": ("id", "audio_id", "question", "choices"), "clip": "audio_id", "choices": "choices",
+             "groups": (("task", "Task", TASKS), ("difficulty", "Difficulty", DIFFICULTIES), SUB_CATEGORY),
+             "predictions": ("model_output", "model_prediction")},
+    "mmar": {"keys": ("id", "audio_path", "question", "choices"), "clip": "audio_path", "choices": "choices",
+             "groups": (("modality", "Modality", MODALITIES), ("category", "Category", CATEGORIES), SUB_CATEGORY),
+             "predictions": ("answer_prediction", "model_output", "model_prediction")},
+    "avqa": {"keys": ("id", "audio_path", "question_text", "multi_choice", "answer"), "clip": "audio_path",
+             "choices": "multi_choice",
+             "groups": (("question_type", "Question type", ()), ("question_relation", "Question relation", ())),
+             "predictions": ("model_output", "model_prediction")},
+}  # fmt: skip
 # Known releases of the benchmark files, by the sha256 of the file's bytes. MMAU test-mini: `mmau-test-mini.json` of
 # github.com/Sakshi113/MMAU at each commit; MMAR: github.com/ddlBoJack/MMAR.
 RELEASES = {
@@ -72,15 +56,10 @@ _WORD = re.compile(r"\b\w+\b")
 RULE = "*" * 30
 
 
-# ---- items, clips, prompts -----------------------------------------------------------------------------------------
-
-
 def detect_benchmark(items: list) -> str:
     """`avqa` when the first item has AVQA's `multi_choice`, `mmar` when it has MMAR's `modality` key, else `mmau`."""
     first = items[0] if items and isinstance(items[0], dict) else {}
-    if "multi_choice" in first:
-        return "avqa"
-    return "mmar" if "modality" in first and "task" not in first else "mmau"
+    return "avqa" if "multi_choice" in first else "mmar" if "modality" in first and "task" not in first else "mmau"
 
 
 def groups(benchmark: str) -> tuple[tuple[str, str, tuple], ...]:
@@ -89,7 +68,7 @@ def groups(benchmark: str) -> tuple[tuple[str, str, tuple], ...]:
 
 
 def load_items(path: str | Path) -> list[dict]:
-    """The items in `path`: a JSON list, or JSON lines when the name ends in `.jsonl` (MMAR's metadata). A ValueError
+    """The items of a JSON list, or of JSON lines when the name ends in `.jsonl` (MMAR's metadata); a ValueError
     names the file (and line) when it cannot be read as such."""
     if str(path).endswith(".jsonl"):
         return read_jsonl(str(path))
@@ -102,9 +81,12 @@ def load_items(path: str | Path) -> list[dict]:
     return items
 
 
+def _texts(value) -> bool:
+    return isinstance(value, list) and all(isinstance(text, str) for text in value)
+
+
 def read_items(path: str, benchmark: str = "auto", limit: int | None = None) -> tuple[str, list[dict]]:
-    """`(benchmark, items)`: the first `limit` items of `path`, each checked for what its prompt needs (`auto`: told
-    from the items). A ValueError names the file and item."""
+    """`(benchmark, items)`: the first `limit` items of `path`, each checked for what its prompt needs."""
     items = load_items(path)[:limit]
     if not items:
         raise ValueError(f"{path}: no items to evaluate.")
@@ -112,81 +94,40 @@ def read_items(path: str, benchmark: str = "auto", limit: int | None = None) -> 
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"{path}: item {index} is a JSON {type(item).__name__}, not an object.")
-        where = f"{path}: item {index} (id {item.get('id')!r})"
-        missing = [key for key in BENCHMARKS[benchmark]["keys"] if key not in item]
-        if missing:
-            raise ValueError(f"{where} lacks {missing}, which a {benchmark.upper()} item has (--benchmark says which "
-                             "benchmark the file holds; default: told from the items).")  # fmt: skip
-        if benchmark == "avqa":  # the training loader's checks (docs/recipe.md §2), with the same reasons
-            problem = record_problem(item)
-            if problem:
-                raise ValueError(f"{where}: {problem[0]} ({problem[1]}).")
-        elif (
-            not item["choices"]
-            or not all(isinstance(c, str) for c in item["choices"])
-            or isinstance(item["choices"], str)
-        ):
-            raise ValueError(f"{where}: `choices` must be a list of strings.")
+        if missing := [key for key in BENCHMARKS[benchmark]["keys"] if key not in item]:
+            problem = ("missing_keys", f"lacks {missing}, which a {benchmark.upper()} item has: see --benchmark")
+        else:  # AVQA: the training loader's checks (docs/recipe.md §2), with the same reasons
+            problem = record_problem(item) if benchmark == "avqa" else None
+        if problem:
+            raise ValueError(f"{path}: item {index} (id {item.get('id')!r}): {problem[0]} ({problem[1]}).")
     return benchmark, items
 
 
-def clip_path(benchmark: str, item: dict, audio_dir: str | None) -> str:
-    """The item's clip: the file name of its `audio_id` (MMAU: `./test-mini-audios/<id>.wav`) or `audio_path` (MMAR:
-    `./audio/<name>.wav`) in `audio_dir`; an AVQA row's own `audio_path` when `audio_dir` is None."""
-    name = item[BENCHMARKS[benchmark]["clip_key"]]
-    return name if audio_dir is None or not isinstance(name, str) else os.path.join(audio_dir, os.path.basename(name))
-
-
 def example(benchmark: str, item: dict, audio_dir: str | None = None, prompt_style: str = "answer") -> dict:
-    """The item as training builds a row: the item's keys, `prompt` (the user turn with its clip), `solution` (none when
-    the answer is withheld, as in MMAU's full test split) and `audio_path` (the clip). AVQA rows go through training's
-    own builder (`video` -> `audio`); MMAU and MMAR questions are used as they are."""
-    path = clip_path(benchmark, item, audio_dir)
+    """The item as training builds a row: its keys plus `prompt` (the user turn), `solution` (none when the answer is
+    withheld, as in MMAU's test split) and `audio_path`: the file name of the item's clip key (MMAU `audio_id`
+    `./test-mini-audios/<id>.wav`, MMAR `audio_path` `./audio/<name>.wav`) in `audio_dir`, or an AVQA row's own
+    `audio_path`. AVQA rows go through training's own builder (`video` -> `audio`)."""
+    path = item[BENCHMARKS[benchmark]["clip"]]
+    path = os.path.join(audio_dir, os.path.basename(path)) if audio_dir and isinstance(path, str) else path
+    think, format_instruction = PROMPT_STYLES[prompt_style]
     if benchmark == "avqa":
-        return avqa_example({**item, "audio_path": path}, **PROMPT_STYLES[prompt_style])
-    text = format_question(item["question"], item["choices"], **PROMPT_STYLES[prompt_style])
+        return avqa_example({**item, "audio_path": path}, think, format_instruction)
+    text = format_question(item["question"], item["choices"], think, format_instruction)
     solution = {} if item.get("answer") is None else {"solution": solution_text(item["answer"])}
     return {**item, "prompt": user_turn(path, text), **solution, "audio_path": path}
 
 
-# ---- the official rule and the score -------------------------------------------------------------------------------
-
-
-def tokens(text: str) -> set[str]:
-    """The official tokenisation: the set of `\\b\\w+\\b` matches in the lower-cased text."""
-    return set(_WORD.findall(text.lower()))
-
-
 def is_match(prediction: str, answer: str, choices: list[str]) -> bool:
-    """The official MMAU rule (MMAR's too): the prediction holds every answer word and no word only a wrong option has.
+    """The official MMAU rule (MMAR's too): on the sets of `\\b\\w+\\b` words of the lower-cased texts, the prediction
+    holds every answer word and no word only a wrong option has.
 
     >>> is_match("a man speaking", "Man", ["Man", "Woman"]), is_match("man or woman", "Man", ["Man", "Woman"])
     (True, False)
     """
-    predicted, expected = tokens(prediction), tokens(answer)
-    if not predicted:
-        return False
-    wrong: set[str] = set()
-    for choice in choices:
-        if tokens(choice) != expected:
-            wrong |= tokens(choice) - expected
-    return expected <= predicted and predicted.isdisjoint(wrong)
-
-
-def gold(benchmark: str, item: dict, index: int = 0) -> tuple[str, list[str]]:
-    """The gold option text and the options; AVQA's `answer` is an index into `multi_choice` (docs/recipe.md §2)."""
-    where = f"item {index} (id {item.get('id')!r})"
-    if benchmark == "avqa":
-        choices, answer = item["multi_choice"], item["answer"]
-        if not (isinstance(choices, list) and all(isinstance(choice, str) for choice in choices)):
-            raise ValueError(f"{where}: multi_choice must be a list of strings")
-        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-            raise ValueError(f"{where}: answer must index multi_choice (0..{len(choices) - 1}), got {answer!r}")
-        return choices[answer], choices
-    choices, answer = item["choices"], item["answer"]
-    if not (isinstance(answer, str) and isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
-        raise ValueError(f"{where}: answer and choices must be strings")
-    return answer, choices
+    predicted, expected = set(_WORD.findall(prediction.lower())), set(_WORD.findall(answer.lower()))
+    wrong = {word for choice in choices for word in _WORD.findall(choice.lower())} - expected
+    return bool(predicted) and expected <= predicted and predicted.isdisjoint(wrong)
 
 
 def _accuracy(correct: int, total: int) -> dict:
@@ -194,51 +135,45 @@ def _accuracy(correct: int, total: int) -> dict:
 
 
 def score(items: list[dict], benchmark: str | None = None) -> dict:
-    """Accuracy (%, 2 decimals) per group and in total (micro average over items), `no_prediction` (predictions
-    missing, None or not a string: all counted wrong) and `answer_not_in_choices` (ids; scored by the rule anyway).
-    `benchmark`: None tells it from the items."""
+    """Accuracy (%, 2 decimals) per group and in total (micro average), `no_prediction` (predictions missing, None or
+    not a string: counted wrong) and `answer_not_in_choices` (ids; scored by the rule anyway)."""
     benchmark = benchmark or detect_benchmark(items)
-    spec = BENCHMARKS[benchmark]
-    required = (
-        "answer",
-        "multi_choice" if benchmark == "avqa" else "choices",
-        *(key for key, _, _ in groups(benchmark) if key != "sub-category"),
-    )
-    counts = {key: {name: [0, 0] for name in first} for key, _, first in groups(benchmark)}
-    no_prediction = {"missing": 0, "none": 0, "non_string": 0}
-    answer_not_in_choices, correct = [], 0
+    spec, indexed = BENCHMARKS[benchmark], benchmark == "avqa"  # AVQA's answer indexes its options (recipe.md §2)
+    required = ("answer", spec["choices"], *(key for key, _, _ in spec["groups"] if key != "sub-category"))
+    counts = {key: {name: [0, 0] for name in first} for key, _, first in spec["groups"]}
+    no_prediction, answer_not_in_choices, correct = {"missing": 0, "none": 0, "non_string": 0}, [], 0
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"item {index}: expected a JSON object, got {type(item).__name__}")
-        absent = [key for key in required if key not in item]
-        if absent:
-            raise ValueError(f"item {index} (id {item.get('id')!r}): missing key(s) {absent}")
-        answer, choices = gold(benchmark, item, index)
-        key = next((key for key in spec["prediction_keys"] if key in item), None)
-        prediction = item[key] if key else None
+        where = f"item {index} (id {item.get('id')!r})"
+        if absent := [key for key in required if key not in item]:
+            raise ValueError(f"{where}: missing key(s) {absent}")
+        choices, answer = item[spec["choices"]], item["answer"]
+        valid = type(answer) is int and 0 <= answer < len(choices) if indexed else isinstance(answer, str)
+        if not (_texts(choices) and valid):
+            raise ValueError(f"{where}: answer must index multi_choice, a list of strings, got {answer!r}" if indexed
+                             else f"{where}: answer and choices must be strings")  # fmt: skip
+        answer = choices[answer] if indexed else answer
+        key = next((key for key in spec["predictions"] if key in item), None)
+        prediction = item.get(key)
         if not isinstance(prediction, str):
             no_prediction["missing" if key is None else "none" if prediction is None else "non_string"] += 1
         if answer not in choices:
             answer_not_in_choices.append(item.get("id"))
         hit = isinstance(prediction, str) and is_match(prediction, answer, choices)
         correct += hit
-        for group, members in counts.items():
+        for group, rows in counts.items():
             if item.get(group) is not None or group != "sub-category":
-                row = members.setdefault(item[group], [0, 0])
+                row = rows.setdefault(item[group], [0, 0])
                 row[0], row[1] = row[0] + hit, row[1] + 1
-    return {
-        "benchmark": benchmark,
-        "total": _accuracy(correct, len(items)),
-        **{key: {name: _accuracy(*row) for name, row in members.items()} for key, members in counts.items()},
-        "no_prediction": no_prediction,
-        "answer_not_in_choices": answer_not_in_choices,
-    }
+    return {"benchmark": benchmark, "total": _accuracy(correct, len(items)),
+            **{key: {name: _accuracy(*row) for name, row in rows.items()} for key, rows in counts.items()},
+            "no_prediction": no_prediction, "answer_not_in_choices": answer_not_in_choices}  # fmt: skip
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1; 0 for one value): the one mean/std of the package."""
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def aggregate(summaries: list[dict]) -> dict:
@@ -247,9 +182,9 @@ def aggregate(summaries: list[dict]) -> dict:
     first = summaries[0]
 
     def row(rows: list[dict]) -> dict:
-        per_sample = [r["accuracy"] for r in rows]
-        mean, std = (round(x, 2) for x in mean_std(per_sample))
-        return {"accuracy": mean, "std": std, "total": rows[0]["total"], "per_sample": per_sample}
+        mean, std = mean_std([r["accuracy"] for r in rows])
+        return {"accuracy": round(mean, 2), "std": round(std, 2), "total": rows[0]["total"],
+                "per_sample": [r["accuracy"] for r in rows]}  # fmt: skip
 
     out = {
         "benchmark": first["benchmark"],
@@ -273,15 +208,12 @@ def format_report(summary: dict) -> str:
     for key, title, _ in groups(summary.get("benchmark", "mmau")):
         lines += [RULE, f"{title}-wise Accuracy" + (f" (mean ± std over {k} passes):" if k else ":")]
         lines += [f"{name} : {accuracy(row)}" for name, row in summary[key].items()]
-    total, missing = summary["total"], summary["no_prediction"]
+    total, missing, odd = summary["total"], summary["no_prediction"], summary["answer_not_in_choices"]
     passes = f" ({k} passes: {', '.join(f'{a:.2f}' for a in total['per_sample'])})" if k else ""
     return "\n".join([*lines, RULE, f"Total Accuracy: {accuracy(total)}{passes}", RULE,
         f"No prediction count: {sum(missing.values())}",
         f"  (counted wrong) missing: {missing['missing']}, None: {missing['none']}, non-string: {missing['non_string']}",
-        f"Answer not among choices: {len(summary['answer_not_in_choices'])} {summary['answer_not_in_choices']}"])  # fmt: skip
-
-
-# ---- releases ------------------------------------------------------------------------------------------------------
+        f"Answer not among choices: {len(odd)} {odd}"])  # fmt: skip
 
 
 def release_name(sha256: str | None) -> str:
@@ -302,8 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the summary (accuracies, counts) to this JSON file")
     args = parser.parse_args(argv)
     try:
-        items = load_items(args.input)
-        summary = score(items, None if args.benchmark == "auto" else args.benchmark)
+        summary = score(load_items(args.input), None if args.benchmark == "auto" else args.benchmark)
     except (OSError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     print(format_report(summary))

@@ -1,6 +1,5 @@
-"""Decoding: the two modes (`original`: the checkpoint's own generation config, as the paper; `greedy`: fully
-specified) resolved into one transformers GenerationConfig that both backends decode with; vLLM's SamplingParams are
-built from it (docs/recipe.md §7)."""
+"""Decoding modes (`original`: the checkpoint's own generation config, as the paper; `greedy`: fully specified) resolved
+into the one GenerationConfig both backends decode with; vLLM's SamplingParams are built from it (recipe.md §7)."""
 
 from __future__ import annotations
 
@@ -31,8 +30,8 @@ GREEDY = {
                      "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty", "stop_strings",
                      "max_time", "guidance_scale", "watermarking_config"), None),
 }  # fmt: skip
-UNSUPPORTED_BY_VLLM = ("num_beams", "no_repeat_ngram_size", "encoder_repetition_penalty", "encoder_no_repeat_ngram_size",
-                       "typical_p", "epsilon_cutoff", "eta_cutoff", "bad_words_ids", "suppress_tokens",
+UNSUPPORTED_BY_VLLM = ("num_beams", "no_repeat_ngram_size", "encoder_repetition_penalty", "typical_p", "eta_cutoff",
+                       "encoder_no_repeat_ngram_size", "epsilon_cutoff", "bad_words_ids", "suppress_tokens",
                        "begin_suppress_tokens", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id",
                        "exponential_decay_length_penalty")  # fmt: skip
 
@@ -46,26 +45,19 @@ def stop_token_ids(checkpoint, tokenizer) -> list[int]:
 
 
 def generation_config(checkpoint, tokenizer, decoding: dict):
-    """The GenerationConfig of `decoding` (`mode`, `max_new_tokens`, `overrides`), every field resolved, from the
-    checkpoint's own GenerationConfig and tokenizer.
-
-    `original`: a copy of the checkpoint's config with `max_new_tokens` set (what the original's
-    `model.generate(**inputs, max_new_tokens=256)` resolved to). `greedy`: `GREEDY`, only the special token ids from
-    the checkpoint. Then the stop ids, the overrides, and transformers' defaults for any field still unset
-    (`max_length`/`min_length` stay unset: `max_new_tokens`/`min_new_tokens` decide).
-    """
+    """The GenerationConfig of `decoding` (`mode`, `max_new_tokens`, `overrides`), every field resolved. `original`:
+    the checkpoint's config with `max_new_tokens` set (what the original's `model.generate(**inputs,
+    max_new_tokens=256)` resolved to); `greedy`: `GREEDY`, only the special token ids from the checkpoint. Then the stop
+    ids, the overrides and transformers' defaults for fields still unset (not `max_length`/`min_length`)."""
     from transformers import GenerationConfig
 
-    if decoding["mode"] == "original":
-        config = copy.deepcopy(checkpoint)
-        config.max_new_tokens = decoding["max_new_tokens"]
-    elif decoding["mode"] == "greedy":
-        pad = checkpoint.pad_token_id if checkpoint.pad_token_id is not None else tokenizer.pad_token_id
-        config = GenerationConfig(
-            **GREEDY, max_new_tokens=decoding["max_new_tokens"], pad_token_id=pad, bos_token_id=checkpoint.bos_token_id
-        )
-    else:
+    if decoding["mode"] not in DECODING_MODES:
         raise EvalError(f"unknown decoding mode {decoding['mode']!r}: one of {DECODING_MODES}.")
+    pad = checkpoint.pad_token_id if checkpoint.pad_token_id is not None else tokenizer.pad_token_id
+    config = (
+        copy.deepcopy(checkpoint) if decoding["mode"] == "original" else GenerationConfig(**GREEDY, pad_token_id=pad)
+    )
+    config.max_new_tokens, config.bos_token_id = decoding["max_new_tokens"], checkpoint.bos_token_id
     config.eos_token_id = stop_token_ids(checkpoint, tokenizer)
     config.update(**decoding["overrides"])
     defaults = GenerationConfig._get_default_generation_params()
@@ -75,8 +67,8 @@ def generation_config(checkpoint, tokenizer, decoding: dict):
 
 @contextmanager
 def checkpoint_defaults_off(model):
-    """While active, `model.generate` uses only the config it is given: transformers fills every None field of the
-    passed config from `model.generation_config` (the checkpoint's file), so an empty one stands in during the call."""
+    """While active, `model.generate` uses only the config it is given: transformers fills its None fields from
+    `model.generation_config` (the checkpoint's file), so an empty one stands in."""
     from transformers import GenerationConfig
 
     saved, model.generation_config = model.generation_config, GenerationConfig()
@@ -101,30 +93,18 @@ def item_seed(seed: int, item_id: str) -> int:
 def sampling_settings(config, seed: int) -> dict:
     """The keyword arguments of vLLM's `SamplingParams` that decode as the resolved `config` does (greedy or sampling,
     penalties, token limits, stop ids) with the request's `seed`. A field vLLM cannot express stops with a message."""
-    unsupported = {
-        name: getattr(config, name, None)
-        for name in UNSUPPORTED_BY_VLLM
-        if getattr(config, name, None) not in (GREEDY[name], None, [], {})
-    }
+    unsupported = {name: value for name in UNSUPPORTED_BY_VLLM if (value := getattr(config, name, None)) not in
+                   (GREEDY[name], None, [], {})}  # fmt: skip
     if unsupported:
         raise EvalError(f"the vLLM backend cannot decode with {unsupported} (set by the decoding mode or the "
                         "checkpoint's generation_config.json): use --backend hf.")  # fmt: skip
     eos = config.eos_token_id
-    settings = {
-        "max_tokens": config.max_new_tokens,
-        "min_tokens": config.min_new_tokens or 0,
-        "repetition_penalty": config.repetition_penalty or 1.0,
-        "stop_token_ids": [] if eos is None else [eos] if isinstance(eos, int) else list(eos),
-        "seed": seed,
-        "temperature": 0.0,  # greedy
-    }
-    if config.do_sample:
-        settings.update(
-            temperature=config.temperature if config.temperature is not None else 1.0,
-            top_k=config.top_k or 0,  # transformers: None/0 is off; vLLM: 0 is off
-            top_p=config.top_p if config.top_p is not None else 1.0,
-            min_p=config.min_p or 0.0,
-        )
+    settings = {"max_tokens": config.max_new_tokens, "min_tokens": config.min_new_tokens or 0, "seed": seed,
+                "repetition_penalty": config.repetition_penalty or 1.0, "temperature": 0.0,  # 0: greedy
+                "stop_token_ids": [] if eos is None else [eos] if isinstance(eos, int) else list(eos)}  # fmt: skip
+    if config.do_sample:  # transformers: top_k None/0 is off; vLLM: 0 is off
+        settings.update(temperature=1.0 if config.temperature is None else config.temperature, top_k=config.top_k or 0,
+                        top_p=1.0 if config.top_p is None else config.top_p, min_p=config.min_p or 0.0)  # fmt: skip
     return settings
 
 

@@ -1,5 +1,5 @@
-"""One model x one benchmark file (r1aqa.benchmarks): generation with the audio (decoding: r1aqa.decoding), the
-answer extracted as the accuracy reward does, the official rule's score.
+"""One model x one benchmark file (r1aqa.benchmarks): generation with the audio (r1aqa.decoding), the answer extracted
+as the accuracy reward does, the official rule's score.
 
     python -m r1aqa.evaluate --model_path outputs/grpo-qwen2-audio-7b/checkpoint-100 \\
         --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
@@ -24,6 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from tqdm import tqdm
 
 from r1aqa import benchmarks
 from r1aqa.audio import SAMPLING_RATE, audio_parts, check_audio, prompts_with_audio
@@ -74,21 +75,16 @@ def load_model_and_processor(model_path: str, processor_path: str, device: str, 
     return model.to(device).eval(), processor
 
 
-def model_inputs(model, processor, conversations: list[list[dict]]):
-    """The left-padded batch for conversations whose audio parts hold loaded samples, on the model's device/dtype."""
+def generate_batch(model, processor, conversations: list[list[dict]], config) -> list[str]:
+    """A left-padded batch of conversations whose audio parts hold loaded samples, generated with `config` and nothing
+    else; decoded, special tokens skipped."""
+    import torch
+
     texts = [processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
     audios = [part["audio"] for conv in conversations for part in audio_parts(conv)]
     rate = processor.feature_extractor.sampling_rate
     inputs = processor(text=texts, audio=audios, sampling_rate=rate, padding=True, return_tensors="pt").to(model.device)
     inputs["input_features"] = inputs["input_features"].to(model.dtype)
-    return inputs
-
-
-def generate_batch(model, processor, conversations: list[list[dict]], config) -> list[str]:
-    """Generate with `config` and nothing else; decoded, special tokens skipped."""
-    import torch
-
-    inputs = model_inputs(model, processor, conversations)
     with torch.inference_mode(), checkpoint_defaults_off(model):
         new_tokens = model.generate(**inputs, generation_config=config)[:, inputs["input_ids"].shape[1] :]
     return processor.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -154,13 +150,20 @@ def load_generator(model_path: str, processor_path: str, device: str | None = No
                            dtype=dtype, audio_channels=channels, load_seconds=seconds)  # fmt: skip
 
 
-def silenced(conversation: list[dict]) -> list[dict]:
-    """The conversation with each loaded clip replaced by zeros of the same length and dtype."""
-    copied = [{**m, "content": [dict(p) for p in m["content"]]} if isinstance(m.get("content"), list) else m
-              for m in conversation]  # fmt: skip
-    for part in audio_parts(copied):
-        part["audio"] = np.zeros_like(part["audio"])
-    return copied
+def generate_all(generator, prompts: list, ids: list, config, seed: int, batch_size: int, silent=False) -> list[str]:
+    """Decoded completions of `prompts` (conversations naming or holding their clips; None: unusable, "" for it) in
+    fixed slices of `batch_size`; batch b draws from `batch_seed(seed, b)` (hf), each request from (seed, its id)
+    (vllm). `silent`: each clip replaced by silence of the same length."""
+    raws = dict.fromkeys(range(len(prompts)), "")
+    for batch, start in enumerate(tqdm(range(0, len(prompts), batch_size), unit="batch", leave=False)):
+        ready = [i for i in range(start, min(start + batch_size, len(prompts))) if prompts[i] is not None]
+        conversations = prompts_with_audio([prompts[i] for i in ready], channels=generator.audio_channels)
+        for part in (part for conversation in conversations for part in audio_parts(conversation) if silent):
+            part["audio"] = np.zeros_like(part["audio"])  # fresh parts from prompts_with_audio: the cache is intact
+        if ready:
+            seeds = (batch_seed(seed, batch), (seed, [ids[i] for i in ready]))
+            raws.update(zip(ready, generator.generate(conversations, config, *seeds), strict=True))
+    return list(raws.values())
 
 
 def finished(paths: dict[str, str], settings: dict, scored: bool) -> bool:
@@ -175,27 +178,21 @@ def finished(paths: dict[str, str], settings: dict, scored: bool) -> bool:
 
 
 def run_pass(generator, items, examples, problems, settings: dict, paths: dict[str, str]) -> dict | None:
-    """Generate (an empty prediction where `problems[i]`, the clip's `check_audio` finding), each batch seeded from
-    (seed, batch index); write OUT.json, OUT.score.json (if the items carry answers), then OUT.meta.json."""
+    """Generate (an empty prediction where `problems[i]`, the clip's `check_audio` finding); write OUT.json,
+    OUT.score.json (if the items carry answers), then OUT.meta.json."""
     import torch
     import transformers
-    from tqdm import tqdm
 
-    decoding, seed = settings["decoding"], settings["decoding"]["seed"]
+    decoding = settings["decoding"]
     config = generation_config(generator.checkpoint_config, generator.processor.tokenizer, decoding)
     for name in ("meta", "score"):  # they describe an output about to be replaced
         Path(paths[name]).unlink(missing_ok=True)
-    raws, size, started = dict.fromkeys(range(len(items)), ""), decoding["batch_size"], time.time()
-    for batch, start in enumerate(tqdm(range(0, len(items), size), unit="batch", desc=os.path.basename(paths["out"]))):
-        ready = [i for i in range(start, min(start + size, len(items))) if problems[i] is None]
-        conversations = prompts_with_audio([examples[i]["prompt"] for i in ready], channels=generator.audio_channels)
-        if ready:
-            heard = [silenced(c) for c in conversations] if settings["audio"] == "silent" else conversations
-            seeds = (batch_seed(seed, batch), (seed, [items[i]["id"] for i in ready]))
-            raws.update(zip(ready, generator.generate(heard, config, *seeds), strict=True))
+    started, prompts = time.time(), [None if p else ex["prompt"] for ex, p in zip(examples, problems, strict=True)]
+    raws = generate_all(generator, prompts, [item["id"] for item in items], config, decoding["seed"],
+                        decoding["batch_size"], settings["audio"] == "silent")  # fmt: skip
     seconds = time.time() - started
-    predictions = [{**item, "model_raw_output": raws[i], **dict.fromkeys(PREDICTION_KEYS[1:], extract_answer(raws[i]))}
-                   for i, item in enumerate(items)]  # fmt: skip
+    predictions = [{**item, "model_raw_output": raw, **dict.fromkeys(PREDICTION_KEYS[1:], extract_answer(raw))}
+                   for item, raw in zip(items, raws, strict=True)]  # fmt: skip
     write_json_atomic(paths["out"], predictions)
     errors = [{"index": i, "id": items[i]["id"], "audio_path": examples[i]["audio_path"],
                "error": f"{examples[i]['audio_path']}: {problem}"} for i, problem in enumerate(problems) if problem]  # fmt: skip
@@ -211,7 +208,7 @@ def run_pass(generator, items, examples, problems, settings: dict, paths: dict[s
         "settings": settings, "data_release": release["data_release"], "generation_config": config.to_dict(),
         "seeding": "batch_seed(seed, batch index) for each batch (hf); item_seed(seed, item id) per request (vllm)",
         "audio_channels": generator.audio_channels, "n_items": len(items), "n_audio_errors": len(errors),
-        "audio_errors": errors, "batch_size": size, "device": generator.device,
+        "audio_errors": errors, "batch_size": decoding["batch_size"], "device": generator.device,
         "dtype": str(generator.dtype).removeprefix("torch."), "load_seconds": round(generator.load_seconds, 2),
         "generate_seconds": round(seconds, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,

@@ -4,13 +4,12 @@
         --out_dir outputs/filter --num_samples 8
     DATA_FILE=outputs/filter/strong.jsonl ./run_grpo.sh     # train on the questions that need the audio
 
-Every `--model_path` samples K answers per question with the clip and K with silence of the same length (evaluation's
-prompts, audio and backends: r1aqa.evaluate), each scored by training's accuracy reward. Splits, each the input's rows
-byte for byte: `strong.jsonl` (the silence pass rate is at most `--silence_threshold` for at least `--min_models`
-models), `weak.jsonl` (the others), `learnable.jsonl` (the first model's with-audio pass rate is strictly between 0
-and 1). A question whose clip is unusable is in no split. Also `settings.json`, `pass_rates.jsonl`, `summary.json`,
-`summary.md` and `pass_rates.png`. Work is saved per shard (`shards/`): the same command after a crash redoes only
-unfinished shards; new thresholds or a `--model_path` added at the end reuse the others.
+Each `--model_path` samples K answers per question with the clip and K with silence (r1aqa.evaluate's generation),
+scored by training's accuracy reward. Splits (the input's rows, byte for byte): `strong.jsonl` (silence pass rate at
+most `--silence_threshold` for `--min_models` models), `weak.jsonl` (the others), `learnable.jsonl` (the first model's
+with-audio pass rate strictly between 0 and 1); an unusable clip's question is in none. Also `settings.json`,
+`pass_rates.jsonl`, `summary.json`, `summary.md`, `pass_rates.png`. Work is saved per shard (`shards/`): a rerun
+redoes only unfinished shards, or those whose settings or clips changed.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import numpy as np
 from r1aqa.audio import check_audio, prompts_with_audio
 from r1aqa.benchmarks import data_release, example, read_items
 from r1aqa.decoding import EvalError, generation_config
-from r1aqa.evaluate import load_generator, silenced, write_json_atomic
+from r1aqa.evaluate import generate_all, load_generator, write_json_atomic
 from r1aqa.models import resolve_processor_path
 from r1aqa.prompts import extract_answer
 from r1aqa.rewards import accuracy_reward
@@ -39,20 +38,17 @@ SPLITS = ("strong", "weak", "learnable")
 def run_shard(generator, config, examples, indices, problems, args, shard: int) -> list[dict]:
     """Pass counts of K samples with the audio and with silence for the questions `indices`, and the answers given."""
     ready = [i for i in indices if problems[i] is None]
+    loaded = prompts_with_audio([examples[i]["prompt"] for i in ready], channels=generator.audio_channels)
+    ids, solutions = [examples[i]["id"] for i in ready], [examples[i]["solution"] for i in ready]
     rows = {i: {**dict.fromkeys(CONDITIONS, 0), **{f"{c}_answers": [] for c in CONDITIONS}} for i in ready}
-    for b, start in enumerate(range(0, len(ready), args.batch_size)):
-        batch = ready[start : start + args.batch_size]
-        conversations = prompts_with_audio([examples[i]["prompt"] for i in batch], channels=generator.audio_channels)
-        solutions = [examples[i]["solution"] for i in batch]
-        for sample in range(args.num_samples):
-            # one seed per (sample, shard, batch), the same for both conditions: their answers differ by the audio only
-            seed = int(np.random.SeedSequence([args.seed, sample, shard, b]).generate_state(1)[0])
-            for condition in CONDITIONS:
-                heard = conversations if condition == "audio" else [silenced(c) for c in conversations]
-                raws = generator.generate(heard, config, seed, (seed, [examples[i]["id"] for i in batch]))
-                for i, raw, reward in zip(batch, raws, accuracy_reward(raws, solutions), strict=True):
-                    rows[i][condition] += int(reward)
-                    rows[i][f"{condition}_answers"].append(extract_answer(raw))
+    for sample in range(args.num_samples):
+        # the same seed for both conditions: a question's answers with and without the audio differ by the audio only
+        seed = int(np.random.SeedSequence([args.seed, sample, shard]).generate_state(1)[0])
+        for condition in CONDITIONS:
+            raws = generate_all(generator, loaded, ids, config, seed, args.batch_size, condition == "silence")
+            for i, raw, reward in zip(ready, raws, accuracy_reward(raws, solutions), strict=True):
+                rows[i][condition] += int(reward)
+                rows[i][f"{condition}_answers"].append(extract_answer(raw))
     return [{"index": i, "id": examples[i]["id"], "audio_error": problems[i], **rows.get(i, {})} for i in indices]
 
 
@@ -84,7 +80,6 @@ def sample_all(args, examples, problems, settings: dict) -> list[list[dict]]:
             print(f"model {m} shard {shard + 1}/{n_shards} done", flush=True)
             rows += questions
         results.append(rows)
-        del generator
     return results
 
 
@@ -101,9 +96,8 @@ def assign_splits(items, results, args) -> tuple[list[dict], dict[str, list[int]
             rates = [{c: row[c] / k for c in CONDITIONS} for row in per_model]
             record["pass_rates"] = dict(zip(args.model_path, rates, strict=True))
             silent_fails = sum(rate["silence"] <= args.silence_threshold for rate in rates)
-            record["splits"] = ["strong" if silent_fails >= need else "weak"] + (
-                ["learnable"] * (0 < rates[0]["audio"] < 1)
-            )
+            learnable = ["learnable"] if 0 < rates[0]["audio"] < 1 else []
+            record["splits"] = ["strong" if silent_fails >= need else "weak", *learnable]
             for name in record["splits"]:
                 splits[name].append(index)
         records.append(record)
@@ -159,8 +153,9 @@ def run(args: argparse.Namespace) -> dict:
     if len(rows) != len(items):
         raise EvalError(f"{args.data_file}: {len(rows)} non-blank lines but {len(items)} items were read.")
     problems = [check_audio(example["audio_path"]) for example in examples]
-    for index in (i for i, problem in enumerate(problems) if problem):
-        print(f"Audio error, question {items[index]['id']!r} kept out of every split: {problems[index]}", flush=True)
+    for item, problem in zip(items, problems, strict=True):
+        if problem:
+            print(f"Audio error, question {item['id']!r} kept out of every split: {problem}", flush=True)
     settings = {
         "model_paths": [os.path.abspath(path) if os.path.exists(path) else path for path in args.model_path],
         "data_file": os.path.abspath(args.data_file), "data_sha256": data_release(args.data_file)["sha256"],
@@ -191,12 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m r1aqa.filter_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add = parser.add_argument
-    add(
-        "--model_path",
-        action="append",
-        required=True,
-        help="Checkpoint or hub id; repeat for several (first: learnable).",
-    )
+    add("--model_path", action="append", required=True, help="Checkpoint or hub id; repeat: several models.")
     add("--data_file", required=True, help="AVQA-format JSONL (r1aqa.prepare_avqa).")
     add("--audio_dir", help="Folder of the clips, if they moved since the conversion (file names).")
     add("--out_dir", required=True, help="Splits, pass rates, summary, plot and shards go here.")
