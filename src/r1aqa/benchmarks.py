@@ -62,11 +62,6 @@ def detect_benchmark(items: list) -> str:
     return "avqa" if "multi_choice" in first else "mmar" if "modality" in first and "task" not in first else "mmau"
 
 
-def groups(benchmark: str) -> tuple[tuple[str, str, tuple], ...]:
-    """The benchmark's groups in printing order: (item key, printed title, values printed first)."""
-    return BENCHMARKS[benchmark]["groups"]
-
-
 def load_items(path: str | Path) -> list[dict]:
     """The items of a JSON list, or of JSON lines when the name ends in `.jsonl` (MMAR's metadata); a ValueError
     names the file (and line) when it cannot be read as such."""
@@ -79,10 +74,6 @@ def load_items(path: str | Path) -> list[dict]:
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of items, got a JSON {type(items).__name__}")
     return items
-
-
-def _texts(value) -> bool:
-    return isinstance(value, list) and all(isinstance(text, str) for text in value)
 
 
 def read_items(path: str, benchmark: str = "auto", limit: int | None = None) -> tuple[str, list[dict]]:
@@ -150,7 +141,7 @@ def score(items: list[dict], benchmark: str | None = None) -> dict:
             raise ValueError(f"{where}: missing key(s) {absent}")
         choices, answer = item[spec["choices"]], item["answer"]
         valid = type(answer) is int and 0 <= answer < len(choices) if indexed else isinstance(answer, str)
-        if not (_texts(choices) and valid):
+        if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices) and valid):
             raise ValueError(f"{where}: answer must index multi_choice, a list of strings, got {answer!r}" if indexed
                              else f"{where}: answer and choices must be strings")  # fmt: skip
         answer = choices[answer] if indexed else answer
@@ -176,25 +167,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(summaries: list[dict]) -> dict:
-    """Mean ± std (n - 1) over K summaries of the same items (K sampled passes): each row `{"accuracy": mean, "std",
+def aggregate(passes: list[dict]) -> dict:
+    """Mean ± std (n - 1) over K passes of the same items (K sampled passes): each row `{"accuracy": mean, "std",
     "total": n items, "per_sample": [accuracy of each pass]}`; `no_prediction` summed over the passes."""
-    first = summaries[0]
+    first = passes[0]
 
     def row(rows: list[dict]) -> dict:
         mean, std = mean_std([r["accuracy"] for r in rows])
         return {"accuracy": round(mean, 2), "std": round(std, 2), "total": rows[0]["total"],
                 "per_sample": [r["accuracy"] for r in rows]}  # fmt: skip
 
-    out = {
-        "benchmark": first["benchmark"],
-        "num_samples": len(summaries),
-        "total": row([s["total"] for s in summaries]),
-    }
-    for key, _, _ in groups(first["benchmark"]):
-        out[key] = {name: row([s[key][name] for s in summaries]) for name in first[key]}
-    out["no_prediction"] = {kind: sum(s["no_prediction"][kind] for s in summaries) for kind in first["no_prediction"]}
-    return {**out, "answer_not_in_choices": first["answer_not_in_choices"]}
+    keys = [key for key, _, _ in BENCHMARKS[first["benchmark"]]["groups"]]
+    return {"benchmark": first["benchmark"], "num_samples": len(passes), "total": row([s["total"] for s in passes]),
+            **{key: {name: row([s[key][name] for s in passes]) for name in first[key]} for key in keys},
+            "no_prediction": {kind: sum(s["no_prediction"][kind] for s in passes) for kind in first["no_prediction"]},
+            "answer_not_in_choices": first["answer_not_in_choices"]}  # fmt: skip
 
 
 def format_report(summary: dict) -> str:
@@ -205,7 +192,7 @@ def format_report(summary: dict) -> str:
         return f"{row['accuracy']:.2f}%" + (f" ± {row['std']:.2f}" if k else "") + f" over {row['total']} samples"
 
     lines = []
-    for key, title, _ in groups(summary.get("benchmark", "mmau")):
+    for key, title, _ in BENCHMARKS[summary.get("benchmark", "mmau")]["groups"]:
         lines += [RULE, f"{title}-wise Accuracy" + (f" (mean ± std over {k} passes):" if k else ":")]
         lines += [f"{name} : {accuracy(row)}" for name, row in summary[key].items()]
     total, missing, odd = summary["total"], summary["no_prediction"], summary["answer_not_in_choices"]

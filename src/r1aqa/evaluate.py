@@ -158,8 +158,8 @@ def generate_all(generator, prompts: list, ids: list, config, seed: int, batch_s
     for batch, start in enumerate(tqdm(range(0, len(prompts), batch_size), unit="batch", leave=False)):
         ready = [i for i in range(start, min(start + batch_size, len(prompts))) if prompts[i] is not None]
         conversations = prompts_with_audio([prompts[i] for i in ready], channels=generator.audio_channels)
-        for part in (part for conversation in conversations for part in audio_parts(conversation) if silent):
-            part["audio"] = np.zeros_like(part["audio"])  # fresh parts from prompts_with_audio: the cache is intact
+        for part in (part for conversation in conversations for part in audio_parts(conversation)) if silent else ():
+            part["audio"] = np.zeros_like(part["audio"])  # fresh parts from prompts_with_audio: its cache is intact
         if ready:
             seeds = (batch_seed(seed, batch), (seed, [ids[i] for i in ready]))
             raws.update(zip(ready, generator.generate(conversations, config, *seeds), strict=True))

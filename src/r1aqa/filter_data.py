@@ -5,11 +5,9 @@
     DATA_FILE=outputs/filter/strong.jsonl ./run_grpo.sh     # train on the questions that need the audio
 
 Each `--model_path` samples K answers per question with the clip and K with silence (r1aqa.evaluate's generation),
-scored by training's accuracy reward. Splits (the input's rows, byte for byte): `strong.jsonl` (silence pass rate at
-most `--silence_threshold` for `--min_models` models), `weak.jsonl` (the others), `learnable.jsonl` (the first model's
-with-audio pass rate strictly between 0 and 1); an unusable clip's question is in none. Also `settings.json`,
-`pass_rates.jsonl`, `summary.json`, `summary.md`, `pass_rates.png`. Work is saved per shard (`shards/`): a rerun
-redoes only unfinished shards, or those whose settings or clips changed.
+scored by training's accuracy reward: `strong.jsonl` (silence pass rate at most `--silence_threshold` for `--min_models`
+models), `weak.jsonl` (the others), `learnable.jsonl` (first model's with-audio pass rate in (0, 1)), the input's rows
+byte for byte. Work is saved per shard (`shards/`): a rerun redoes only unfinished or changed shards.
 """
 
 from __future__ import annotations
@@ -170,11 +168,10 @@ def run(args: argparse.Namespace) -> dict:
     write_json_atomic(os.path.join(args.out_dir, "settings.json"), {**settings, "thresholds": thresholds})
     for name, indices in splits.items():
         Path(args.out_dir, f"{name}.jsonl").write_bytes(b"".join(rows[i] + b"\n" for i in indices))
-    Path(args.out_dir, "pass_rates.jsonl").write_text(
-        "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8"
-    )
+    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
+    Path(args.out_dir, "pass_rates.jsonl").write_text("".join(lines), encoding="utf-8")
     summary, table = summarize(records, splits)
-    summary |= {"thresholds": thresholds}
+    summary["thresholds"] = thresholds
     write_json_atomic(os.path.join(args.out_dir, "summary.json"), summary)
     Path(args.out_dir, "summary.md").write_text(table + "\n", encoding="utf-8")
     plot(records, os.path.join(args.out_dir, "pass_rates.png"), args.silence_threshold)
@@ -217,10 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     try:
         run(parse_args(argv))
+        return 0
     except EvalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
