@@ -87,8 +87,11 @@ def read_items(path: str, benchmark: str = "auto", limit: int | None = None) -> 
             raise ValueError(f"{path}: item {index} is a JSON {type(item).__name__}, not an object.")
         if missing := [key for key in BENCHMARKS[benchmark]["keys"] if key not in item]:
             problem = ("missing_keys", f"lacks {missing}, which a {benchmark.upper()} item has: see --benchmark")
-        else:  # AVQA: the training loader's checks (docs/recipe.md §2), with the same reasons
-            problem = record_problem(item) if benchmark == "avqa" else None
+        elif benchmark == "avqa":  # the training loader's checks (docs/recipe.md §2), with the same reasons
+            problem = record_problem(item)
+        else:
+            texts = isinstance(item["choices"], list) and all(isinstance(c, str) for c in item["choices"])
+            problem = None if texts and item["choices"] else ("bad_choices", "`choices` must be a list of strings")
         if problem:
             raise ValueError(f"{path}: item {index} (id {item.get('id')!r}): {problem[0]} ({problem[1]}).")
     return benchmark, items
