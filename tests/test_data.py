@@ -16,7 +16,8 @@ import soundfile as sf
 from data_paths import AVQA_AUDIO_DIR, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
 
 from r1aqa.audio import check_audio, load_audio
-from r1aqa.data import DataError, avqa_example, load_avqa_dataset, mmau_example, read_jsonl, record_problem
+from r1aqa.benchmarks import example
+from r1aqa.data import DataError, avqa_example, load_avqa_dataset, read_jsonl, record_problem
 
 STEREO = AVQA_AUDIO_DIR / "004NnY1farU_000030.wav"  # channels anti-correlated (-0.29)
 MONO = AVQA_AUDIO_DIR / "009GwYB4Z7k_000030.wav"
@@ -113,6 +114,10 @@ def test_avqa_example_rejects_a_bad_record_by_name():
         avqa_example(avqa_record(solution="x"))
 
 
+def mmau_example(item: dict, audio_dir: str, prompt_style: str = "answer") -> dict:
+    return example("mmau", item, audio_dir, prompt_style)
+
+
 def mmau_item(item_id: str) -> dict:
     return next(item for item in json.loads(MMAU_2025_03.read_text()) if item["id"] == item_id)
 
@@ -124,12 +129,12 @@ def test_mmau_example_real_item_all_three_prompts():
     sentence = f"{question} Please choose the answer from the following options: {options}."
     example = mmau_example(item, str(MMAU_AUDIO_DIR))
     assert text_of(example) == sentence + " Output the final answer in <answer> </answer>."
-    think = mmau_example(item, str(MMAU_AUDIO_DIR), think=True)
+    think = mmau_example(item, str(MMAU_AUDIO_DIR), "think")
     assert (
         text_of(think)
         == sentence + " Output the thinking process in <think> </think> and final answer in <answer> </answer>."
     )
-    assert text_of(mmau_example(item, str(MMAU_AUDIO_DIR), format_instruction=False)) == sentence  # Prompt <1>
+    assert text_of(mmau_example(item, str(MMAU_AUDIO_DIR), "plain")) == sentence  # Prompt <1>
     audio_path = str(MMAU_AUDIO_DIR / f"{MMAU_REAL_ITEM_ID}.wav")
     assert example["prompt"][0]["content"][0] == {"type": "audio", "path": audio_path}
     assert check_audio(example["audio_path"]) is None and example["audio_path"] == audio_path

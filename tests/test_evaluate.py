@@ -25,8 +25,8 @@ from tiny_stop_model import END_OF_TEXT, IM_END, steer, stop_test_model
 from r1aqa import decoding
 from r1aqa import evaluate as evaluator
 from r1aqa import report as tables
-from r1aqa.benchmarks import score
-from r1aqa.data import mmau_example
+from r1aqa.benchmarks import PROMPT_STYLES, example, score
+from r1aqa.models import resolve_processor_path
 from r1aqa.prompts import extract_answer, format_question
 from r1aqa.tryout.tiny import build_model, build_processor, write_tiny_model
 
@@ -147,7 +147,7 @@ def test_meta_records_decoding_and_processor_fallback(scored_run, run_dir):
     assert (meta["device"], meta["dtype"], meta["n_items"], meta["n_audio_errors"]) == ("cpu", "float32", 6, 0)
     # checkpoint-200 has no processor files: the run folder's processor is used
     assert _read(scored_run / "checkpoint-200.meta.json")["settings"]["processor_path"] == str(run_dir)
-    assert not list(scored_run.glob("*.partial.jsonl")) and not list(scored_run.glob("*.tmp"))
+    assert not list(scored_run.glob("*.tmp"))
 
 
 def test_score_file_is_the_official_rule(scored_run):
@@ -226,11 +226,12 @@ def test_rerun_skips_and_force_redoes(scored_run, run_dir, mmau_slice, capsys):
     scored = scored_run / "checkpoint-100.score.json"
     scored_before = scored.stat().st_mtime_ns
     assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 4) == 0
-    assert f"Skipping {out}: done with the same settings (scored, total accuracy" in capsys.readouterr().out
+    assert f"Skipping {out}: done with the same settings (scored)" in capsys.readouterr().out
     assert out.stat().st_mtime_ns == before and scored.stat().st_mtime_ns == scored_before
-    scored.unlink()  # predictions without a score (killed while scoring): scored again, no inference
+    scored.unlink()  # predictions without a score (killed while scoring): redone
     assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 4) == 0
-    assert "Reusing" in capsys.readouterr().out and scored.exists() and out.stat().st_mtime_ns == before
+    assert "Wrote" in capsys.readouterr().out and scored.exists() and out.read_text() == content
+    before = out.stat().st_mtime_ns
     assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 4, "--force") == 0
     printed = capsys.readouterr().out
     assert "Skipping" not in printed and "Wrote" in printed
@@ -242,7 +243,7 @@ def test_existing_output_from_other_settings_is_refused(scored_run, run_dir, mma
     data_file, audio_dir, _ = mmau_slice
     out = scored_run / "checkpoint-100.json"
     before = out.stat().st_mtime_ns
-    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--think") == 2
+    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--prompt_style", "think") == 2
     error = capsys.readouterr().err
     assert "prompt_style: 'answer' -> 'think'" in error and "--force" in error
     assert out.stat().st_mtime_ns == before
@@ -290,9 +291,8 @@ def test_no_usable_audio_at_all_stops_before_loading_the_model(run_dir, mmau_sli
     assert not (tmp_path / "out.json").exists()
 
 
-def test_killed_run_leaves_no_output_and_resumes(scored_run, run_dir, mmau_slice, tmp_path, monkeypatch, capsys):
+def test_killed_run_leaves_no_output(run_dir, mmau_slice, tmp_path, monkeypatch):
     data_file, audio_dir, _ = mmau_slice
-    out = tmp_path / "out.json"
     real_generate = evaluator.generate_batch
     calls = []
 
@@ -304,31 +304,16 @@ def test_killed_run_leaves_no_output_and_resumes(scored_run, run_dir, mmau_slice
 
     monkeypatch.setattr(evaluator, "generate_batch", killed_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
-        _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 2, "--limit", 4)
-    monkeypatch.undo()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.partial.jsonl"]  # no output, no temp file
-    with open(tmp_path / "out.partial.jsonl", "a") as f:
-        f.write('{"index": 2, "id": "cut sh')  # the last line of a run killed while writing it
-
-    assert _run(run_dir / "checkpoint-100", data_file, audio_dir, out, "--batch_size", 2, "--limit", 4) == 0
-    assert "Resuming: 2 of 4 items already done" in capsys.readouterr().out
-    resumed = [item["model_raw_output"] for item in _read(out)]
-    assert resumed == [item["model_raw_output"] for item in _read(scored_run / "checkpoint-100.json")][:4]
-    assert _read(tmp_path / "out.meta.json")["resumed_items"] == 2
-    assert not (tmp_path / "out.partial.jsonl").exists()
+        _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--batch_size", 2, "--limit", 4)
+    assert list(tmp_path.iterdir()) == []  # no output, no temp file: the same command starts over
 
 
 def test_crash_while_writing_the_output_leaves_no_file(run_dir, mmau_slice, tmp_path, monkeypatch):
     data_file, audio_dir, _ = mmau_slice
-    real_predicted_items = evaluator.predicted_items
-
-    def unserialisable_last_item(items, raws):
-        return [*real_predicted_items(items, raws)[:-1], {"id": object()}]  # json.dump fails after writing most
-
-    monkeypatch.setattr(evaluator, "predicted_items", unserialisable_last_item)
+    monkeypatch.setattr(evaluator, "extract_answer", lambda raw: object())  # the output cannot be serialised
     with pytest.raises(TypeError):
         _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--limit", 2)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.partial.jsonl"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_test_split_without_answers_gives_predictions_only(run_dir, mmau_slice, tmp_path, capsys):
@@ -344,7 +329,7 @@ def test_test_split_without_answers_gives_predictions_only(run_dir, mmau_slice, 
 
 
 @pytest.mark.parametrize(
-    "flags,style", [([], "answer"), (["--think"], "think"), (["--prompt_style", "plain"], "plain")]
+    "flags,style", [([], "answer"), (["--prompt_style", "think"], "think"), (["--prompt_style", "plain"], "plain")]
 )
 def test_prompts_come_from_the_training_builder(run_dir, mmau_slice, tmp_path, monkeypatch, flags, style):
     data_file, audio_dir, items = mmau_slice
@@ -356,23 +341,17 @@ def test_prompts_come_from_the_training_builder(run_dir, mmau_slice, tmp_path, m
 
     monkeypatch.setattr(evaluator, "generate_batch", record)
     assert _run(run_dir / "checkpoint-100", data_file, audio_dir, tmp_path / "out.json", "--limit", 2, *flags) == 0
-    settings = evaluator.PROMPT_STYLES[style]
+    settings = PROMPT_STYLES[style]
     for item, conversation in zip(items[:2], seen, strict=True):
-        expected = mmau_example(item, audio_dir, **settings)["prompt"]
+        expected = example("mmau", item, audio_dir, style)["prompt"]
         audio, text = conversation[0]["content"]
         assert text == expected[0]["content"][1]
-        assert text["text"] == format_question(item["question"], item["choices"], **settings)
+        assert text["text"] == format_question(item["question"], item["choices"], *settings)
         assert audio["type"] == "audio" and audio["audio"].dtype == np.float32 and audio["audio"].ndim == 1
 
 
-def test_think_contradicting_prompt_style_is_rejected():
-    with pytest.raises(SystemExit):
-        evaluator.parse_args(["--model_path", "m", "--data_file", "d", "--audio_dir", "a", "--out_file", "o",
-                              "--think", "--prompt_style", "plain"])  # fmt: skip
-
-
 def test_processor_path_resolution(tmp_path, run_dir):
-    from r1aqa.models import ModelFolderError, resolve_processor_path
+    from r1aqa.models import ModelFolderError
 
     assert resolve_processor_path(str(run_dir / "checkpoint-200")) == str(run_dir)
     assert resolve_processor_path("Qwen/Qwen2-Audio-7B-Instruct") == "Qwen/Qwen2-Audio-7B-Instruct"
@@ -554,7 +533,7 @@ def test_greedy_sets_every_constant_against_its_opposite_in_the_checkpoint(tiny_
     opposite = {key: values[1] for key, values in GREEDY_OFF.items()}
     (folder / "generation_config.json").write_text(json.dumps({**config, **opposite}))
     _, audio_dir, items = mmau_slice
-    conversations = prompts_with_audio([mmau_example(item, audio_dir)["prompt"] for item in items[:3]])
+    conversations = prompts_with_audio([example("mmau", item, audio_dir)["prompt"] for item in items[:3]])
     greedy = {"mode": "greedy", "max_new_tokens": 12, "overrides": {}}
     outputs = {}
     for name, path in (("plain", tiny_model_dir), ("opposite", folder)):
@@ -574,7 +553,7 @@ def test_greedy_sets_every_constant_against_its_opposite_in_the_checkpoint(tiny_
             return result
 
         model._prepare_generation_config = recorded
-        resolved = evaluator.generation_config(model.generation_config, processor.tokenizer, greedy)
+        resolved = decoding.generation_config(model.generation_config, processor.tokenizer, greedy)
         outputs[name] = evaluator.generate_batch(model, processor, conversations, resolved)
         assert len(used) == 1
         for key, (off, _) in GREEDY_OFF.items():
@@ -594,17 +573,19 @@ def test_original_is_the_original_generate_call_seeded(planted_model, mmau_slice
     processor = AutoProcessor.from_pretrained(planted_model)
     processor.tokenizer.padding_side = "left"
     model = Qwen2AudioForConditionalGeneration.from_pretrained(planted_model).eval()
-    conversations = prompts_with_audio([mmau_example(item, audio_dir)["prompt"] for item in items[:3]])
-    inputs = evaluator.model_inputs(model, processor, conversations)
-    decoding = {"mode": "original", "max_new_tokens": 12, "seed": 0, "batch_size": 3, "overrides": {}}
-    config = evaluator.generation_config(model.generation_config, processor.tokenizer, decoding)
+    conversations = prompts_with_audio([example("mmau", item, audio_dir)["prompt"] for item in items[:3]])
+    texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    audios = [conversation[0]["content"][0]["audio"] for conversation in conversations]
+    inputs = processor(text=texts, audio=audios, sampling_rate=16_000, padding=True, return_tensors="pt")
+    original = {"mode": "original", "max_new_tokens": 12, "seed": 0, "batch_size": 3, "overrides": {}}
+    config = decoding.generation_config(model.generation_config, processor.tokenizer, original)
     runs = []
     for seed in (5, 5, 6):
         torch.manual_seed(seed)
         with torch.inference_mode():
             literal = model.generate(**inputs, max_new_tokens=12)
         torch.manual_seed(seed)
-        with torch.inference_mode(), evaluator.checkpoint_defaults_off(model):
+        with torch.inference_mode(), decoding.checkpoint_defaults_off(model):
             ours = model.generate(**inputs, generation_config=config)
         assert torch.equal(ours, literal)
         runs.append(ours)
@@ -612,7 +593,7 @@ def test_original_is_the_original_generate_call_seeded(planted_model, mmau_slice
     assert model.generation_config.do_sample is True  # the context restored the checkpoint's config
 
 
-def test_original_sampling_reruns_and_resumes_identically(planted_model, mmau_slice, tmp_path, monkeypatch, capsys):
+def test_original_sampling_reruns_identically(planted_model, mmau_slice, tmp_path):
     data_file, audio_dir, _ = mmau_slice
     args = ("--batch_size", 2, "--limit", 6)
     assert _run(planted_model, data_file, audio_dir, tmp_path / "a.json", *args) == 0
@@ -620,22 +601,6 @@ def test_original_sampling_reruns_and_resumes_identically(planted_model, mmau_sl
     assert _run(planted_model, data_file, audio_dir, tmp_path / "c.json", *args, "--seed", 7) == 0
     assert _raws(tmp_path / "a.json") == _raws(tmp_path / "b.json") != _raws(tmp_path / "c.json")
 
-    real_generate = evaluator.generate_batch
-    calls = []
-
-    def killed_in_second_batch(*call_args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_generate(*call_args, **kwargs)
-
-    monkeypatch.setattr(evaluator, "generate_batch", killed_in_second_batch)
-    with pytest.raises(KeyboardInterrupt):
-        _run(planted_model, data_file, audio_dir, tmp_path / "d.json", *args)
-    monkeypatch.undo()
-    assert _run(planted_model, data_file, audio_dir, tmp_path / "d.json", *args) == 0
-    assert "Resuming: 2 of 6 items already done" in capsys.readouterr().out
-    assert _raws(tmp_path / "d.json") == _raws(tmp_path / "a.json")  # batches 1 and 2 drew the numbers of run a
     assert _read(tmp_path / "a.meta.json")["seeding"].startswith("batch_seed(seed, batch index) for each batch")
 
 
@@ -1027,7 +992,12 @@ def test_paper_protocol_fixes_its_settings_and_refuses_others():
     assert (default.decoding, default.batch_size, default.max_new_tokens, default.prompt_style) == (
         "original", 32, 256, "answer")  # fmt: skip
     assert evaluator.parse_args([*base, "--protocol", "paper", "--batch_size", "16"]).batch_size == 16
-    for conflict in (["--batch_size", "32"], ["--decoding", "greedy"], ["--think"], ["--temperature", "1.0"]):
+    for conflict in (
+        ["--batch_size", "32"],
+        ["--decoding", "greedy"],
+        ["--prompt_style", "think"],
+        ["--temperature", "1.0"],
+    ):
         with pytest.raises(SystemExit):
             evaluator.parse_args([*base, "--protocol", "paper", *conflict])
 

@@ -31,10 +31,7 @@ class ListeningStub:
     def __init__(self, *args):
         self.calls = 0
         self.checkpoint_config, self.processor = None, Namespace(tokenizer=None)
-        self.audio_channels = "first"  # how the model's family makes a stereo file mono (r1aqa.evaluate.Model)
-
-    def get(self):
-        return self
+        self.audio_channels = "first"  # how the model's family makes a stereo file mono (r1aqa.evaluate.load_generator)
 
     def generate(self, conversations, config, seed, item_seeds=()):
         self.calls += len(conversations)
@@ -61,7 +58,7 @@ def stub(monkeypatch):
         made.append(ListeningStub())
         return made[-1]
 
-    monkeypatch.setattr(filter_data, "Model", model)
+    monkeypatch.setattr(filter_data, "load_generator", model)
     monkeypatch.setattr(filter_data, "generation_config", lambda *args: None)
     return made
 
@@ -119,11 +116,11 @@ def test_thresholds_are_recorded_and_new_thresholds_or_models_reuse_finished_sha
     settings = json.loads((tmp_path / "settings.json").read_text())
     assert settings["thresholds"] == {"silence_threshold": 0.0, "min_models": 1} and settings["num_samples"] == 2
     summary = run(data_file, tmp_path, "--silence_threshold", "1.0")
-    assert stub[1].calls == 0, "only the thresholds changed: no shard is generated again"
+    assert len(stub) == 1, "only the thresholds changed: no model is loaded, no shard generated again"
     assert summary["counts"]["strong"] == 10 and summary["thresholds"]["silence_threshold"] == 1.0
     assert json.loads((tmp_path / "settings.json").read_text())["thresholds"]["silence_threshold"] == 1.0
     summary = run(data_file, tmp_path, "--model_path", "second", "--min_models", "2")
-    assert [s.calls for s in stub[2:]] == [0, 10 * 2 * 2], "a model added: only its own shards are generated"
+    assert [s.calls for s in stub[1:]] == [10 * 2 * 2], "a model added: only it is loaded and generates its shards"
     assert summary["thresholds"] == {"silence_threshold": 0.0, "min_models": 2} and summary["counts"]["strong"] == 6
 
 

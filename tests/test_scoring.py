@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from r1aqa.benchmarks import (
     aggregate,
     detect_benchmark,
-    format_aggregate,
     format_report,
     is_match,
     load_items,
@@ -407,7 +406,7 @@ def test_aggregate_is_mean_and_sample_std_over_passes():
     assert combined["total"]["total"] == 8 and combined["no_prediction"] == {"missing": 0, "none": 0, "non_string": 0}
     for task, row in combined["task"].items():
         assert row["per_sample"] == [s["task"][task]["accuracy"] for s in summaries]
-    assert "62.50% ± 12.50 over 8 samples (3 passes: 50.00, 75.00, 62.50)" in format_aggregate(combined)
+    assert "62.50% ± 12.50 over 8 samples (3 passes: 50.00, 75.00, 62.50)" in format_report(combined)
 
 
 # ---- AVQA validation questions (checkpoint selection; docs/recipe.md §2) -------------------------------------------

@@ -80,8 +80,8 @@ def hf_greedy_ids(model, processor, convs, max_new_tokens=NEW_TOKENS) -> list[li
 def vllm_greedy_ids(llm, processor, model_dir, convs) -> list[list[int]]:
     from transformers import GenerationConfig
 
-    from r1aqa.decoding import sampling_params
-    from r1aqa.evaluate import generate_ids_vllm, generation_config
+    from r1aqa.decoding import generation_config, sampling_params
+    from r1aqa.evaluate import generate_ids_vllm
 
     greedy = {"mode": "greedy", "max_new_tokens": NEW_TOKENS, "overrides": {}}
     config = generation_config(GenerationConfig.from_pretrained(model_dir), processor.tokenizer, greedy)

@@ -97,7 +97,7 @@ def test_vllm_recipe_is_the_paper_recipe_plus_vllm_settings():
 def _resolved(mode: str, checkpoint_fields: dict, **overrides):
     from transformers import GenerationConfig
 
-    from r1aqa.evaluate import generation_config
+    from r1aqa.decoding import generation_config
 
     class Tokenizer:
         eos_token_id, pad_token_id = 151645, 151643
@@ -145,8 +145,7 @@ def test_vllm_sampling_settings_for_greedy_ignore_the_checkpoint_sampling():
 
 
 def test_vllm_refuses_settings_it_cannot_decode_with():
-    from r1aqa.decoding import sampling_settings
-    from r1aqa.evaluate import EvalError
+    from r1aqa.decoding import EvalError, sampling_settings
 
     planted = {**QWEN2_AUDIO_INSTRUCT_GENERATION, "no_repeat_ngram_size": 3}
     with pytest.raises(EvalError, match="no_repeat_ngram_size.*--backend hf"):

@@ -179,8 +179,8 @@ def test_each_evaluation_request_is_seeded_from_its_item(llm, real_processor_mod
     alone, in a batch, at another position and on a rerun; different items draw differently."""
     from transformers import GenerationConfig
 
-    from r1aqa.decoding import item_sampling_params
-    from r1aqa.evaluate import generate_ids_vllm, generation_config
+    from r1aqa.decoding import generation_config, sampling_params
+    from r1aqa.evaluate import generate_ids_vllm
     from r1aqa.models import load_processor
 
     processor = load_processor(real_processor_model_dir)
@@ -195,7 +195,7 @@ def test_each_evaluation_request_is_seeded_from_its_item(llm, real_processor_mod
     ids = ["item-a", "item-b", "item-c"]
 
     def run(items):
-        params = item_sampling_params(config, 42, items)
+        params = sampling_params(config, 42, items)
         return dict(zip(items, generate_ids_vllm(llm, processor, [conversation] * len(items), params), strict=True))
 
     together = run(ids)

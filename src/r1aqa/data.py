@@ -68,62 +68,12 @@ def avqa_example(record: dict, think: bool = False, format_instruction: bool = T
     return {"prompt": user_turn(record["audio_path"], text), "solution": solution, **record}
 
 
-# The evaluation builders below (and `_example`) move to r1aqa.benchmarks (EVAL): delete them at the merge.
-def _example(original: dict, audio_path: str, text: str, answer: str | None) -> dict:
-    """The row: `prompt`, `solution` (none when the answer is withheld), then the original keys."""
-    clashes = [key for key in ("prompt", "solution") if key in original]
-    if clashes:
-        raise DataError(f"record {original.get('id')!r} already has key(s) {clashes}: rename them in the input file.")
-    solution = {} if answer is None else {"solution": solution_text(answer)}
-    return {"prompt": user_turn(audio_path, text), **solution, **original}
-
-
-def avqa_eval_example(
-    record: dict, audio_dir: str | None = None, think: bool = False, format_instruction: bool = True
-) -> dict:
-    """One row of an AVQA JSONL (e.g. the validation split `r1aqa.prepare_avqa` writes) as evaluation reads it: the
-    very row training builds (`avqa_example`), its clip the row's `audio_path`, or with `audio_dir` the file of that
-    name in `audio_dir` (the WAVs moved since the conversion)."""
-    if audio_dir is not None and _is_text(record.get("audio_path")):
-        record = {**record, "audio_path": os.path.join(audio_dir, os.path.basename(record["audio_path"]))}
-    return avqa_example(record, think, format_instruction)
-
-
-def mmau_audio_path(item: dict, audio_dir: str) -> str:
-    """MMAU's `audio_id` is `./test-mini-audios/<id>.wav`; users unpack the audio anywhere, so keep the file name."""
-    return os.path.join(audio_dir, os.path.basename(item["audio_id"]))
-
-
-def mmau_example(item: dict, audio_dir: str, think: bool = False, format_instruction: bool = True) -> dict:
-    """One MMAU item -> the same conversation as training: `prompt`, `solution`, the item's keys, `audio_path`.
-
-    MMAU's `question` is used as is (no video->audio replacement) with its `choices`; `answer` is the option text.
-    The full test split withholds `answer`: the row then has no `solution`. `format_instruction=False` gives
-    Prompt <1> (the SFT baselines).
-    """
-    audio_path = mmau_audio_path(item, audio_dir)
-    text = format_question(item["question"], item["choices"], think, format_instruction)
-    return {**_example(item, audio_path, text, item.get("answer")), "audio_path": audio_path}
-
-
-def mmar_audio_path(item: dict, audio_dir: str) -> str:
-    """MMAR's `audio_path` is `./audio/<name>.wav` (the name is not always the id): the file name under `audio_dir`."""
-    return os.path.join(audio_dir, os.path.basename(item["audio_path"]))
-
-
-def mmar_example(item: dict, audio_dir: str, think: bool = False, format_instruction: bool = True) -> dict:
-    """One MMAR metadata item -> the same conversation as MMAU's (`mmau_example`): its `question` and `choices` in
-    the training prompt, the audio found under `audio_dir` by the file name of `audio_path` (which the row's
-    `audio_path` then holds)."""
-    audio_path = mmar_audio_path(item, audio_dir)
-    text = format_question(item["question"], item["choices"], think, format_instruction)
-    return {**_example(item, audio_path, text, item.get("answer")), "audio_path": audio_path}
-
-
 def read_jsonl(path: str) -> list[dict]:
     """One JSON object per line; blank lines are ignored. A bad line raises `DataError` naming `path:line`."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file. Create it with `python -m r1aqa.prepare_avqa` (see data/README.md).")
+        raise DataError(
+            f"{path}: no such file. Create it with `python -m r1aqa.prepare_avqa` for AVQA; data/README.md for the benchmarks."
+        )
     records = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):

@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", default=None, help="Base model (default: the one in adapter_config.json).")
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
     args = parser.parse_args(argv)
-    print(f"Merged {args.adapter}: wrote {merge_lora(args.adapter, args.out, args.base, args.dtype)}")
+    try:
+        print(f"Merged {args.adapter}: wrote {merge_lora(args.adapter, args.out, args.base, args.dtype)}")
+    except models.ModelFolderError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

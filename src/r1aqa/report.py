@@ -21,11 +21,10 @@ import re
 import sys
 from pathlib import Path
 
-from r1aqa.benchmarks import MODALITIES, PAPER_RELEASE, TASKS, mean_std, release_name
+from r1aqa.benchmarks import BENCHMARKS, PAPER_RELEASE, mean_std, release_name
 
 SCORE_FILE = re.compile(r"^checkpoint-(\d+)\.score\.json$")
 # Columns per benchmark: the score file's group key and its fixed names (None: as the file lists them), then total.
-GROUPS = {"mmau": ("task", TASKS), "mmar": ("modality", MODALITIES), "avqa": ("question_type", None)}
 NAMES = {"mmau": "MMAU", "mmar": "MMAR", "avqa": "AVQA validation"}
 PAPER_ACCURACY = 64.5  # the paper's MMAU test-mini total, on PAPER_RELEASE
 SELECTED = "<- selected on validation"
@@ -41,7 +40,7 @@ def collect(score_dir: str) -> list[dict]:
             continue
         path = os.path.join(score_dir, name)
         summary, settings = json.loads(Path(path).read_text(encoding="utf-8")), {}
-        key, names = GROUPS[summary.get("benchmark", "mmau")]
+        key, _, names = BENCHMARKS[summary.get("benchmark", "mmau")]["groups"][0]
         groups = {group: summary[key].get(group, {"total": 0}) for group in names or summary[key]}
         groups["total"] = summary["total"]
         stem = path[: -len(".score.json")]  # the meta file beside it (of the first pass for several)
