@@ -42,8 +42,9 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from r1aqa.audio_sharing import find_audio_tower  # noqa: E402
 from r1aqa.prompts import format_question, solution_text, user_turn  # noqa: E402
-from r1aqa.trainer import AudioGRPOConfig, AudioGRPOTrainer, find_audio_tower  # noqa: E402
+from r1aqa.trainer import AudioGRPOConfig, AudioGRPOTrainer  # noqa: E402
 from r1aqa.tryout.tiny import write_tiny_model  # noqa: E402
 
 PROMPTS_PER_STEP = 2
