@@ -51,32 +51,17 @@ def hooked(module: torch.nn.Module, pre_hook, hook):
         post.remove()
 
 
-def group_plan(groups: torch.Tensor | None) -> tuple[int, torch.Tensor, torch.Tensor] | None:
-    """`(rows, inverse, first)`: the number of rows, each row's group (0..G-1) and each group's first row; None when
-    there is nothing to share."""
-    if groups is None:
-        return None
-    groups = groups.reshape(-1)
-    unique, inverse = torch.unique(groups, return_inverse=True)
-    if unique.numel() == groups.numel():
-        return None
-    rows = groups.numel()
-    positions = torch.arange(rows, device=groups.device)
-    first = torch.full((unique.numel(),), rows, dtype=torch.long, device=groups.device)
-    return rows, inverse, first.scatter_reduce(0, inverse, positions, reduce="amin")
-
-
 @contextmanager
 def share_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | None):
     """While active, a call of `audio_tower` on the clips of `groups` encodes the first clip of each group and copies
     its encoding to the group's other clips. Clips are rows (Qwen2-Audio: features B x 128 x frames, output B x tokens
     x dim) or packed along time (Qwen2.5-Omni: 128 x sum of frames with `feature_lens` / `aftercnn_lens`, output sum of
     tokens x dim). The model's own forward runs unchanged around the hooks (DeepSpeed, DDP, PEFT see a plain pass)."""
-    plan = group_plan(groups)
-    if plan is None:
+    if groups is None or torch.unique(groups).numel() == groups.numel():  # nothing to share
         yield
         return
-    rows, inverse, first = plan
+    (unique, inverse), rows = torch.unique(groups, return_inverse=True), groups.numel()
+    first = torch.full_like(unique, rows).scatter_reduce(0, inverse, torch.arange(rows, device=groups.device), "amin")
     packed = getattr(getattr(audio_tower, "config", None), "model_type", None) == "qwen2_5_omni_audio_encoder"
     kept_tokens: list[int] = []  # packed: the encoded clips' token counts
 

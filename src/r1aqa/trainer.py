@@ -119,10 +119,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         groups = self._forward_audio.get(AUDIO_GROUP_KEY) if self._forward_audio else None
         if groups is not None and groups.numel() != len(prompt_ids):
             groups = None  # not the batch _tokenize_prompts saw (e.g. a tool turn): encode every row
-        if self.use_vllm:
-            if len(self._prompt_clips) != len(prompt_ids):
-                raise RuntimeError("vLLM generation for prompts whose audio _tokenize_prompts did not load.")
-            images = self._prompt_clips  # TRL hands `images` to its vLLM backend only; AudioLLM sends them as audio
+        if self.use_vllm:  # TRL hands `images` to its vLLM backend only (zipped strictly with the prompts)
+            images = self._prompt_clips  # AudioLLM sends them as audio
         with self._shared_audio(self.model, groups):
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images

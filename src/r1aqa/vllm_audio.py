@@ -1,8 +1,6 @@
-"""vLLM with the audio: GRPO rollouts (`use_vllm: true`, colocate mode) and evaluation's `--backend vllm`.
-
-Four traps, each silent or obscure when missed: vLLM expands `<|AUDIO|>` itself (`audio_prompt`,
-`check_audio_expansion`), loads the hub's parameter names (`hub_name`), takes checkpoint tensors on CPU only through
-`reload_weights` (`load_weights`), and keeps stale audio encodings after new weights (reset on every load)."""
+"""vLLM with the audio: GRPO rollouts (`use_vllm: true`, colocate mode) and evaluation's `--backend vllm`. Traps: vLLM
+expands `<|AUDIO|>` itself (`audio_prompt`, `check_audio_expansion`), loads the hub's parameter names (`hub_name`),
+takes checkpoint tensors on CPU only through `reload_weights`, keeps stale audio encodings after new weights."""
 
 from __future__ import annotations
 
@@ -124,8 +122,7 @@ def start_engine(model_path: str, dtype, device: str, **settings):
 
 
 def load_weights(llm, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Load `(name, tensor)` pairs (any of `hub_name`'s spellings) into the running engine, then drop what was computed
-    with the old weights (audio encodings, prefix KV cache)."""
+    """Load `(name, tensor)` pairs (any `hub_name` spelling) into the engine; drop its encoder and prefix caches."""
     runner = llm.llm_engine.model_executor.driver_worker.model_runner
     runner.reload_weights(weights_iterator=((hub_name(n), t) for n, t in weights), is_checkpoint_format=True)
     llm.llm_engine.reset_encoder_cache()
@@ -180,8 +177,8 @@ class AudioVLLMGeneration(VLLMGeneration):
 
     @classmethod
     def for_trainer(cls, trainer) -> AudioVLLMGeneration:
-        """Built from a GRPOTrainer's settings as TRL builds its backend, every rollout pinned to the trainer's end ids
-        and never sampling a multimodal placeholder (vLLM would follow the model folder's generation_config.json)."""
+        """As `GRPOTrainer.__init__` builds TRL's, rollouts pinned to the trainer's end ids and never sampling a
+        multimodal placeholder (vLLM would follow the model folder's generation_config.json)."""
         args, kwargs = trainer.args, dict(trainer.args.generation_kwargs or {})
         kwargs["stop_token_ids"] = sorted({*(kwargs.get("stop_token_ids") or []), *map(int, trainer.eos_token_ids)})
         suppressed = dict.fromkeys(placeholder_token_ids(trainer.model.config), SUPPRESS_BIAS)
