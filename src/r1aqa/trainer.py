@@ -79,7 +79,9 @@ class AudioGRPOTrainer(GRPOTrainer):
             self.vllm_generation = AudioVLLMGeneration.for_trainer(self)
             self._last_loaded_step = -1  # as TRL: the weights are synced before the first generation
         else:  # TRL suppresses `image_token_id` only (Qwen2.5-Omni's `<|IMAGE|>`)
-            suppress = sorted({*(self.generation_config.suppress_tokens or []), *placeholder_token_ids(model.config)})
+            suppress = sorted(
+                {*(self.generation_config.suppress_tokens or []), *placeholder_token_ids(self.model.config)}
+            )
             self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"] = suppress
         self.audio_channels = family_of_config(self.model.config).audio_channels  # how a stereo file is heard
         self.share_audio_encoding = getattr(self.args, "share_audio_encoding", True)
