@@ -25,6 +25,7 @@ from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
 from r1aqa import evaluate as evaluator
 from r1aqa.audio import load_audio
+from r1aqa.audio_sharing import find_audio_tower
 from r1aqa.models import (
     OMNI_SYSTEM_PROMPT,
     QWEN2_5_OMNI,
@@ -35,7 +36,6 @@ from r1aqa.models import (
     placeholder_token_ids,
 )
 from r1aqa.prompts import format_question, user_turn
-from r1aqa.trainer import find_audio_tower
 
 # Qwen/Qwen2.5-Omni-7B's chat template as docs/recipe.md §11 sources it, verbatim: the default system message is
 # "You are a helpful assistant."; the model card passes its own system prompt.

@@ -7,7 +7,7 @@ from tiny_grpo import CLIPS, G, make_trainer, rows
 from transformers import Qwen2AudioForConditionalGeneration
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
-from r1aqa.trainer import audio_groups, find_audio_tower
+from r1aqa.audio_sharing import audio_groups, find_audio_tower
 
 
 class EncoderRows:
