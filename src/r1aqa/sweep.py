@@ -1,9 +1,7 @@
-"""Evaluate every checkpoint of one training run or several, then report them: `bash test_mmau.sh` (= `python -m
-r1aqa.sweep --repo_dir <repository>`; `--help` lists its variables, e.g. RUN_DIR, each also a flag, e.g. --run_dir).
-
-Each complete checkpoint is one `python -m r1aqa.evaluate` (which skips one scored with the same settings), taken in
-step order by a worker per GPU or EVAL_PROCS on CPU. Results: RUN_DIR/<benchmark>/<data file>.<settings>/, then
-r1aqa.report's checkpoints.{csv,json,png}; several runs: each, then AGG_DIR/<benchmark>/<folder>/aggregate.*.
+"""Evaluate every checkpoint of a training run, or of several, then report them: `bash test_mmau.sh` (= `python -m
+r1aqa.sweep --repo_dir <repository>`). One `python -m r1aqa.evaluate` per checkpoint (a scored one is skipped), over a
+worker per GPU or EVAL_PROCS on CPU; then r1aqa.report: RUN_DIR/<benchmark>/<data file>.<settings>/checkpoints.*,
+and for several runs AGG_DIR/<benchmark>/<folder>/aggregate.*. Each variable below is also a flag (a flag wins).
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from r1aqa import report
 from r1aqa.benchmarks import detect_benchmark, load_items
 from r1aqa.checkpoints import complete_checkpoints
 
-# test_mmau.sh's environment variables, each also a flag (RUN_DIR: --run_dir; a flag wins over the variable).
+# test_mmau.sh's environment variables: (name, help, argparse options); RUN_DIR is also --run_dir.
 VARIABLES = (
     ("RUN_DIR", "the run's output_dir, or a folder of seed-* runs (default outputs/grpo-qwen2-audio-7b)", {}),
     ("RUN_DIRS", "several runs, e.g. 'out/seed-42 out/seed-43': each as alone, then their aggregate", {"type": str.split}),
@@ -79,7 +77,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
     """One run's settings: the prompt and system turn it was trained with unless set, the benchmark, the folders
-    (`out_dir`; `eval_dir`: the same, `.silent` for silent audio)."""
+    (`out_dir`; `eval_dir`: the same, `.silent` for silent audio) and `select`: the selection file's settings."""
     run = argparse.Namespace(**{**vars(args), "run_dir": run_dir})
     recorded_file = os.path.join(run_dir, "r1aqa_run.json")
     recorded = json.loads(Path(recorded_file).read_text(encoding="utf-8")) if os.path.isfile(recorded_file) else {}
@@ -91,8 +89,7 @@ def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
     if not os.path.isdir(run_dir):
         die(f"RUN_DIR={run_dir} is not a folder (set RUN_DIR to the training run's output_dir)")
     if run.select_file and not os.path.isfile(run.select_file):
-        die(f"SELECT_FILE={run.select_file} does not exist (python -m r1aqa.prepare_avqa --qa_json val_qa.json ... "
-            "writes it)")  # fmt: skip
+        die(f"SELECT_FILE={run.select_file} does not exist (python -m r1aqa.prepare_avqa writes it)")
     try:
         run.benchmark = detect_benchmark(load_items(run.data_file)) if run.benchmark == "auto" else run.benchmark
     except (OSError, ValueError) as error:
@@ -107,19 +104,16 @@ def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
     name += f".system-{run.system_prompt}" if run.system_prompt != "default" else ""
     run.out_dir = run.out_dir or os.path.join(run_dir, run.benchmark, name)
     run.eval_dir = run.out_dir + (".silent" if run.audio == "silent" else "")
+    run.select = None
+    if run.select_file:  # the run's prompt, decoding, seed and passes, always with the audio
+        changes = {"data_file": run.select_file, "audio_dir": run.select_audio_dir, "select_file": None,
+                   "out_dir": None, "benchmark": "auto", "audio": "real"}  # fmt: skip
+        run.select = settings(argparse.Namespace(**{**vars(run), **changes}), run_dir)
     return run
 
 
-def validation(run: argparse.Namespace) -> argparse.Namespace:
-    """The selection file's settings: the run's prompt, decoding, seed and passes, always with the audio."""
-    changes = {"data_file": run.select_file, "audio_dir": run.select_audio_dir, "select_file": None, "out_dir": None,
-               "benchmark": "auto", "audio": "real"}  # fmt: skip
-    return settings(argparse.Namespace(**{**vars(run), **changes}), run.run_dir)
-
-
 def workers(devices: list[str] | None, procs: int) -> list[tuple[str, dict[str, str]]]:
-    """`(name, environment)` per worker: one per GPU (default every visible one), else `procs` on CPU sharing the
-    cores."""
+    """`(name, environment)` per worker: one per GPU (default every visible one), else `procs` on CPU."""
     if devices is None and "CUDA_VISIBLE_DEVICES" in os.environ:
         devices = os.environ["CUDA_VISIBLE_DEVICES"].replace(",", " ").split()
     elif devices is None:
@@ -171,6 +165,19 @@ def scored(folder: str) -> bool:
     return bool(glob.glob(os.path.join(glob.escape(folder), "checkpoint-*.score.json")))
 
 
+def tabulate(runs: list[argparse.Namespace], prefix: str) -> int:
+    """r1aqa.report on the runs' scores (silent audio: beside those with audio if scored), written to PREFIX.*."""
+    table, silent = ["--out_prefix", prefix, "--score_dirs"], runs[0].audio == "silent"
+    if silent and all(scored(run.out_dir) for run in runs):
+        table += [run.out_dir for run in runs] + ["--silent_score_dirs"]
+    elif silent:
+        print(f"No scores with audio in {runs[0].out_dir} yet: the table shows silent accuracy only.")
+    table += [run.eval_dir for run in runs]
+    if runs[0].select:
+        table += ["--select_score_dirs", *(run.select.eval_dir for run in runs)]
+    return report.main(table)
+
+
 def sweep_run(run: argparse.Namespace, extra: list[str]) -> int:
     """Evaluate one run's checkpoints (then the selection file's) and report them; returns the exit code."""
     for step in run.steps or ():
@@ -186,25 +193,26 @@ def sweep_run(run: argparse.Namespace, extra: list[str]) -> int:
     os.makedirs(run.eval_dir, exist_ok=True)
     if code := evaluate_checkpoints(run, steps, extra):
         return code
-    table = []
-    if run.select_file:
+    if run.select:
         print(f"=== validation: {run.select_file} (selects a step without the test set) ===", flush=True)
-        if code := sweep_run(select := validation(run), extra):
+        if code := sweep_run(run.select, extra):
             return code
-        table = ["--select_score_dir", select.eval_dir]
     if not scored(run.eval_dir):
         print(f"No scores (the data file has no answers): predictions are in {run.eval_dir}.")
         return 0
-    if run.audio == "silent" and scored(run.out_dir):  # beside the accuracy with audio, scored before
-        table += ["--score_dir", run.out_dir, "--silent_score_dir", run.eval_dir, "--out_prefix"]
-        return report.main([*table, os.path.join(run.eval_dir, "checkpoints")])
-    if run.audio == "silent":
-        print(f"No scores with audio in {run.out_dir} yet: the table shows silent accuracy only.")
-    return report.main(["--score_dir", run.eval_dir, *table])
+    return tabulate([run], os.path.join(run.eval_dir, "checkpoints"))
 
 
-def sweep_runs(args: argparse.Namespace, run_dirs: list[str], extra: list[str]) -> int:
-    """Each run evaluated as alone, then their aggregate (r1aqa.report --aggregate)."""
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse(sys.argv[1:] if argv is None else argv)
+    run_dirs, root = args.run_dirs, glob.escape(args.run_dir)
+    if not run_dirs and os.path.isdir(args.run_dir) and not glob.glob(os.path.join(root, "checkpoint-*")):
+        # a folder of seed-* runs (SEEDS="42 43" bash run_grpo.sh), in seed order
+        found = [path for path in glob.glob(os.path.join(root, "seed-*")) if os.path.isdir(path)]
+        run_dirs = sorted(found, key=lambda path: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)])
+    if not run_dirs:
+        return sweep_run(settings(args, args.run_dir), extra)
+    # Several runs: each evaluated as alone, then their aggregate.
     if args.out_dir:
         die("OUT_DIR is one run's folder: with several runs unset it (AGG_DIR places the aggregate)")
     for run_dir in run_dirs:
@@ -215,32 +223,14 @@ def sweep_runs(args: argparse.Namespace, run_dirs: list[str], extra: list[str]) 
     if len(names) > 1:
         die(f"the runs' results have different settings ({', '.join(names)}): were they trained in different modes? "
             "Set THINK or PROMPT_STYLE to evaluate them alike.")  # fmt: skip
-    parent = os.path.commonpath([os.path.dirname(os.path.abspath(run_dir)) for run_dir in run_dirs])
     for run in runs:
         print(f"##### run {run.run_dir} #####", flush=True)
         if sweep_run(run, extra):
             die(f"evaluating {run.run_dir} failed (see above)")
+    parent = os.path.commonpath([os.path.dirname(os.path.abspath(run_dir)) for run_dir in run_dirs])
     agg_dir = os.path.join(args.agg_dir or os.path.join(parent, "aggregate"), names[0])
-    table = ["--aggregate", "--out_prefix", os.path.join(agg_dir, "aggregate"), "--score_dirs"]
-    if args.audio == "silent" and all(scored(run.out_dir) for run in runs):  # audio vs silent, as alone
-        table += [run.out_dir for run in runs] + ["--silent_score_dirs"]
-    table += [run.eval_dir for run in runs]
-    if args.select_file:
-        table += ["--select_score_dirs", *(validation(run).eval_dir for run in runs)]
     print(f"##### aggregate of {len(runs)} runs -> {agg_dir} #####", flush=True)
-    return report.main(table)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args, extra = parse(sys.argv[1:] if argv is None else argv)
-    run_dirs, root = args.run_dirs, glob.escape(args.run_dir)
-    if not run_dirs and os.path.isdir(args.run_dir) and not glob.glob(os.path.join(root, "checkpoint-*")):
-        # a folder of seed-* runs (SEEDS="42 43" bash run_grpo.sh), in seed order
-        found = [path for path in glob.glob(os.path.join(root, "seed-*")) if os.path.isdir(path)]
-        run_dirs = sorted(found, key=lambda path: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)])
-    if run_dirs:
-        return sweep_runs(args, run_dirs, extra)
-    return sweep_run(settings(args, args.run_dir), extra)
+    return tabulate(runs, os.path.join(agg_dir, "aggregate"))
 
 
 if __name__ == "__main__":
