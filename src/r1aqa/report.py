@@ -28,10 +28,6 @@ SELECTED = "<- selected on validation"
 KINDS = ("std", "min", "max")
 
 
-def _read(path: str) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def collect(score_dir: str) -> list[dict]:
     """One row per score file, in step order: each column's accuracy (None: no items) and `std` over passes, and more."""
     rows = []
@@ -39,12 +35,12 @@ def collect(score_dir: str) -> list[dict]:
         if not (match := SCORE_FILE.match(name)):
             continue
         stem = os.path.join(score_dir, name)[: -len(".score.json")]
-        summary = _read(stem + ".score.json")
+        summary = json.loads(Path(stem + ".score.json").read_text(encoding="utf-8"))
         key, _, names = BENCHMARKS[benchmark := summary.get("benchmark", "mmau")]["groups"][0]
         groups = {group: summary[key].get(group, {"total": 0}) for group in names or summary[key]}
         groups["total"] = summary["total"]
         metas = [meta for meta in (stem + ".meta.json", stem + ".sample-0.meta.json") if os.path.isfile(meta)]
-        settings = _read(metas[0])["settings"] if metas else {}  # several passes: the first one's
+        settings = json.loads(Path(metas[0]).read_text(encoding="utf-8"))["settings"] if metas else {}  # first pass
         sha256 = settings.get("data_sha256")
         rows.append({c: g["accuracy"] if g["total"] else None for c, g in groups.items()} | dict(
             step=int(match.group(1)), benchmark=benchmark, columns=list(groups), n_items=summary["total"]["total"],
@@ -120,10 +116,6 @@ def _cell(value: float | None, std: float | None = None) -> str:
     return "-" if value is None else f"{value:.2f}" if std is None else f"{value:.2f}±{std:.2f}"
 
 
-def _row(rows: list[dict], step: int | None) -> dict | None:
-    return next((row for row in rows if row["step"] == step), None)
-
-
 def _test_cell(row: dict) -> str:
     """A step's total on test: mean±std, with min and max over several runs."""
     spread = f" (min {_cell(row['min']['total'])}, max {_cell(row['max']['total'])})" if row["count"] > 1 else ""
@@ -132,11 +124,6 @@ def _test_cell(row: dict) -> str:
 
 def _validation(row: dict) -> str:
     return _cell(row["select"]["total"], row["select"]["std"]) if row.get("select") else "-"
-
-
-def heading(rows: list[dict]) -> str | None:
-    """`<release>, <n> items`: which benchmark file the table scores; None when the scores do not say."""
-    return rows[0]["release"] and f"{rows[0]['release']}, {rows[0]['n_items']} items"
 
 
 def missing_clips(rows: list[dict]) -> str | None:
@@ -153,7 +140,8 @@ def format_table(rows: list[dict], best: int, selected=None, select_name=None) -
     cells = [{c: _cell(row[c], row["std"][c]) for c in columns} | {"validation": _validation(row)} for row in rows]
     widths = {c: max(7, len(c), *(len(cell[c]) for cell in cells)) for c in shown}
     header = f"  {'step':>6}  " + ("  runs  " if n_runs > 1 else "") + "  ".join(f"{c:>{widths[c]}}" for c in shown)
-    lines = [text for text in (heading(rows),) if text] + [header, "  " + "-" * (len(header) - 2)]
+    lines = [f"{first['release']}, {first['n_items']} items"] if first["release"] else []  # which benchmark file
+    lines += [header, "  " + "-" * (len(header) - 2)]
     for row, cell in zip(rows, cells, strict=True):
         lines.append(f"{'*' if row['step'] == best else ' '} {row['step']:>6}  "
                      + (f"{row['count']}/{n_runs}".rjust(5) + "  " if n_runs > 1 else "")
@@ -163,7 +151,7 @@ def format_table(rows: list[dict], best: int, selected=None, select_name=None) -
         each = f"; each run counts with its mean over {passes} sampled passes" if passes else ""
         lines.append(f"Mean±std (n-1) over the runs that have the step{each}; a step some lack is no candidate while "
                      "some step is in every run")  # fmt: skip
-    top, chosen = _row(rows, best), _row(rows, selected)
+    top, chosen = ({row["step"]: row for row in rows}.get(step) for step in (best, selected))
     if "select" in first:
         found = chosen and f"step {selected} (highest validation total {_validation(chosen)}%): {_test_cell(chosen)}"
         lines.append(f"Selected on validation ({select_name}): {found or 'none (no step is scored on both)'}")
@@ -249,11 +237,12 @@ def plot(rows: list[dict], best: int, path: str, title: str, selected=None, sele
         ax.axhline(PAPER_ACCURACY, color="dimgrey", linestyle="--", linewidth=1,
                    label=f"paper: {PAPER_ACCURACY}% on {PAPER_RELEASE}")  # fmt: skip
     for step, marker, label in ((best, "*", "best on test"), (selected, "D", "selected on validation")):
-        if (row := _row(rows, step)) is not None:
+        if (row := {row["step"]: row for row in rows}.get(step)) is not None:
             ax.plot([step], [row["total"]], marker=marker, markersize=16 if marker == "*" else 9, linestyle="none",
                     color="black" if marker == "*" else "red", markerfacecolor=None if marker == "*" else "none",
                     clip_on=False, zorder=5, label=f"{label}: step {step} ({row['total']:.2f}%)")  # fmt: skip
-    name, data = NAMES[first["benchmark"]], heading(rows) or "release unknown"
+    name, data = NAMES[first["benchmark"]], f"{first['release']}, {first['n_items']} items"
+    data = data if first["release"] else "release unknown"
     data = data if data.startswith(name) else f"{name}, {data}"
     passes = f", {first['num_samples']} sampled passes" if first["num_samples"] else ""
     subtitle = f"{data}; decoding {first['decoding'] or 'not recorded'}{passes}"
@@ -296,10 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {error}\n")
     if silent_rows:
         add_silent(rows, silent_rows)
-    selected = select_name = None
-    if select_rows:  # test_mmau.sh names it `<benchmark>/<data>.<settings>`, e.g. avqa/val.answer
-        select_name = "/".join(os.path.abspath(folders[2][0]).split(os.sep)[-2:])
-        selected = add_selection(rows, select_rows)
+    # test_mmau.sh names the held-out folder `<benchmark>/<data>.<settings>`, e.g. avqa/val.answer
+    select_name = folders[2] and "/".join(os.path.abspath(folders[2][0]).split(os.sep)[-2:])
+    selected = add_selection(rows, select_rows) if select_rows else None
     best, labels = best_step(rows), _labels(folders[0])
     print(format_table(rows, best, selected, select_name))
     prefix = args.out_prefix or os.path.join(args.score_dir[0], "checkpoints")

@@ -1,7 +1,6 @@
-"""Evaluate every checkpoint of a training run, or of several, then report them: `bash test_mmau.sh` (= `python -m
-r1aqa.sweep --repo_dir <repository>`). One `python -m r1aqa.evaluate` per checkpoint (a scored one is skipped), over a
-worker per GPU or EVAL_PROCS on CPU; then r1aqa.report: RUN_DIR/<benchmark>/<data file>.<settings>/checkpoints.*,
-and for several runs AGG_DIR/<benchmark>/<folder>/aggregate.*. Each variable below is also a flag (a flag wins).
+"""`bash test_mmau.sh` (= `python -m r1aqa.sweep --repo_dir <repository>`): `python -m r1aqa.evaluate` on every
+checkpoint of a run (or of several), then r1aqa.report: RUN_DIR/<benchmark>/<data file>.<settings>/checkpoints.*
+(several runs: also AGG_DIR/<benchmark>/<folder>/aggregate.*). Each variable below is also a flag (a flag wins).
 """
 
 from __future__ import annotations
@@ -44,8 +43,7 @@ VARIABLES = (
     ("OUT_DIR", "one run's result folder (default RUN_DIR/<benchmark>/<data file>.<settings>)", {}),
     ("SELECT_FILE", "AVQA validation JSONL (prepare_avqa): selects a step without the test set", {}),
     ("SELECT_AUDIO_DIR", "its WAVs, if moved since conversion", {}),
-    ("EVAL_DEVICES", "GPUs, one worker each, e.g. '0 1' (default every visible GPU; cpu: none)",
-     {"type": lambda text: text.replace(",", " ").split()}),
+    ("EVAL_DEVICES", "GPUs, e.g. '0 1' (default: all), or cpu", {"type": lambda t: t.replace(",", " ").split()}),
     ("EVAL_PROCS", "workers on CPU", {"type": int, "default": 1}),
     ("BACKEND", "hf (transformers) or vllm", {"choices": ("hf", "vllm")}),
 )  # fmt: skip
@@ -76,8 +74,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
-    """One run's settings: the prompt and system turn it was trained with unless set, the benchmark, the folders
-    (`out_dir`; `eval_dir`: the same, `.silent` for silent audio) and `select`: the selection file's settings."""
+    """One run's settings: as trained unless set, its folders (`eval_dir`: `out_dir`, `.silent` for silent audio)."""
     run = argparse.Namespace(**{**vars(args), "run_dir": run_dir})
     recorded_file = os.path.join(run_dir, "r1aqa_run.json")
     recorded = json.loads(Path(recorded_file).read_text(encoding="utf-8")) if os.path.isfile(recorded_file) else {}
@@ -112,27 +109,22 @@ def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
     return run
 
 
-def workers(devices: list[str] | None, procs: int) -> list[tuple[str, dict[str, str]]]:
-    """`(name, environment)` per worker: one per GPU (default every visible one), else `procs` on CPU."""
+def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[str]) -> int:
+    """One `python -m r1aqa.evaluate` per checkpoint over a worker per GPU, else EVAL_PROCS on CPU; 0, else the first
+    failure's exit code. A worker whose checkpoint failed stops (its GPU would fail again); the others go on."""
+    devices = run.eval_devices
     if devices is None and "CUDA_VISIBLE_DEVICES" in os.environ:
         devices = os.environ["CUDA_VISIBLE_DEVICES"].replace(",", " ").split()
     elif devices is None:
         import torch
 
         devices = [str(index) for index in range(torch.cuda.device_count())]
-    if devices and devices != ["cpu"]:
-        return [(f"gpu {gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in devices]
-    threads = {} if procs == 1 else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
-    return [(f"cpu {index}", {"CUDA_VISIBLE_DEVICES": "", **threads}) for index in range(procs)]
-
-
-def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[str]) -> int:
-    """One `python -m r1aqa.evaluate` per checkpoint over the workers; 0, else the first failure's exit code. A
-    worker whose checkpoint failed stops (its GPU would fail again); the others take the rest."""
-    team, todo, failures = workers(run.eval_devices, run.eval_procs), queue.SimpleQueue(), []
+    threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // run.eval_procs))} if run.eval_procs > 1 else {}
+    team = [(f"gpu {gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in devices if gpu != "cpu"]
+    team = team or [(f"cpu {index}", {"CUDA_VISIBLE_DEVICES": "", **threads}) for index in range(run.eval_procs)]
+    todo, failures, several = queue.SimpleQueue(), [], len(team) > 1
     for step in [*steps, *[None] * len(team)]:  # a None ends each worker
         todo.put(step)
-    several = len(team) > 1
     if several:
         print(f"{len(team)} workers ({', '.join(name for name, _ in team)}) for {len(steps)} checkpoints.", flush=True)
     flags = [f"--{key}={getattr(run, key)}" for key in EVALUATE_FLAGS if getattr(run, key) is not None]
@@ -188,8 +180,8 @@ def sweep_run(run: argparse.Namespace, extra: list[str]) -> int:
     if not steps:
         die(f"no complete checkpoint-N folder in RUN_DIR={run.run_dir} (training saves one every save_steps)")
     print(f"{run.benchmark.upper()}: {len(steps)} checkpoint(s) of {run.run_dir} (steps {' '.join(steps)}), "
-          f"{run.data_file}, prompt {run.prompt_style}, decoding {run.decoding or 'original'} ({run.num_samples} "
-          f"pass(es)), protocol {run.protocol or 'default'}, audio {run.audio} -> {run.eval_dir}", flush=True)  # fmt: skip
+          f"{run.data_file}, prompt {run.prompt_style}, decoding {run.decoding or 'original'} -> {run.eval_dir}",
+          flush=True)  # fmt: skip
     os.makedirs(run.eval_dir, exist_ok=True)
     if code := evaluate_checkpoints(run, steps, extra):
         return code
