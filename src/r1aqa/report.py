@@ -1,9 +1,5 @@
 """Accuracy of every checkpoint of one run or several (seeds): a table (best row marked), CSV, JSON and a plot.
 
-    python -m r1aqa.report --score_dir RUN/mmau/mmau-test-mini.answer [--silent_score_dir RUN/mmau/...answer.silent]
-        [--select_score_dir RUN/avqa/val.answer]                       # one run (test_mmau.sh runs this)
-    python -m r1aqa.report --aggregate --score_dirs RUN1/mmau/x RUN2/mmau/x [--select_score_dirs ...] --out_prefix P
-
 One run is an aggregate of one: per step and column the mean over the runs that have the step, std (n-1; one run: over
 its passes), min, max. Best: the highest total of a step every run has; selected: the same on held-out data.
 """

@@ -66,8 +66,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.add_argument("--" + name.lower(), help=f"{name}: {text}", **options)
     variables = [f"--{name.lower()}={os.environ[name]}" for name, _, _ in VARIABLES if os.environ.get(name)]
     args, extra = parser.parse_known_args(variables + argv)
-    if args.protocol == "paper":
-        args.steps = args.steps or ["100", "200", "300", "400", "500"]
+    args.steps = args.steps or (["100", "200", "300", "400", "500"] if args.protocol == "paper" else None)
     args.run_dir = args.run_dir or os.path.join(args.repo_dir, "outputs", "grpo-qwen2-audio-7b")
     args.data_file = args.data_file or args.mmau_file or os.path.join(args.repo_dir, "data/mmau/mmau-test-mini.json")
     return args, extra
@@ -140,17 +139,14 @@ def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[
             for line in process.stdout or ():  # several workers: each line prefixed with its checkpoint
                 print(f"[checkpoint-{step}] {line}", end="", flush=True)  # one write: lines never interleave
             if code := process.wait():
-                failures.append((step, name, code))
-                print(f"checkpoint-{step} failed ({name}, exit code {code}): this worker stops.\n", end="", flush=True)
+                failures.append(code)
+                print(f"error: checkpoint-{step} ({name}) failed (exit code {code}), this worker stops; the same command "
+                      "again redoes the unfinished ones.", file=sys.stderr, flush=True)  # fmt: skip
                 return
 
     with ThreadPoolExecutor(len(team)) as pool:
         list(pool.map(lambda worker: work(*worker), team))
-    if failures:
-        failed = ", ".join(f"checkpoint-{step} ({name}, exit code {code})" for step, name, code in failures)
-        print(f"error: evaluation failed for {failed}. Run the same command again: finished checkpoints are "
-              "skipped, the others redone.", file=sys.stderr, flush=True)  # fmt: skip
-    return failures[0][2] if failures else 0
+    return failures[0] if failures else 0
 
 
 def scored(folder: str) -> bool:
@@ -175,8 +171,7 @@ def sweep_run(run: argparse.Namespace, extra: list[str]) -> int:
     for step in run.steps or ():
         if not os.path.isdir(os.path.join(run.run_dir, f"checkpoint-{step}")):
             die(f"{os.path.join(run.run_dir, f'checkpoint-{step}')} does not exist")
-    warn = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    steps = run.steps or [str(step) for step, _ in complete_checkpoints(run.run_dir, warn=warn)]
+    steps = run.steps or [str(step) for step, _ in complete_checkpoints(run.run_dir)]  # the others named on stderr
     if not steps:
         die(f"no complete checkpoint-N folder in RUN_DIR={run.run_dir} (training saves one every save_steps)")
     print(f"{run.benchmark.upper()}: {len(steps)} checkpoint(s) of {run.run_dir} (steps {' '.join(steps)}), "
