@@ -233,13 +233,12 @@ def plot(rows: list[dict], best: int, path: str, title: str, selected=None, sele
         ax.axhline(PAPER_ACCURACY, color="dimgrey", linestyle="--", linewidth=1,
                    label=f"paper: {PAPER_ACCURACY}% on {PAPER_RELEASE}")  # fmt: skip
     for step, marker, label in ((best, "*", "best on test"), (selected, "D", "selected on validation")):
-        if (row := {row["step"]: row for row in rows}.get(step)) is not None:
+        if (row := next((row for row in rows if row["step"] == step), None)) is not None:
             ax.plot([step], [row["total"]], marker=marker, markersize=16 if marker == "*" else 9, linestyle="none",
                     color="black" if marker == "*" else "red", markerfacecolor=None if marker == "*" else "none",
                     clip_on=False, zorder=5, label=f"{label}: step {step} ({row['total']:.2f}%)")  # fmt: skip
-    name, data = NAMES[first["benchmark"]], f"{first['release']}, {first['n_items']} items"
-    data = data if first["release"] else "release unknown"
-    data = data if data.startswith(name) else f"{name}, {data}"
+    name, release = NAMES[first["benchmark"]], first["release"] or "release unknown"
+    data = f"{release if release.startswith(name) else f'{name}, {release}'}, {first['n_items']} items"
     passes = f", {first['num_samples']} sampled passes" if first["num_samples"] else ""
     subtitle = f"{data}; decoding {first['decoding'] or 'not recorded'}{passes}"
     ax.set_title("\n".join(text for text in (title, subtitle, missing_clips(rows)) if text), fontsize=9)
