@@ -1,13 +1,7 @@
 """Accuracy of every checkpoint of one run or several (seeds): a table (best row marked), CSV, JSON and a plot.
 
-    python -m r1aqa.report --score_dir RUN/mmau/mmau-test-mini.answer [--silent_score_dir RUN/mmau/...answer.silent]
-        [--select_score_dir RUN/avqa/val.answer]                       # one run (test_mmau.sh runs this)
-    python -m r1aqa.report --aggregate --score_dirs RUN1/mmau/x RUN2/mmau/x [--select_score_dirs ...] --out_prefix P
-
-One run is an aggregate of one: per step and column (tasks, modalities or question types, then the total) the mean
-over the runs that have the step, its std (n-1; one run: over its sampled passes), min and max. Best: the highest
-total among the steps every run has. Silent: the same checkpoints with `--audio silent`, beside. Select: the step with
-the highest held-out (AVQA validation) total, its test accuracy beside the best on test (optimistic). Ties: earliest.
+One run is an aggregate of one: per step and column the mean over the runs that have the step, std (n-1; one run: over
+its passes), min, max. Best: the highest total of a step every run has; selected: the same on held-out data.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ from pathlib import Path
 from r1aqa.benchmarks import BENCHMARKS, PAPER_RELEASE, mean_std, release_name
 
 SCORE_FILE = re.compile(r"^checkpoint-(\d+)\.score\.json$")
-# Columns per benchmark: the score file's group key and its fixed names (None: as the file lists them), then total.
 NAMES = {"mmau": "MMAU", "mmar": "MMAR", "avqa": "AVQA validation"}
 PAPER_ACCURACY = 64.5  # the paper's MMAU test-mini total, on PAPER_RELEASE
 SELECTED = "<- selected on validation"
@@ -32,34 +25,30 @@ KINDS = ("std", "min", "max")
 
 
 def collect(score_dir: str) -> list[dict]:
-    """One row per score file, in step order: each column's accuracy (None: no items) and `std` over passes, with
-    `n_items`, `num_samples`, `audio_errors`, the data `release` and the `decoding` mode (from the meta file)."""
+    """One row per score file, in step order: each column's accuracy (None: no items) and `std` over passes, and more."""
     rows = []
     for name in os.listdir(score_dir):
         if not (match := SCORE_FILE.match(name)):
             continue
-        path = os.path.join(score_dir, name)
-        summary, settings = json.loads(Path(path).read_text(encoding="utf-8")), {}
-        key, _, names = BENCHMARKS[summary.get("benchmark", "mmau")]["groups"][0]
+        stem = os.path.join(score_dir, name)[: -len(".score.json")]
+        summary = json.loads(Path(stem + ".score.json").read_text(encoding="utf-8"))
+        key, _, names = BENCHMARKS[benchmark := summary.get("benchmark", "mmau")]["groups"][0]
         groups = {group: summary[key].get(group, {"total": 0}) for group in names or summary[key]}
         groups["total"] = summary["total"]
-        stem = path[: -len(".score.json")]  # the meta file beside it (of the first pass for several)
         metas = [meta for meta in (stem + ".meta.json", stem + ".sample-0.meta.json") if os.path.isfile(meta)]
-        settings = json.loads(Path(metas[0]).read_text(encoding="utf-8"))["settings"] if metas else {}
+        settings = json.loads(Path(metas[0]).read_text(encoding="utf-8"))["settings"] if metas else {}  # first pass
         sha256 = settings.get("data_sha256")
-        row = {c: g["accuracy"] if g["total"] else None for c, g in groups.items()}
-        row.update(step=int(match.group(1)), benchmark=summary.get("benchmark", "mmau"), columns=list(groups),
-                   std={c: g.get("std") if g["total"] else None for c, g in groups.items()},
-                   n_items=summary["total"]["total"], num_samples=summary.get("num_samples"),
-                   audio_errors=summary.get("audio_errors") or 0, decoding=settings.get("decoding", {}).get("mode"),
-                   release=summary.get("data_release") or (release_name(sha256) if sha256 else None))  # fmt: skip
-        rows.append(row)
+        rows.append({c: g["accuracy"] if g["total"] else None for c, g in groups.items()} | dict(
+            step=int(match.group(1)), benchmark=benchmark, columns=list(groups), n_items=summary["total"]["total"],
+            std={c: g.get("std") if g["total"] else None for c, g in groups.items()},
+            num_samples=summary.get("num_samples"), audio_errors=summary.get("audio_errors") or 0,
+            decoding=settings.get("decoding", {}).get("mode"),
+            release=summary.get("data_release") or (release_name(sha256) if sha256 else None)))  # fmt: skip
     return sorted(rows, key=lambda row: row["step"])
 
 
 def aggregate_runs(runs: list[list[dict]], labels: list[str]) -> list[dict]:
-    """One row per step of any run (`collect` of each), over the runs that have it: `n_runs`, `count`, `runs`,
-    `missing_runs`, each column's mean under its name and `std`, `min`, `max`, `values` (run -> value) per column."""
+    """One row per step of any run (`collect` of each): each column's mean over the runs that have it, and more."""
     if empty := [label for label, rows in zip(labels, runs, strict=True) if not rows]:
         raise ValueError(f"no checkpoint-N.score.json for run(s) {empty}: score their checkpoints first.")
     for what, key in (("benchmarks", "benchmark"), ("numbers of items", "n_items"),
@@ -81,9 +70,8 @@ def aggregate_runs(runs: list[list[dict]], labels: list[str]) -> list[dict]:
             row["values"][c] = {label: run[c] for label, run in present.items() if run.get(c) is not None}
             numbers = list(row["values"][c].values())
             mean, std = mean_std(numbers) if numbers else (None, None)
-            row[c], row["min"][c], row["max"][c] = (
-                (round(mean, 2), min(numbers), max(numbers)) if numbers else [None] * 3
-            )
+            row[c] = None if mean is None else round(mean, 2)
+            row["min"][c], row["max"][c] = (min(numbers), max(numbers)) if numbers else (None, None)
             passes = present[labels[0]]["std"].get(c) if len(runs) == 1 else None  # one run: over its passes
             row["std"][c] = round(std, 2) if len(numbers) > 1 else passes
         out.append(row)
@@ -111,8 +99,7 @@ def best_step(rows: list[dict]) -> int | None:
 
 
 def add_selection(rows: list[dict], select_rows: list[dict]) -> int | None:
-    """Give each row `select` (its step's held-out `{"total", "std", "count"}`; None when not scored there) and
-    return the selected step: the best of the held-out rows among the candidate steps on test."""
+    """Give each row `select` (its held-out total, std, count, or None); return the best held-out candidate step."""
     by_step = {row["step"]: row for row in select_rows if row["total"] is not None}
     for row in rows:
         other = by_step.get(row["step"])
@@ -125,19 +112,14 @@ def _cell(value: float | None, std: float | None = None) -> str:
     return "-" if value is None else f"{value:.2f}" if std is None else f"{value:.2f}±{std:.2f}"
 
 
-def _row(rows: list[dict], step: int | None) -> dict | None:
-    return next((row for row in rows if row["step"] == step), None)
-
-
 def _test_cell(row: dict) -> str:
     """A step's total on test: mean±std, with min and max over several runs."""
     spread = f" (min {_cell(row['min']['total'])}, max {_cell(row['max']['total'])})" if row["count"] > 1 else ""
-    return f"{_cell(row['total'], row['std']['total'])}% total{spread}"
+    return f"test {_cell(row['total'], row['std']['total'])}% total{spread}"
 
 
-def heading(rows: list[dict]) -> str | None:
-    """`<release>, <n> items`: which benchmark file the table scores; None when the scores do not say."""
-    return rows[0]["release"] and f"{rows[0]['release']}, {rows[0]['n_items']} items"
+def _validation(row: dict) -> str:
+    return _cell(row["select"]["total"], row["select"]["std"]) if row.get("select") else "-"
 
 
 def missing_clips(rows: list[dict]) -> str | None:
@@ -148,41 +130,32 @@ def missing_clips(rows: list[dict]) -> str | None:
 
 
 def format_table(rows: list[dict], best: int, selected=None, select_name=None) -> str:
-    """Step x columns (mean±std), the best row marked `*`; over several runs a `runs` column (`count/n_runs`);
-    with a selection a `validation` column, the selected row marked; with silent audio, audio vs silent."""
-    columns, n_runs, passes, first = rows[0]["columns"], rows[0]["n_runs"], rows[0]["num_samples"], rows[0]
-    labels = first["runs"] + first["missing_runs"]
-    validation = {
-        r["step"]: "-" if not r.get("select") else _cell(r["select"]["total"], r["select"]["std"]) for r in rows
-    }
-    cells = [
-        {c: _cell(row[c], row["std"][c]) for c in columns} | {"validation": validation[row["step"]]} for row in rows
-    ]
+    """Step x columns (mean±std), best row `*`, over several runs `count/n_runs`, then validation and silent audio."""
+    first, columns, n_runs, passes = rows[0], rows[0]["columns"], rows[0]["n_runs"], rows[0]["num_samples"]
     shown = columns + (["validation"] if "select" in first else [])
+    cells = [{c: _cell(row[c], row["std"][c]) for c in columns} | {"validation": _validation(row)} for row in rows]
     widths = {c: max(7, len(c), *(len(cell[c]) for cell in cells)) for c in shown}
     header = f"  {'step':>6}  " + ("  runs  " if n_runs > 1 else "") + "  ".join(f"{c:>{widths[c]}}" for c in shown)
-    lines = [text for text in (heading(rows),) if text] + [header, "  " + "-" * (len(header) - 2)]
+    lines = [f"{first['release']}, {first['n_items']} items"] if first["release"] else []  # which benchmark file
+    lines += [header, "  " + "-" * (len(header) - 2)]
     for row, cell in zip(rows, cells, strict=True):
         lines.append(f"{'*' if row['step'] == best else ' '} {row['step']:>6}  "
                      + (f"{row['count']}/{n_runs}".rjust(5) + "  " if n_runs > 1 else "")
                      + "  ".join(f"{cell[c]:>{widths[c]}}" for c in shown)
                      + (f"  {SELECTED}" if row["step"] == selected else ""))  # fmt: skip
     if n_runs > 1:
-        lines.append(f"{first['benchmark'].upper()}: mean±std (n-1) over the runs ({', '.join(labels)}) that have the "
-                     "step (runs); a step some lack is no candidate while some step is in every run"
-                     + (f"; each run counts with its mean over {passes} sampled passes" if passes else ""))  # fmt: skip
-    top, chosen = _row(rows, best), _row(rows, selected)
+        each = f"; each run counts with its mean over {passes} sampled passes" if passes else ""
+        lines.append(f"Mean±std (n-1) over the runs that have the step{each}; a step some lack is no candidate while "
+                     "some step is in every run")  # fmt: skip
+    top, chosen = ({row["step"]: row for row in rows}.get(step) for step in (best, selected))
     if "select" in first:
-        lines.append(f"Selected on validation ({select_name}): " + ("none: no step is scored on both validation and "
-                     "test." if chosen is None else f"step {selected} (highest validation total "
-                     f"{validation[selected]}%, the earliest on a tie): test {_test_cell(chosen)}. Recommended: the "
-                     "test set played no part in choosing it."))  # fmt: skip
-    line = f"* best on test: step {best}: test {_test_cell(top)}"
-    if chosen is not None:
-        line += ". The paper's practice; optimistic, since it picks the step by the test numbers it reports" + (
-            f" ({top['total'] - chosen['total']:.2f} points above the selected step)" if best != selected
-            else " (here the same step)")  # fmt: skip
-    lines.append(line + (f" (mean±std over {passes} sampled passes)" if passes and n_runs == 1 else ""))
+        found = chosen and f"step {selected} (highest validation total {_validation(chosen)}%): {_test_cell(chosen)}"
+        lines.append(f"Selected on validation ({select_name}): {found or 'none (no step is scored on both)'}")
+    line = f"* best on test: step {best}: {_test_cell(top)}"
+    line += f" (mean±std over {passes} sampled passes)" if passes and n_runs == 1 else ""
+    if chosen is not None and best != selected:  # the paper's practice: the step is picked by the numbers it reports
+        line += f"; optimistic, {top['total'] - chosen['total']:.2f} points above the selected step"
+    lines.append(line)
     if missing := missing_clips(rows):
         lines.append(f"Audio: {missing}{' (the most of any run)' if n_runs > 1 else ''}.")
     if "silent" in first:
@@ -195,15 +168,15 @@ def format_table(rows: list[dict], best: int, selected=None, select_name=None) -
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], best: int, path: str, selected: int | None = None) -> None:
-    """Per step: the columns' means, `best`, the selection, `_std` (several runs: `_min`, `_max`, `count`...)."""
+def write_files(rows: list[dict], best: int, prefix: str, selected=None, select_name=None, **extra) -> None:
+    """PREFIX.csv (per step: the columns' means, `best`, the selection, `_std`, ...) and PREFIX.json (every row)."""
     columns, several = rows[0]["columns"], rows[0]["n_runs"] > 1
     fields = ["step", *columns, "best"] + (["selected", "validation_total", "validation_total_std"]
                                            if "select" in rows[0] else [])  # fmt: skip
     fields += [f"{c}_{kind}" for kind in KINDS[: 3 if several else 1] for c in columns]
     fields += ["count", "n_runs", "missing_runs"] if several else []
     fields += [f"{c}_{kind}" for kind in ("silent", "diff") for c in columns] if "silent" in rows[0] else []
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with open(prefix + ".csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=[*fields, "n_items", "audio_errors"], extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -214,26 +187,20 @@ def write_csv(rows: list[dict], best: int, path: str, selected: int | None = Non
             for kind in (*KINDS, "silent", "diff"):
                 flat.update({f"{c}_{kind}": value for c, value in row.get(kind, {}).items()})
             writer.writerow(flat)
-
-
-def write_json(rows: list[dict], best: int, path: str, selected=None, select_name=None, **extra) -> None:
-    """The rows (each with `best`, and `select`: its held-out total), the best and the selected step."""
     data = {"best_step": best, "data_release": rows[0]["release"], "missing_clips": missing_clips(rows), **extra}
     data |= {"selected_step": selected, "select_data": select_name} if "select" in rows[0] else {}
     data["rows"] = [{**row, "best": row["step"] == best} for row in rows]
-    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    Path(prefix + ".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def plot(rows: list[dict], best: int, path: str, title: str, selected=None, select_name=None):
-    """Accuracy against step (returns the figure): the total wide beneath the columns (a task equal to it stays
-    visible) with a ±1 std band; dashed: silent audio, validation and (MMAU test-mini) the paper's number."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    """Accuracy against step (returns the figure): the total wide beneath the columns, a ±1 std band; dashed: silent
+    audio, validation and (MMAU test-mini) the paper's number."""
+    from matplotlib.figure import Figure  # no pyplot: no display, no global state
 
     first, steps, values = rows[0], [row["step"] for row in rows], []
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
 
     def line(get, **style) -> list[float]:
         ys = [math.nan if get(row) is None else get(row) for row in rows]
@@ -266,12 +233,12 @@ def plot(rows: list[dict], best: int, path: str, title: str, selected=None, sele
         ax.axhline(PAPER_ACCURACY, color="dimgrey", linestyle="--", linewidth=1,
                    label=f"paper: {PAPER_ACCURACY}% on {PAPER_RELEASE}")  # fmt: skip
     for step, marker, label in ((best, "*", "best on test"), (selected, "D", "selected on validation")):
-        if (row := _row(rows, step)) is not None:
+        if (row := next((row for row in rows if row["step"] == step), None)) is not None:
             ax.plot([step], [row["total"]], marker=marker, markersize=16 if marker == "*" else 9, linestyle="none",
                     color="black" if marker == "*" else "red", markerfacecolor=None if marker == "*" else "none",
                     clip_on=False, zorder=5, label=f"{label}: step {step} ({row['total']:.2f}%)")  # fmt: skip
-    name, data = NAMES[first["benchmark"]], heading(rows) or "release unknown"
-    data = data if data.startswith(name) else f"{name}, {data}"
+    name, release = NAMES[first["benchmark"]], first["release"] or "release unknown"
+    data = f"{release if release.startswith(name) else f'{name}, {release}'}, {first['n_items']} items"
     passes = f", {first['num_samples']} sampled passes" if first["num_samples"] else ""
     subtitle = f"{data}; decoding {first['decoding'] or 'not recorded'}{passes}"
     ax.set_title("\n".join(text for text in (title, subtitle, missing_clips(rows)) if text), fontsize=9)
@@ -281,7 +248,6 @@ def plot(rows: list[dict], best: int, path: str, title: str, selected=None, sele
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return fig
 
 
@@ -303,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{flag}", f"--{flag}s", nargs="+", metavar="DIR", help=f"Folders: {text}.")
     parser.add_argument("--aggregate", action="store_true", help="Accepted for older commands: --score_dir D1 D2.")
     parser.add_argument("--out_prefix", help="Write PREFIX.csv/.json/.png (one run: default SCORE_DIR/checkpoints).")
-    parser.add_argument("--title", help="The plot's first title line (default: the run's folder name).")
     args = parser.parse_args(argv)
     folders = (args.score_dir, args.silent_score_dir, args.select_score_dir)
     if not args.score_dir or (len(args.score_dir) > 1 and not args.out_prefix):
@@ -315,20 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {error}\n")
     if silent_rows:
         add_silent(rows, silent_rows)
-    selected = select_name = None
-    if select_rows:  # test_mmau.sh names it `<benchmark>/<data>.<settings>`, e.g. avqa/val.answer
-        select_name = "/".join(os.path.abspath(folders[2][0]).split(os.sep)[-2:])
-        selected = add_selection(rows, select_rows)
+    # test_mmau.sh names the held-out folder `<benchmark>/<data>.<settings>`, e.g. avqa/val.answer
+    select_name = folders[2] and "/".join(os.path.abspath(folders[2][0]).split(os.sep)[-2:])
+    selected = add_selection(rows, select_rows) if select_rows else None
     best, labels = best_step(rows), _labels(folders[0])
     print(format_table(rows, best, selected, select_name))
     prefix = args.out_prefix or os.path.join(args.score_dir[0], "checkpoints")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    write_csv(rows, best, prefix + ".csv", selected)
-    extra = {"n_runs": len(labels), "runs": labels}
-    for name, group in zip(("score_dirs", "silent_score_dirs", "select_score_dirs"), folders, strict=True):
-        extra |= {name: [os.path.abspath(folder) for folder in group]} if group else {}
-    write_json(rows, best, prefix + ".json", selected, select_name, **extra)
-    title = args.title or (labels[0] if len(labels) == 1 else f"{len(labels)} runs ({', '.join(labels)})")
+    names = ("score_dirs", "silent_score_dirs", "select_score_dirs")
+    dirs = {name: [os.path.abspath(f) for f in group] for name, group in zip(names, folders, strict=True) if group}
+    write_files(rows, best, prefix, selected, select_name, n_runs=len(labels), runs=labels, **dirs)
+    title = labels[0] if len(labels) == 1 else f"{len(labels)} runs ({', '.join(labels)})"
     plot(rows, best, prefix + ".png", title, selected, select_name)
     print(f"Wrote {prefix}.csv, {prefix}.json, {prefix}.png")
     return 0

@@ -1,9 +1,6 @@
-"""Evaluate every checkpoint of one training run or several, then report them: `bash test_mmau.sh` (= `python -m
-r1aqa.sweep --repo_dir <repository>`; `--help` lists its variables, e.g. RUN_DIR, each also a flag, e.g. --run_dir).
-
-Each complete checkpoint is one `python -m r1aqa.evaluate` (which skips one scored with the same settings), taken in
-step order by a worker per GPU or EVAL_PROCS on CPU. Results: RUN_DIR/<benchmark>/<data file>.<settings>/, then
-r1aqa.report's checkpoints.{csv,json,png}; several runs: each, then AGG_DIR/<benchmark>/<folder>/aggregate.*.
+"""`bash test_mmau.sh` (= `python -m r1aqa.sweep --repo_dir <repository>`): `python -m r1aqa.evaluate` on every
+checkpoint of a run (or of several), then r1aqa.report: RUN_DIR/<benchmark>/<data file>.<settings>/checkpoints.*
+(several runs: also AGG_DIR/<benchmark>/<folder>/aggregate.*). Each variable below is also a flag (a flag wins).
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from r1aqa import report
 from r1aqa.benchmarks import detect_benchmark, load_items
 from r1aqa.checkpoints import complete_checkpoints
 
-# test_mmau.sh's environment variables, each also a flag (RUN_DIR: --run_dir; a flag wins over the variable).
+# test_mmau.sh's environment variables: (name, help, argparse options); RUN_DIR is also --run_dir.
 VARIABLES = (
     ("RUN_DIR", "the run's output_dir, or a folder of seed-* runs (default outputs/grpo-qwen2-audio-7b)", {}),
     ("RUN_DIRS", "several runs, e.g. 'out/seed-42 out/seed-43': each as alone, then their aggregate", {"type": str.split}),
@@ -46,8 +43,7 @@ VARIABLES = (
     ("OUT_DIR", "one run's result folder (default RUN_DIR/<benchmark>/<data file>.<settings>)", {}),
     ("SELECT_FILE", "AVQA validation JSONL (prepare_avqa): selects a step without the test set", {}),
     ("SELECT_AUDIO_DIR", "its WAVs, if moved since conversion", {}),
-    ("EVAL_DEVICES", "GPUs, one worker each, e.g. '0 1' (default every visible GPU; cpu: none)",
-     {"type": lambda text: text.replace(",", " ").split()}),
+    ("EVAL_DEVICES", "GPUs, e.g. '0 1' (default: all), or cpu", {"type": lambda t: t.replace(",", " ").split()}),
     ("EVAL_PROCS", "workers on CPU", {"type": int, "default": 1}),
     ("BACKEND", "hf (transformers) or vllm", {"choices": ("hf", "vllm")}),
 )  # fmt: skip
@@ -70,16 +66,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.add_argument("--" + name.lower(), help=f"{name}: {text}", **options)
     variables = [f"--{name.lower()}={os.environ[name]}" for name, _, _ in VARIABLES if os.environ.get(name)]
     args, extra = parser.parse_known_args(variables + argv)
-    if args.protocol == "paper":
-        args.steps = args.steps or ["100", "200", "300", "400", "500"]
+    args.steps = args.steps or (["100", "200", "300", "400", "500"] if args.protocol == "paper" else None)
     args.run_dir = args.run_dir or os.path.join(args.repo_dir, "outputs", "grpo-qwen2-audio-7b")
     args.data_file = args.data_file or args.mmau_file or os.path.join(args.repo_dir, "data/mmau/mmau-test-mini.json")
     return args, extra
 
 
 def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
-    """One run's settings: the prompt and system turn it was trained with unless set, the benchmark, the folders
-    (`out_dir`; `eval_dir`: the same, `.silent` for silent audio)."""
+    """One run's settings: as trained unless set, its folders (`eval_dir`: `out_dir`, `.silent` for silent audio)."""
     run = argparse.Namespace(**{**vars(args), "run_dir": run_dir})
     recorded_file = os.path.join(run_dir, "r1aqa_run.json")
     recorded = json.loads(Path(recorded_file).read_text(encoding="utf-8")) if os.path.isfile(recorded_file) else {}
@@ -91,8 +85,7 @@ def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
     if not os.path.isdir(run_dir):
         die(f"RUN_DIR={run_dir} is not a folder (set RUN_DIR to the training run's output_dir)")
     if run.select_file and not os.path.isfile(run.select_file):
-        die(f"SELECT_FILE={run.select_file} does not exist (python -m r1aqa.prepare_avqa --qa_json val_qa.json ... "
-            "writes it)")  # fmt: skip
+        die(f"SELECT_FILE={run.select_file} does not exist (python -m r1aqa.prepare_avqa writes it)")
     try:
         run.benchmark = detect_benchmark(load_items(run.data_file)) if run.benchmark == "auto" else run.benchmark
     except (OSError, ValueError) as error:
@@ -107,38 +100,30 @@ def settings(args: argparse.Namespace, run_dir: str) -> argparse.Namespace:
     name += f".system-{run.system_prompt}" if run.system_prompt != "default" else ""
     run.out_dir = run.out_dir or os.path.join(run_dir, run.benchmark, name)
     run.eval_dir = run.out_dir + (".silent" if run.audio == "silent" else "")
+    run.select = None
+    if run.select_file:  # the run's prompt, decoding, seed and passes, always with the audio
+        changes = {"data_file": run.select_file, "audio_dir": run.select_audio_dir, "select_file": None,
+                   "out_dir": None, "benchmark": "auto", "audio": "real"}  # fmt: skip
+        run.select = settings(argparse.Namespace(**{**vars(run), **changes}), run_dir)
     return run
 
 
-def validation(run: argparse.Namespace) -> argparse.Namespace:
-    """The selection file's settings: the run's prompt, decoding, seed and passes, always with the audio."""
-    changes = {"data_file": run.select_file, "audio_dir": run.select_audio_dir, "select_file": None, "out_dir": None,
-               "benchmark": "auto", "audio": "real"}  # fmt: skip
-    return settings(argparse.Namespace(**{**vars(run), **changes}), run.run_dir)
-
-
-def workers(devices: list[str] | None, procs: int) -> list[tuple[str, dict[str, str]]]:
-    """`(name, environment)` per worker: one per GPU (default every visible one), else `procs` on CPU sharing the
-    cores."""
+def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[str]) -> int:
+    """One `python -m r1aqa.evaluate` per checkpoint over a worker per GPU, else EVAL_PROCS on CPU; 0, else the first
+    failure's exit code. A worker whose checkpoint failed stops (its GPU would fail again); the others go on."""
+    devices = run.eval_devices
     if devices is None and "CUDA_VISIBLE_DEVICES" in os.environ:
         devices = os.environ["CUDA_VISIBLE_DEVICES"].replace(",", " ").split()
     elif devices is None:
         import torch
 
         devices = [str(index) for index in range(torch.cuda.device_count())]
-    if devices and devices != ["cpu"]:
-        return [(f"gpu {gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in devices]
-    threads = {} if procs == 1 else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
-    return [(f"cpu {index}", {"CUDA_VISIBLE_DEVICES": "", **threads}) for index in range(procs)]
-
-
-def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[str]) -> int:
-    """One `python -m r1aqa.evaluate` per checkpoint over the workers; 0, else the first failure's exit code. A
-    worker whose checkpoint failed stops (its GPU would fail again); the others take the rest."""
-    team, todo, failures = workers(run.eval_devices, run.eval_procs), queue.SimpleQueue(), []
+    threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // run.eval_procs))} if run.eval_procs > 1 else {}
+    team = [(f"gpu {gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in devices if gpu != "cpu"]
+    team = team or [(f"cpu {index}", {"CUDA_VISIBLE_DEVICES": "", **threads}) for index in range(run.eval_procs)]
+    todo, failures, several = queue.SimpleQueue(), [], len(team) > 1
     for step in [*steps, *[None] * len(team)]:  # a None ends each worker
         todo.put(step)
-    several = len(team) > 1
     if several:
         print(f"{len(team)} workers ({', '.join(name for name, _ in team)}) for {len(steps)} checkpoints.", flush=True)
     flags = [f"--{key}={getattr(run, key)}" for key in EVALUATE_FLAGS if getattr(run, key) is not None]
@@ -154,21 +139,31 @@ def evaluate_checkpoints(run: argparse.Namespace, steps: list[str], extra: list[
             for line in process.stdout or ():  # several workers: each line prefixed with its checkpoint
                 print(f"[checkpoint-{step}] {line}", end="", flush=True)  # one write: lines never interleave
             if code := process.wait():
-                failures.append((step, name, code))
-                print(f"checkpoint-{step} failed ({name}, exit code {code}): this worker stops.\n", end="", flush=True)
+                failures.append(code)
+                print(f"error: checkpoint-{step} ({name}) failed (exit code {code}), this worker stops; the same command "
+                      "again redoes the unfinished ones.", file=sys.stderr, flush=True)  # fmt: skip
                 return
 
     with ThreadPoolExecutor(len(team)) as pool:
         list(pool.map(lambda worker: work(*worker), team))
-    if failures:
-        failed = ", ".join(f"checkpoint-{step} ({name}, exit code {code})" for step, name, code in failures)
-        print(f"error: evaluation failed for {failed}. Run the same command again: finished checkpoints are "
-              "skipped, the others redone.", file=sys.stderr, flush=True)  # fmt: skip
-    return failures[0][2] if failures else 0
+    return failures[0] if failures else 0
 
 
 def scored(folder: str) -> bool:
     return bool(glob.glob(os.path.join(glob.escape(folder), "checkpoint-*.score.json")))
+
+
+def tabulate(runs: list[argparse.Namespace], prefix: str) -> int:
+    """r1aqa.report on the runs' scores (silent audio: beside those with audio if scored), written to PREFIX.*."""
+    table, silent = ["--out_prefix", prefix, "--score_dirs"], runs[0].audio == "silent"
+    if silent and all(scored(run.out_dir) for run in runs):
+        table += [run.out_dir for run in runs] + ["--silent_score_dirs"]
+    elif silent:
+        print(f"No scores with audio in {runs[0].out_dir} yet: the table shows silent accuracy only.")
+    table += [run.eval_dir for run in runs]
+    if runs[0].select:
+        table += ["--select_score_dirs", *(run.select.eval_dir for run in runs)]
+    return report.main(table)
 
 
 def sweep_run(run: argparse.Namespace, extra: list[str]) -> int:
@@ -176,35 +171,35 @@ def sweep_run(run: argparse.Namespace, extra: list[str]) -> int:
     for step in run.steps or ():
         if not os.path.isdir(os.path.join(run.run_dir, f"checkpoint-{step}")):
             die(f"{os.path.join(run.run_dir, f'checkpoint-{step}')} does not exist")
-    warn = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    steps = run.steps or [str(step) for step, _ in complete_checkpoints(run.run_dir, warn=warn)]
+    steps = run.steps or [str(step) for step, _ in complete_checkpoints(run.run_dir)]  # the others named on stderr
     if not steps:
         die(f"no complete checkpoint-N folder in RUN_DIR={run.run_dir} (training saves one every save_steps)")
     print(f"{run.benchmark.upper()}: {len(steps)} checkpoint(s) of {run.run_dir} (steps {' '.join(steps)}), "
-          f"{run.data_file}, prompt {run.prompt_style}, decoding {run.decoding or 'original'} ({run.num_samples} "
-          f"pass(es)), protocol {run.protocol or 'default'}, audio {run.audio} -> {run.eval_dir}", flush=True)  # fmt: skip
+          f"{run.data_file}, prompt {run.prompt_style}, decoding {run.decoding or 'original'} -> {run.eval_dir}",
+          flush=True)  # fmt: skip
     os.makedirs(run.eval_dir, exist_ok=True)
     if code := evaluate_checkpoints(run, steps, extra):
         return code
-    table = []
-    if run.select_file:
+    if run.select:
         print(f"=== validation: {run.select_file} (selects a step without the test set) ===", flush=True)
-        if code := sweep_run(select := validation(run), extra):
+        if code := sweep_run(run.select, extra):
             return code
-        table = ["--select_score_dir", select.eval_dir]
     if not scored(run.eval_dir):
         print(f"No scores (the data file has no answers): predictions are in {run.eval_dir}.")
         return 0
-    if run.audio == "silent" and scored(run.out_dir):  # beside the accuracy with audio, scored before
-        table += ["--score_dir", run.out_dir, "--silent_score_dir", run.eval_dir, "--out_prefix"]
-        return report.main([*table, os.path.join(run.eval_dir, "checkpoints")])
-    if run.audio == "silent":
-        print(f"No scores with audio in {run.out_dir} yet: the table shows silent accuracy only.")
-    return report.main(["--score_dir", run.eval_dir, *table])
+    return tabulate([run], os.path.join(run.eval_dir, "checkpoints"))
 
 
-def sweep_runs(args: argparse.Namespace, run_dirs: list[str], extra: list[str]) -> int:
-    """Each run evaluated as alone, then their aggregate (r1aqa.report --aggregate)."""
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse(sys.argv[1:] if argv is None else argv)
+    run_dirs, root = args.run_dirs, glob.escape(args.run_dir)
+    if not run_dirs and os.path.isdir(args.run_dir) and not glob.glob(os.path.join(root, "checkpoint-*")):
+        # a folder of seed-* runs (SEEDS="42 43" bash run_grpo.sh), in seed order
+        found = [path for path in glob.glob(os.path.join(root, "seed-*")) if os.path.isdir(path)]
+        run_dirs = sorted(found, key=lambda path: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)])
+    if not run_dirs:
+        return sweep_run(settings(args, args.run_dir), extra)
+    # Several runs: each evaluated as alone, then their aggregate.
     if args.out_dir:
         die("OUT_DIR is one run's folder: with several runs unset it (AGG_DIR places the aggregate)")
     for run_dir in run_dirs:
@@ -215,32 +210,14 @@ def sweep_runs(args: argparse.Namespace, run_dirs: list[str], extra: list[str]) 
     if len(names) > 1:
         die(f"the runs' results have different settings ({', '.join(names)}): were they trained in different modes? "
             "Set THINK or PROMPT_STYLE to evaluate them alike.")  # fmt: skip
-    parent = os.path.commonpath([os.path.dirname(os.path.abspath(run_dir)) for run_dir in run_dirs])
     for run in runs:
         print(f"##### run {run.run_dir} #####", flush=True)
         if sweep_run(run, extra):
             die(f"evaluating {run.run_dir} failed (see above)")
+    parent = os.path.commonpath([os.path.dirname(os.path.abspath(run_dir)) for run_dir in run_dirs])
     agg_dir = os.path.join(args.agg_dir or os.path.join(parent, "aggregate"), names[0])
-    table = ["--aggregate", "--out_prefix", os.path.join(agg_dir, "aggregate"), "--score_dirs"]
-    if args.audio == "silent" and all(scored(run.out_dir) for run in runs):  # audio vs silent, as alone
-        table += [run.out_dir for run in runs] + ["--silent_score_dirs"]
-    table += [run.eval_dir for run in runs]
-    if args.select_file:
-        table += ["--select_score_dirs", *(validation(run).eval_dir for run in runs)]
     print(f"##### aggregate of {len(runs)} runs -> {agg_dir} #####", flush=True)
-    return report.main(table)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args, extra = parse(sys.argv[1:] if argv is None else argv)
-    run_dirs, root = args.run_dirs, glob.escape(args.run_dir)
-    if not run_dirs and os.path.isdir(args.run_dir) and not glob.glob(os.path.join(root, "checkpoint-*")):
-        # a folder of seed-* runs (SEEDS="42 43" bash run_grpo.sh), in seed order
-        found = [path for path in glob.glob(os.path.join(root, "seed-*")) if os.path.isdir(path)]
-        run_dirs = sorted(found, key=lambda path: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)])
-    if run_dirs:
-        return sweep_runs(args, run_dirs, extra)
-    return sweep_run(settings(args, args.run_dir), extra)
+    return tabulate(runs, os.path.join(agg_dir, "aggregate"))
 
 
 if __name__ == "__main__":
