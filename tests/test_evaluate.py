@@ -1030,7 +1030,7 @@ def test_paper_protocol_from_another_folder_scores_checkpoints_100_to_500_with_b
         assert (settings["decoding"]["mode"], settings["decoding"]["batch_size"]) == ("original", 16)
         assert settings["decoding"]["max_new_tokens"] == 256
     refused = _script({**env, "BATCH_SIZE": "32"}, elsewhere)
-    assert refused.returncode == 2 and "--batch_size 32 contradicts it" in refused.stderr  # r1aqa.evaluate refuses
+    assert refused.returncode == 2 and "--protocol paper fixes" in refused.stderr and "batch_size" in refused.stderr  # r1aqa.evaluate refuses
 
 
 @pytest.mark.slow  # nine subprocesses of one item each
