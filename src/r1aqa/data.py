@@ -1,5 +1,4 @@
-"""The AVQA training JSONL (`python -m r1aqa.prepare_avqa`) -> checked rows (`prompt`, `solution`, the original keys,
-which the rewards receive) -> `load_avqa_dataset("data/avqa/train.jsonl")`; JSONL reading and writing."""
+"""The AVQA training JSONL (`r1aqa.prepare_avqa`) -> checked rows (`prompt`, `solution`, the original keys); JSONL I/O."""
 
 from __future__ import annotations
 
@@ -69,7 +68,7 @@ def avqa_example(record: dict, think: bool = False, format_instruction: bool = T
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """One JSON object per line; blank lines are ignored. A bad line raises `DataError` naming `path:line`."""
+    """One JSON object per line; blank lines are ignored."""
     if not os.path.isfile(path):
         raise DataError(
             f"{path}: no such file. Create it with `python -m r1aqa.prepare_avqa` for AVQA; data/README.md for the benchmarks."
@@ -81,9 +80,8 @@ def read_jsonl(path: str) -> list[dict]:
                 continue
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                message = f"not valid JSON ({error.msg}, column {error.colno}). Fix or delete that line"
-                raise DataError(f"{path}:{number}: {message}, or re-create the file (r1aqa.prepare_avqa).") from error
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno}): fix the line.") from e
             if not isinstance(records[-1], dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(records[-1]).__name__}.")
     return records
@@ -110,8 +108,7 @@ def usable_records(records: list[dict], check_audio_files=True, cache_file: str 
 
 
 def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str, str | None]:
-    """`check_audio` of each distinct path, but those whose size and mtime match `cache_file` (an earlier check, e.g.
-    before a resume); in a launched job each rank checks its share and the ranks exchange results."""
+    """`check_audio` of each distinct path but those whose size and mtime match `cache_file`; ranks share the work."""
     started, unique = time.perf_counter(), list(dict.fromkeys(paths))
     cache = {}
     if cache_file and os.path.isfile(cache_file):

@@ -24,6 +24,8 @@ from tqdm import tqdm
 from r1aqa.audio import SAMPLING_RATE
 from r1aqa.data import AVQA_KEYS, DataError, record_problem, write_jsonl
 
+FFMPEG_TIMEOUT = 600  # seconds: a hung ffmpeg must not hang a 40k-video conversion
+
 
 def question_problem(question: object, seen_ids: set) -> tuple[str, str] | None:
     """Why a question is unusable before its media is looked at, or None; records its id in `seen_ids`."""
@@ -48,7 +50,7 @@ def index_media(media_dir: Path, exclude: Path) -> dict[str, Path]:
 
 
 def wav_is_complete(path: Path) -> bool:
-    """A finished output: a readable 16 kHz mono WAV with samples (partial files never carry the final name)."""
+    """A finished output: a readable 16 kHz mono WAV with samples."""
     try:
         info = sf.info(str(path))
     except Exception:  # missing or unreadable: either way it must be (re-)extracted
@@ -64,7 +66,10 @@ def extract_wav(source: Path, target: Path) -> tuple[str, str] | None:
         "-sn", "-dn", "-af", "pan=mono|c0=c0", "-ar", str(SAMPLING_RATE), "-c:a", "pcm_s16le", "-f", "wav",
         str(partial),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT)
+    except subprocess.TimeoutExpired:  # run() has killed it
+        result = subprocess.CompletedProcess(command, 1, "", f"ffmpeg timed out after {FFMPEG_TIMEOUT} s")
     if result.returncode:
         partial.unlink(missing_ok=True)
         if "matches no streams" in result.stderr:
@@ -88,7 +93,7 @@ def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, worke
         raise DataError(f"--wav_dir must differ from --media_dir ({wav_dir}): extraction would overwrite sources.")
     try:
         questions = json.loads(qa_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # missing, not UTF-8 or not JSON: the message says which, and where
+    except (OSError, ValueError) as error:  # missing, not UTF-8 or not JSON
         raise DataError(f"{qa_json}: {error}") from error
     if not isinstance(questions, list):
         raise DataError(f"{qa_json}: expected a JSON list of questions, got a JSON {type(questions).__name__}.")

@@ -54,9 +54,7 @@ def _is_think_format(text: str) -> bool:
     return _THINK_TO_ANSWER.search(text, len(THINK_OPEN), len(text) - len(ANSWER_CLOSE)) is not None
 
 
-def option_format_reward(
-    completions: list, multi_choice: list[list[str]] | None = None, choices: list[list[str]] | None = None, **kwargs
-) -> list[float]:
+def option_format_reward(completions: list, multi_choice: list | None = None, choices: list | None = None, **kw):
     """The CPU demo's format reward: `format_reward`'s, and the answer is one of the row's options (stripped), as the
     paper's let GRPO collapse onto an empty or made-up answer on a tiny random model."""
     texts = completion_texts(completions)
