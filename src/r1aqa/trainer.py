@@ -22,10 +22,7 @@ AUDIO_GROUP_KEY = "audio_group"  # per completion: which distinct audio of the g
 class AudioGRPOConfig(GRPOConfig):
     """`trl.GRPOConfig` plus the settings of `AudioGRPOTrainer`. A plain `GRPOConfig` also works (defaults apply)."""
 
-    share_audio_encoding: bool = field(
-        default=True,
-        metadata={"help": "Encode each distinct clip once per pass (same log-probs; needs no encoder dropout)."},
-    )
+    share_audio_encoding: bool = field(default=True, metadata={"help": "Encode each distinct clip once per pass."})
 
 
 @contextmanager
@@ -53,13 +50,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         use_vllm = bool(getattr(args, "use_vllm", False))
         if use_vllm:  # else TRL's __init__ starts its image-only vLLM backend (it has no hook to swap it)
             args.use_vllm = False
-        try:
-            with image_token_for_trl(model.config):
-                super().__init__(model, reward_funcs, args, **kwargs)
-        finally:
-            if use_vllm:
-                args.use_vllm = True
-        self.use_vllm = use_vllm
+        with image_token_for_trl(model.config):
+            super().__init__(model, reward_funcs, args, **kwargs)
+        self.use_vllm = self.args.use_vllm = use_vllm
         if use_vllm:
             from r1aqa.vllm_audio import AudioVLLMGeneration
 
@@ -103,16 +96,14 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._prompt_clips = [[part["audio"] for part in audio_parts(conversation)] for conversation in loaded]
         return prompt_ids, images, multimodal_fields
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
         groups = self._forward_audio.get(AUDIO_GROUP_KEY) if self._forward_audio else None
         if groups is not None and groups.numel() != len(prompt_ids):
             groups = None  # not the batch _tokenize_prompts saw (e.g. a tool turn): encode every row
         if self.use_vllm:  # TRL hands `images` to its vLLM backend only (zipped strictly with the prompts)
             images = self._prompt_clips  # AudioLLM sends them as audio
         with self._shared_audio(self.model, groups):
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
 
     def _generate_and_score_completions(self, inputs):
         with self._audio_for_forward(None):  # set by _tokenize_prompts inside, cleared on the way out
@@ -138,21 +129,20 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["frac_tokens_reward_zero_std"].append(share.item())
 
     def _compute_loss(self, model, inputs):
-        groups = {AUDIO_GROUP_KEY: inputs[AUDIO_GROUP_KEY]} if AUDIO_GROUP_KEY in inputs else {}
-        with self._audio_for_forward({**{key: inputs[key] for key in AUDIO_KEYS}, **groups}):
+        with self._audio_for_forward({key: inputs[key] for key in (*AUDIO_KEYS, AUDIO_GROUP_KEY)}):
             return super()._compute_loss(model, inputs)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
         audio = self._forward_audio
         if audio is None or audio["input_features"].size(0) != input_ids.size(0):
             raise RuntimeError("No audio features for these rows: the log-probs would be audio-blind or misaligned.")
-        groups, start, sharing = audio.get(AUDIO_GROUP_KEY), 0, ExitStack()
+        groups, start, sharing = audio[AUDIO_GROUP_KEY], 0, ExitStack()
 
         def add_chunk_audio(module, call_args, call_kwargs):  # TRL calls `model` once per chunk, in row order
             nonlocal start
             rows = slice(start, start + call_kwargs["input_ids"].size(0))
             start = rows.stop
-            sharing.enter_context(self._shared_audio(module, None if groups is None else groups[rows]))
+            sharing.enter_context(self._shared_audio(module, groups[rows]))
             return call_args, {**call_kwargs, **{key: audio[key][rows] for key in AUDIO_KEYS}}
 
         with sharing, hooked(model, add_chunk_audio, lambda *_: sharing.close()):

@@ -68,11 +68,9 @@ def check_audio_expansion(llm, processor, seconds: Iterable[float] = (1, 10, 30)
         request = engine.input_processor.process_inputs(str(length), prompt, params, supported_tasks=tasks)
         counts[length] = (ids.count(audio_token_id), list(request.prompt_token_ids).count(audio_token_id))
     if differ := {length: pair for length, pair in counts.items() if pair[0] != pair[1]}:
-        raise RuntimeError(
-            "vLLM and the HF processor expand the audio placeholder differently "
-            + ", ".join(f"({length} s clip: HF {hf}, vLLM {ours} positions)" for length, (hf, ours) in differ.items())
-            + ": give vLLM's model folder the scoring processor's files (preprocessor_config.json, tokenizer)."
-        )
+        clips = ", ".join(f"({length} s clip: HF {hf}, vLLM {ours} positions)" for length, (hf, ours) in differ.items())
+        advice = "give vLLM's model folder the scoring processor's files (preprocessor_config.json, tokenizer)"
+        raise RuntimeError(f"vLLM and the HF processor expand the audio placeholder differently {clips}: {advice}.")
     return counts
 
 
@@ -170,16 +168,11 @@ class AudioVLLMGeneration(VLLMGeneration):
         kwargs["logit_bias"] = {**(kwargs.get("logit_bias") or {}), **suppressed}
         vllm = ("mode", "structured_outputs_regex", "tensor_parallel_size", "model_impl", "gpu_memory_utilization")
         sampling = ("repetition_penalty", "temperature", "top_p", "top_k", "min_p", "max_completion_length")
-        return cls(
-            trainer.model,
-            trainer.accelerator,
-            trainer.processing_class,
-            **{name: getattr(args, f"vllm_{name}") for name in (*vllm, "max_model_length", "enable_sleep_mode")},
-            **{name: getattr(trainer, name) for name in sampling},
-            max_num_seqs=args.per_device_train_batch_size * args.vllm_tensor_parallel_size * args.steps_per_generation,
-            trust_remote_code=args.trust_remote_code,
-            generation_kwargs=kwargs,
-        )
+        settings = {name: getattr(args, f"vllm_{name}") for name in (*vllm, "max_model_length", "enable_sleep_mode")}
+        settings |= {name: getattr(trainer, name) for name in sampling}
+        batch = args.per_device_train_batch_size * args.vllm_tensor_parallel_size * args.steps_per_generation
+        settings |= {"max_num_seqs": batch, "trust_remote_code": args.trust_remote_code, "generation_kwargs": kwargs}
+        return cls(trainer.model, trainer.accelerator, trainer.processing_class, **settings)
 
     def _init_vllm(self):
         if self.mode != "colocate":
@@ -192,18 +185,11 @@ class AudioVLLMGeneration(VLLMGeneration):
         os.environ.update(zip(("RANK", "LOCAL_RANK", "WORLD_SIZE"), map(str, ranks), strict=True))
         ensure_master_addr_port()
         same = ("gpu_memory_utilization", "max_num_seqs", "enable_sleep_mode", "model_impl", "trust_remote_code")
-        llm = start_engine(
-            self.model.name_or_path,
-            self.model.dtype,
-            accelerator.device.type,
-            **{name: getattr(self, name) for name in same},
-            tensor_parallel_size=tp,
-            max_model_len=self.max_model_length,
-            distributed_executor_backend="external_launcher",
-            seed=accelerator.process_index // tp,  # the same within a tensor-parallel group
-            max_num_batched_tokens=4096,
-            logprobs_mode="processed_logprobs",  # TRL's importance sampling needs the processed log-probs
-        )
+        settings = {name: getattr(self, name) for name in same} | {"distributed_executor_backend": "external_launcher"}
+        settings |= {"tensor_parallel_size": tp, "max_model_len": self.max_model_length, "max_num_batched_tokens": 4096}
+        settings["seed"] = accelerator.process_index // tp  # the same within a tensor-parallel group
+        settings["logprobs_mode"] = "processed_logprobs"  # TRL's importance sampling needs the processed log-probs
+        llm = start_engine(self.model.name_or_path, self.model.dtype, accelerator.device.type, **settings)
         check_audio_expansion(llm, self.processing_class)
         self.llm = AudioLLM(llm, self.processing_class.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
         if self.enable_sleep_mode:
