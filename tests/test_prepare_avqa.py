@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 from data_paths import AVQA_AUDIO_DIR, AVQA_VIDEO_DIR
 
+from r1aqa import prepare_avqa
 from r1aqa.audio import load_audio
 from r1aqa.data import AVQA_KEYS
 from r1aqa.prepare_avqa import convert, index_media, main, skipped_path
@@ -173,6 +174,14 @@ def test_rerun_skips_complete_wavs_and_redoes_broken_ones(tmp_path, tone_media):
         (sf.info(wav_dir / f"{name}.wav").samplerate, sf.info(wav_dir / f"{name}.wav").channels) == (16_000, 1)
         for name in "ab"
     )
+
+
+def test_hung_ffmpeg_times_out_and_its_question_is_skipped(tmp_path, tone_media, monkeypatch):
+    monkeypatch.setattr(prepare_avqa, "FFMPEG_TIMEOUT", 1e-6)  # any ffmpeg run outlasts it: it is killed
+    qa_json = write_json(tmp_path / "qa.json", [question("a")])
+    report = convert(qa_json, tone_media, tmp_path / "train.jsonl", tmp_path / "wav", workers=1)
+    assert report.written == 0 and [skip["reason"] for skip in report.skipped] == ["ffmpeg_failed"]
+    assert "timed out after" in report.skipped[0]["detail"] and not list((tmp_path / "wav").iterdir())
 
 
 def test_complete_wav_is_used_even_when_the_source_is_gone(tmp_path, tone_media):

@@ -12,8 +12,7 @@ import soundfile as sf
 
 SAMPLING_RATE = 16_000
 CHANNEL_RULES = ("first", "mean")  # which one a model family uses: r1aqa.models.ModelFamily.audio_channels
-# libsndfile reads a WAV cut short (a copy or conversion interrupted) as a shorter clip, logging
-# "data : <declared> (should be <present>)"; a streaming writer's unset size (0xFFFFFFFF) is no truncation.
+# libsndfile logs "data : <declared> (should be <present>)" for a WAV cut short; 0xFFFFFFFF (streamed) is no cut.
 _TRUNCATED_WAV = re.compile(r"^data : (?!4294967295 )\d+ \(should be", re.MULTILINE)
 
 

@@ -1,8 +1,5 @@
-"""Encode each distinct audio clip once per forward pass and share the encoding across the clip's G completions.
-
-Hooks on the audio encoder keep one clip per group going in and copy its encoding to every row coming out; the backward
-pass sums the copies' gradients into the one encoding: for an encoder without dropout, the log-probs and gradients of
-per-completion encoding at 1/G of the encoder's cost."""
+"""Encode each distinct audio clip once per forward pass and copy the encoding to the clip's G completions: for an
+encoder without dropout, per-completion log-probs and gradients (backward sums the copies') at 1/G of the cost."""
 
 from __future__ import annotations
 
@@ -53,10 +50,8 @@ def hooked(module: torch.nn.Module, pre_hook, hook):
 
 @contextmanager
 def share_audio_encoding(audio_tower: torch.nn.Module, groups: torch.Tensor | None):
-    """While active, a call of `audio_tower` on the clips of `groups` encodes the first clip of each group and copies
-    its encoding to the group's other clips. Clips are rows (Qwen2-Audio: features B x 128 x frames, output B x tokens
-    x dim) or packed along time (Qwen2.5-Omni: 128 x sum of frames with `feature_lens` / `aftercnn_lens`, output sum of
-    tokens x dim). The model's own forward runs unchanged around the hooks (DeepSpeed, DDP, PEFT see a plain pass)."""
+    """While active, `audio_tower` encodes the first clip of each of `groups` and copies it to the group's other clips.
+    Clips are rows (Qwen2-Audio) or packed along time (Qwen2.5-Omni, with `feature_lens` / `aftercnn_lens`)."""
     if groups is None or torch.unique(groups).numel() == groups.numel():  # nothing to share
         yield
         return

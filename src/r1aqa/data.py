@@ -1,5 +1,4 @@
-"""The AVQA training JSONL (`python -m r1aqa.prepare_avqa`) -> checked rows (`prompt`, `solution`, the original keys,
-which the rewards receive) -> `load_avqa_dataset("data/avqa/train.jsonl")`; JSONL reading and writing."""
+"""The AVQA training JSONL (`r1aqa.prepare_avqa`) -> checked rows (`prompt`, `solution`, the original keys); JSONL I/O."""
 
 from __future__ import annotations
 
@@ -32,36 +31,29 @@ def record_problem(record: object, extra_keys: tuple[str, ...] = ("audio_path",)
     if missing:
         return "missing_keys", ", ".join(missing)
     question, choices, answer = record["question_text"], record["multi_choice"], record["answer"]
-    if not _is_text(question):
+    if not (isinstance(question, str) and question.strip()):
         return "bad_question_text", f"question_text must be a non-empty string, got {question!r}"
     if not isinstance(choices, list) or not all(isinstance(choice, str) for choice in choices):
         return "bad_choices", "multi_choice must be a list of strings"
     stripped = [choice.strip() for choice in choices]  # compared stripped, as the reward compares answers
     if len(choices) < 2 or not all(stripped):
         return "empty_choices", f"need at least two non-empty options, got {choices!r}"
-    duplicated = sorted({choice for choice in stripped if stripped.count(choice) > 1})
-    if duplicated:
+    if duplicated := sorted({choice for choice in stripped if stripped.count(choice) > 1}):
         return "duplicate_choices", f"repeated option(s) {duplicated!r}: the answer would be ambiguous"
     if isinstance(answer, bool) or not isinstance(answer, int):  # Python calls a bool an int; it is no index
         return "bad_answer", f"answer must be an integer index, got {answer!r}"
     if not 0 <= answer < len(choices):
         return "answer_out_of_range", f"answer {answer} but {len(choices)} options"
-    if "audio_path" in extra_keys and not _is_text(record["audio_path"]):
-        return "bad_audio_path", f"audio_path must be a non-empty string, got {record['audio_path']!r}"
-    clashes = [key for key in ("prompt", "solution") if key in record]
-    if clashes:
+    if "audio_path" in extra_keys and not (isinstance(path := record["audio_path"], str) and path.strip()):
+        return "bad_audio_path", f"audio_path must be a non-empty string, got {path!r}"
+    if clashes := [key for key in ("prompt", "solution") if key in record]:
         return "reserved_keys", f"already has key(s) {clashes}, which the training row adds: rename them"
     return None
 
 
-def _is_text(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
 def avqa_example(record: dict, think: bool = False, format_instruction: bool = True) -> dict:
     """One JSONL record -> its training row; Prompt <3> when `think`, <1> without `format_instruction` (SFT)."""
-    problem = record_problem(record)
-    if problem:
+    if problem := record_problem(record):
         raise DataError(f"record {record.get('id')!r} cannot be used: {problem[0]} ({problem[1]}).")
     text = format_question(avqa_question(record["question_text"]), record["multi_choice"], think, format_instruction)
     solution = solution_text(record["multi_choice"][record["answer"]])
@@ -69,11 +61,9 @@ def avqa_example(record: dict, think: bool = False, format_instruction: bool = T
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """One JSON object per line; blank lines are ignored. A bad line raises `DataError` naming `path:line`."""
+    """One JSON object per line; blank lines are ignored."""
     if not os.path.isfile(path):
-        raise DataError(
-            f"{path}: no such file. Create it with `python -m r1aqa.prepare_avqa` for AVQA; data/README.md for the benchmarks."
-        )
+        raise DataError(f"{path}: no such file; create it with r1aqa.prepare_avqa (AVQA) or see data/README.md.")
     records = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -81,9 +71,8 @@ def read_jsonl(path: str) -> list[dict]:
                 continue
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                message = f"not valid JSON ({error.msg}, column {error.colno}). Fix or delete that line"
-                raise DataError(f"{path}:{number}: {message}, or re-create the file (r1aqa.prepare_avqa).") from error
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno}): fix the line.") from e
             if not isinstance(records[-1], dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(records[-1]).__name__}.")
     return records
@@ -110,21 +99,16 @@ def usable_records(records: list[dict], check_audio_files=True, cache_file: str 
 
 
 def audio_problems(paths: list[str], cache_file: str | None = None) -> dict[str, str | None]:
-    """`check_audio` of each distinct path, but those whose size and mtime match `cache_file` (an earlier check, e.g.
-    before a resume); in a launched job each rank checks its share and the ranks exchange results."""
-    started, unique = time.perf_counter(), list(dict.fromkeys(paths))
-    cache = {}
+    """`check_audio` of each distinct path but those whose size and mtime match `cache_file`; ranks share the work."""
+    started, unique, cache = time.perf_counter(), list(dict.fromkeys(paths)), {}
     if cache_file and os.path.isfile(cache_file):
         try:
             cache = json.loads(Path(cache_file).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             logger.warning("%s is unreadable: every audio file is checked again.", cache_file)
     keys = {p: [(stat := os.stat(p)).st_size, stat.st_mtime_ns] for p in unique if os.path.isfile(p)}
-    results = {}
-    for path in unique:
-        entry = cache.get(path) if isinstance(cache, dict) else None
-        if path in keys and isinstance(entry, list) and len(entry) == 3 and entry[:2] == keys[path]:
-            results[path] = entry[2]
+    entries = {p: e for p, e in cache.items() if isinstance(e, list) and len(e) == 3} if isinstance(cache, dict) else {}
+    results = {p: entries[p][2] for p, key in keys.items() if p in entries and entries[p][:2] == key}
     todo = [path for path in unique if path not in results]
     dist = sys.modules.get("torch.distributed")  # set up by a launched job (torch is not imported for it)
     world = dist.get_world_size() if dist and dist.is_available() and dist.is_initialized() else 1

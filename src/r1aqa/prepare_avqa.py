@@ -24,11 +24,12 @@ from tqdm import tqdm
 from r1aqa.audio import SAMPLING_RATE
 from r1aqa.data import AVQA_KEYS, DataError, record_problem, write_jsonl
 
+FFMPEG_TIMEOUT = 600  # seconds: a hung ffmpeg must not hang a 40k-video conversion
+
 
 def question_problem(question: object, seen_ids: set) -> tuple[str, str] | None:
     """Why a question is unusable before its media is looked at, or None; records its id in `seen_ids`."""
-    problem = record_problem(question, extra_keys=AVQA_KEYS)
-    if problem:
+    if problem := record_problem(question, extra_keys=AVQA_KEYS):
         return problem
     name = question["video_name"]  # it names a file in --wav_dir: no path may reach outside
     if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
@@ -48,7 +49,7 @@ def index_media(media_dir: Path, exclude: Path) -> dict[str, Path]:
 
 
 def wav_is_complete(path: Path) -> bool:
-    """A finished output: a readable 16 kHz mono WAV with samples (partial files never carry the final name)."""
+    """A finished output: a readable 16 kHz mono WAV with samples."""
     try:
         info = sf.info(str(path))
     except Exception:  # missing or unreadable: either way it must be (re-)extracted
@@ -64,7 +65,10 @@ def extract_wav(source: Path, target: Path) -> tuple[str, str] | None:
         "-sn", "-dn", "-af", "pan=mono|c0=c0", "-ar", str(SAMPLING_RATE), "-c:a", "pcm_s16le", "-f", "wav",
         str(partial),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT)
+    except subprocess.TimeoutExpired:  # run() has killed it
+        result = subprocess.CompletedProcess(command, 1, "", f"ffmpeg timed out after {FFMPEG_TIMEOUT} s")
     if result.returncode:
         partial.unlink(missing_ok=True)
         if "matches no streams" in result.stderr:
@@ -88,7 +92,7 @@ def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, worke
         raise DataError(f"--wav_dir must differ from --media_dir ({wav_dir}): extraction would overwrite sources.")
     try:
         questions = json.loads(qa_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # missing, not UTF-8 or not JSON: the message says which, and where
+    except (OSError, ValueError) as error:  # missing, not UTF-8 or not JSON
         raise DataError(f"{qa_json}: {error}") from error
     if not isinstance(questions, list):
         raise DataError(f"{qa_json}: expected a JSON list of questions, got a JSON {type(questions).__name__}.")
@@ -104,23 +108,20 @@ def convert(qa_json: Path, media_dir: Path, out_file: Path, wav_dir: Path, worke
         results = pool.map(extract_wav, [sources[name] for name in jobs], [wav_dir / f"{name}.wav" for name in jobs])
         progress = tqdm(results, total=len(jobs), desc="Extracting audio", unit="clip")
         failures = {name: problem for name, problem in zip(jobs, progress, strict=True) if problem}
-    report = SimpleNamespace(questions=len(questions), reused=len(names) - len(todo), skipped=[], written=0)
-    report.extracted, failures = len(jobs) - len(failures), {**missing, **failures}
-    rows = []
+    counts = {"questions": len(questions), "reused": len(names) - len(todo), "extracted": len(jobs) - len(failures)}
+    failures, skipped, rows = {**missing, **failures}, [], []
     for index, (question, problem) in enumerate(zip(questions, problems, strict=True)):
-        problem = problem or failures.get(question["video_name"])
-        if problem:
+        if problem := problem or failures.get(question["video_name"]):
             keys = question if isinstance(question, dict) else {}
             skip = {"index": index, "id": keys.get("id"), "video_name": keys.get("video_name")}
-            report.skipped.append({**skip, "reason": problem[0], "detail": problem[1]})
+            skipped.append({**skip, "reason": problem[0], "detail": problem[1]})
         else:
             audio_path = str((wav_dir / f"{question['video_name']}.wav").resolve())
             rows.append({**question, "dataset_name": "AVQA", "audio_path": audio_path})
-    report.written = len(rows)
-    write_jsonl(skipped_path(out_file), report.skipped)
+    write_jsonl(skipped_path(out_file), skipped)
     if rows:
         write_jsonl(out_file, rows)
-    return report
+    return SimpleNamespace(**counts, skipped=skipped, written=len(rows))
 
 
 def skipped_path(out_file: Path) -> Path:

@@ -10,10 +10,8 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 def format_question(question: str, choices: list[str], think: bool = False, format_instruction: bool = True) -> str:
     """Prompt <2>, <3> when `think`, <1> (SFT baselines) without `format_instruction`; options as `str(list)`."""
-    text = OPTIONS_SENTENCE.format(question=question, choices=str(list(choices)))
-    if not format_instruction:
-        return text
-    return text + (THINK_INSTRUCTION if think else ANSWER_INSTRUCTION)
+    instruction = (THINK_INSTRUCTION if think else ANSWER_INSTRUCTION) if format_instruction else ""
+    return OPTIONS_SENTENCE.format(question=question, choices=str(list(choices))) + instruction
 
 
 def avqa_question(question_text: str) -> str:

@@ -26,9 +26,7 @@ def accuracy_reward(completions: list, solution: list[str], **kwargs) -> list[fl
     texts, golds = completion_texts(completions), completion_texts(solution, "solution")
     if len(golds) != len(texts):
         raise ValueError(f"got {len(texts)} completions but {len(golds)} solutions")
-    return [
-        1.0 if extract_answer(text) == extract_answer(gold) else 0.0 for text, gold in zip(texts, golds, strict=True)
-    ]
+    return [float(extract_answer(text) == extract_answer(gold)) for text, gold in zip(texts, golds, strict=True)]
 
 
 def _is_answer_format(text: str) -> bool:
@@ -54,9 +52,7 @@ def _is_think_format(text: str) -> bool:
     return _THINK_TO_ANSWER.search(text, len(THINK_OPEN), len(text) - len(ANSWER_CLOSE)) is not None
 
 
-def option_format_reward(
-    completions: list, multi_choice: list[list[str]] | None = None, choices: list[list[str]] | None = None, **kwargs
-) -> list[float]:
+def option_format_reward(completions: list, multi_choice: list | None = None, choices: list | None = None, **kw):
     """The CPU demo's format reward: `format_reward`'s, and the answer is one of the row's options (stripped), as the
     paper's let GRPO collapse onto an empty or made-up answer on a tiny random model."""
     texts = completion_texts(completions)
@@ -65,10 +61,8 @@ def option_format_reward(
         raise ValueError("option_format needs the listed options: a `multi_choice` or `choices` column.")
     if len(options) != len(texts):
         raise ValueError(f"got {len(texts)} completions but {len(options)} option lists")
-    return [
-        1.0 if _is_answer_format(text) and extract_answer(text) in {option.strip() for option in row} else 0.0
-        for text, row in zip(texts, options, strict=True)
-    ]
+    allowed = [{option.strip() for option in row} for row in options]
+    return [float(_is_answer_format(t) and extract_answer(t) in ok) for t, ok in zip(texts, allowed, strict=True)]
 
 
 # By name without `_reward` (TRL logs `rewards/<__name__>/mean`); option_format is the CPU demo's, not the paper's.
@@ -80,8 +74,7 @@ REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {
 
 def get_reward_funcs(names: list[str]) -> list[Callable[..., list[float]]]:
     """The reward functions registered under `names`, in order; an unknown name is a ValueError."""
-    unknown = [name for name in names if name not in REWARD_FUNCS]
-    if unknown:
+    if unknown := [name for name in names if name not in REWARD_FUNCS]:
         raise ValueError(f"unknown reward name(s) {unknown}; known: {sorted(REWARD_FUNCS)}")
     return [REWARD_FUNCS[name] for name in names]
 

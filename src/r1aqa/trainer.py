@@ -22,43 +22,27 @@ AUDIO_GROUP_KEY = "audio_group"  # per completion: which distinct audio of the g
 class AudioGRPOConfig(GRPOConfig):
     """`trl.GRPOConfig` plus the settings of `AudioGRPOTrainer`. A plain `GRPOConfig` also works (defaults apply)."""
 
-    share_audio_encoding: bool = field(
-        default=True,
-        metadata={
-            "help": "Encode each distinct audio clip once per forward pass and share it across its completions (same "
-            "log-probs and gradients; needs an encoder without dropout). False encodes every completion's audio."
-        },
-    )
+    share_audio_encoding: bool = field(default=True, metadata={"help": "Encode each distinct clip once per pass."})
 
 
 @contextmanager
 def image_token_for_trl(config):
-    """TRL 1.16's `__init__` reads `config.image_token_id` for any processor; Qwen2-Audio has none. Point it at the
-    audio token while TRL starts, then remove it, so that checkpoints save the config unchanged."""
-    if getattr(config, "image_token_id", None) is not None:
-        yield
-        return
-    config.image_token_id = config.audio_token_index
+    """TRL 1.16's `__init__` reads `config.image_token_id`, which Qwen2-Audio lacks: the audio token's while TRL starts."""
+    added = getattr(config, "image_token_id", None) is None
+    if added:
+        config.image_token_id = config.audio_token_index
     try:
         yield
     finally:
-        del config.image_token_id
+        if added:  # checkpoints save the config unchanged
+            del config.image_token_id
 
 
 class AudioGRPOTrainer(GRPOTrainer):
-    """`trl.GRPOTrainer` for Qwen2-Audio and the Qwen2.5-Omni thinker. TRL feeds the audio to generation only, so its
-    log-prob passes would score the placeholders' embeddings. Sampling, rewards, loss, KL, logging and timing,
-    checkpoints and DeepSpeed are TRL's. The audio delta:
-
-    - `_tokenize_prompts` loads the audio and keeps the processor's features and each prompt's audio group;
-      `_generate_and_score_completions` returns them in the batch, one row per completion (TRL's shuffle and split
-      keep them aligned); `_compute_loss` exposes the mini-batch's; `_get_per_token_logps_and_entropies` is TRL's, with
-      a forward pre-hook giving each chunk's model call its rows' audio.
-    - Each distinct clip is encoded once per forward pass (`r1aqa.audio_sharing`), also in generation.
-    - Generation never samples a multimodal placeholder; with `use_vllm`, `r1aqa.vllm_audio.AudioVLLMGeneration`
-      replaces TRL's image-only backend (the clips go in TRL's image slot).
-    - `frac_tokens_reward_zero_std` is logged beside TRL's `frac_reward_zero_std`.
-    """
+    """`trl.GRPOTrainer` for Qwen2-Audio and the Qwen2.5-Omni thinker. TRL feeds the audio to generation only; here
+    every log-prob pass gets its rows' audio features too (a pre-hook per chunk), each distinct clip is encoded once
+    per pass (`r1aqa.audio_sharing`), generation never samples a placeholder, `use_vllm` uses
+    `r1aqa.vllm_audio.AudioVLLMGeneration`, and `frac_tokens_reward_zero_std` is logged. The rest is TRL's."""
 
     def __init__(self, model, reward_funcs, args=None, **kwargs):
         self._forward_audio: dict[str, torch.Tensor] | None = None
@@ -66,22 +50,17 @@ class AudioGRPOTrainer(GRPOTrainer):
         use_vllm = bool(getattr(args, "use_vllm", False))
         if use_vllm:  # else TRL's __init__ starts its image-only vLLM backend (it has no hook to swap it)
             args.use_vllm = False
-        try:
-            with image_token_for_trl(model.config):
-                super().__init__(model, reward_funcs, args, **kwargs)
-        finally:
-            if use_vllm:
-                args.use_vllm = True
-        self.use_vllm = use_vllm
+        with image_token_for_trl(model.config):
+            super().__init__(model, reward_funcs, args, **kwargs)
+        self.use_vllm = self.args.use_vllm = use_vllm
         if use_vllm:
             from r1aqa.vllm_audio import AudioVLLMGeneration
 
             self.vllm_generation = AudioVLLMGeneration.for_trainer(self)
             self._last_loaded_step = -1  # as TRL: the weights are synced before the first generation
         else:  # TRL suppresses `image_token_id` only (Qwen2.5-Omni's `<|IMAGE|>`)
-            suppress = sorted(
-                {*(self.generation_config.suppress_tokens or []), *placeholder_token_ids(self.model.config)}
-            )
+            placeholders = placeholder_token_ids(self.model.config)
+            suppress = sorted({*(self.generation_config.suppress_tokens or []), *placeholders})
             self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"] = suppress
         self.audio_channels = family_of_config(self.model.config).audio_channels  # how a stereo file is heard
         self.share_audio_encoding = getattr(self.args, "share_audio_encoding", True)
@@ -93,7 +72,7 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     @contextmanager
     def _audio_for_forward(self, audio: dict[str, torch.Tensor] | None):
-        """Make `audio` (rows aligned with the token ids about to be scored) visible to the log-prob passes."""
+        """`audio` (rows aligned with the token ids about to be scored) for the log-prob passes."""
         previous, self._forward_audio = self._forward_audio, audio
         try:
             yield
@@ -117,16 +96,14 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._prompt_clips = [[part["audio"] for part in audio_parts(conversation)] for conversation in loaded]
         return prompt_ids, images, multimodal_fields
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
         groups = self._forward_audio.get(AUDIO_GROUP_KEY) if self._forward_audio else None
         if groups is not None and groups.numel() != len(prompt_ids):
             groups = None  # not the batch _tokenize_prompts saw (e.g. a tool turn): encode every row
         if self.use_vllm:  # TRL hands `images` to its vLLM backend only (zipped strictly with the prompts)
             images = self._prompt_clips  # AudioLLM sends them as audio
         with self._shared_audio(self.model, groups):
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
 
     def _generate_and_score_completions(self, inputs):
         with self._audio_for_forward(None):  # set by _tokenize_prompts inside, cleared on the way out
@@ -136,13 +113,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """TRL's, kept (all processes' completions, as TRL gathers them) for `_log_zero_std_tokens`."""
+        """TRL's, kept (all processes' completions) for `_log_zero_std_tokens`."""
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
     def _log_zero_std_tokens(self, completion_mask: torch.Tensor) -> None:
-        """Logs `frac_tokens_reward_zero_std`: the share of the batch's completion tokens in groups whose rewards are
-        all equal (zero advantage). TRL's `frac_reward_zero_std` counts the groups; this counts the compute."""
+        """The share of completion tokens in groups of equal rewards (zero advantage): TRL's metric counts groups."""
         mode = "train" if self.model.training else "eval"
         group = self.num_generations if mode == "train" else self.num_generations_eval
         weights = self.reward_weights.to(self._rewards_per_func.device).unsqueeze(0)
@@ -153,23 +129,20 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["frac_tokens_reward_zero_std"].append(share.item())
 
     def _compute_loss(self, model, inputs):
-        groups = {AUDIO_GROUP_KEY: inputs[AUDIO_GROUP_KEY]} if AUDIO_GROUP_KEY in inputs else {}
-        with self._audio_for_forward({**{key: inputs[key] for key in AUDIO_KEYS}, **groups}):
+        with self._audio_for_forward({key: inputs[key] for key in (*AUDIO_KEYS, AUDIO_GROUP_KEY)}):
             return super()._compute_loss(model, inputs)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
         audio = self._forward_audio
         if audio is None or audio["input_features"].size(0) != input_ids.size(0):
-            raise RuntimeError(
-                "No audio features set for these rows: the log-probs would be audio-blind or misaligned."
-            )
-        groups, start, sharing = audio.get(AUDIO_GROUP_KEY), 0, ExitStack()
+            raise RuntimeError("No audio features for these rows: the log-probs would be audio-blind or misaligned.")
+        groups, start, sharing = audio[AUDIO_GROUP_KEY], 0, ExitStack()
 
         def add_chunk_audio(module, call_args, call_kwargs):  # TRL calls `model` once per chunk, in row order
             nonlocal start
             rows = slice(start, start + call_kwargs["input_ids"].size(0))
             start = rows.stop
-            sharing.enter_context(self._shared_audio(module, None if groups is None else groups[rows]))
+            sharing.enter_context(self._shared_audio(module, groups[rows]))
             return call_args, {**call_kwargs, **{key: audio[key][rows] for key in AUDIO_KEYS}}
 
         with sharing, hooked(model, add_chunk_audio, lambda *_: sharing.close()):

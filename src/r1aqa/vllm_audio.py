@@ -1,6 +1,5 @@
-"""vLLM with the audio: GRPO rollouts (`use_vllm: true`, colocate mode) and evaluation's `--backend vllm`. Traps: vLLM
-expands `<|AUDIO|>` itself (`audio_prompt`, `check_audio_expansion`), loads the hub's parameter names (`hub_name`),
-takes checkpoint tensors on CPU only through `reload_weights`, keeps stale audio encodings after new weights."""
+"""vLLM with the audio: GRPO rollouts (`use_vllm: true`, colocate mode) and evaluation's `--backend vllm`. vLLM expands
+`<|AUDIO|>` itself, loads the hub's parameter names and keeps stale audio encodings after new weights."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import torch
 from trl.generation.vllm_generation import VLLMGeneration, empty_cache
 from trl.trainer.utils import ensure_master_addr_port
 
-from r1aqa.audio import SAMPLING_RATE, audio_parts
+from r1aqa.audio import SAMPLING_RATE
 from r1aqa.models import placeholder_token_ids
 
 AUDIO_TOKEN = "<|AUDIO|>"
@@ -37,19 +36,13 @@ def hub_name(name: str) -> str:
     return new + name[len(old) :]
 
 
-def audio_clips(conversation: list[dict]) -> list[np.ndarray]:
-    """The samples of a conversation's audio parts (loaded by `r1aqa.audio.prompts_with_audio`), in order."""
-    return [part["audio"] for part in audio_parts(conversation)]
-
-
 def collapse_audio_tokens(ids: list[int], audio_token_id: int) -> list[int]:
     """`ids` with every run of `<|AUDIO|>` tokens (the processor's expansion) reduced to one token."""
     return [int(t) for i, t in enumerate(ids) if not (t == audio_token_id and i and ids[i - 1] == audio_token_id)]
 
 
 def audio_prompt(ids: list[int], clips: list[np.ndarray], audio_token_id: int) -> dict:
-    """A vLLM prompt: the token ids with one `<|AUDIO|>` per clip (vLLM expands it; given the processor's expansion
-    it generates wrong output silently) and the clips (16 kHz samples) as audio data."""
+    """A vLLM prompt: one `<|AUDIO|>` per clip (given the processor's expansion vLLM silently generates wrong output)."""
     ids = collapse_audio_tokens(ids, audio_token_id)
     if (placeholders := ids.count(audio_token_id)) != len(clips):
         raise ValueError(f"The prompt has {placeholders} audio placeholders for {len(clips)} audio clips.")
@@ -61,9 +54,8 @@ def audio_prompt(ids: list[int], clips: list[np.ndarray], audio_token_id: int) -
 
 
 def check_audio_expansion(llm, processor, seconds: Iterable[float] = (1, 10, 30)) -> dict:
-    """Refuse to start unless vLLM (with its model folder's processor files) expands `<|AUDIO|>` of a `seconds` clip
-    into as many positions as `processor`, which scores the completions. Runs vLLM's input processor only (works
-    while the engine sleeps). Returns {seconds: (HF positions, vLLM positions)}."""
+    """Refuse to start unless vLLM expands `<|AUDIO|>` of a `seconds` clip into as many positions as `processor`, which
+    scores the completions (vLLM's input processor only: works while the engine sleeps). {seconds: (HF, vLLM)}."""
     from vllm import SamplingParams
 
     engine, audio_token_id = llm.llm_engine, processor.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
@@ -76,22 +68,10 @@ def check_audio_expansion(llm, processor, seconds: Iterable[float] = (1, 10, 30)
         request = engine.input_processor.process_inputs(str(length), prompt, params, supported_tasks=tasks)
         counts[length] = (ids.count(audio_token_id), list(request.prompt_token_ids).count(audio_token_id))
     if differ := {length: pair for length, pair in counts.items() if pair[0] != pair[1]}:
-        raise RuntimeError(
-            "vLLM and the HF processor expand the audio placeholder differently "
-            + ", ".join(f"({length} s clip: HF {hf}, vLLM {ours} positions)" for length, (hf, ours) in differ.items())
-            + ": give vLLM's model folder the scoring processor's files (preprocessor_config.json, tokenizer)."
-        )
+        clips = ", ".join(f"({length} s clip: HF {hf}, vLLM {ours} positions)" for length, (hf, ours) in differ.items())
+        advice = "give vLLM's model folder the scoring processor's files (preprocessor_config.json, tokenizer)"
+        raise RuntimeError(f"vLLM and the HF processor expand the audio placeholder differently {clips}: {advice}.")
     return counts
-
-
-def engine_kwargs(dtype: torch.dtype | str, device: str) -> dict:
-    """What `vllm.LLM` needs for Qwen2-Audio beyond the model path: one clip per prompt, the policy's dtype (vLLM
-    would pick bf16 on CPU), dummy weights at start (the real ones come through `load_weights`), eager mode on CPU."""
-    kwargs: dict[str, Any] = {"limit_mm_per_prompt": {"audio": 1, "image": 0, "video": 0}, "load_format": "dummy"}
-    kwargs["dtype"] = str(dtype).removeprefix("torch.")
-    if device == "cpu":
-        kwargs["enforce_eager"] = True
-    return kwargs
 
 
 def _scannable(value) -> bool:
@@ -102,9 +82,9 @@ def _scannable(value) -> bool:
 
 
 def start_engine(model_path: str, dtype, device: str, **settings):
-    """`vllm.LLM(model_path, **settings, **engine_kwargs)`. vLLM 0.32's CPU start-up calls `vars(value).get` on every
-    attribute of every loaded module; llvmlite's (loaded once librosa resampled) answers with a function wrapper and
-    start-up dies: such modules are hidden from `sys.modules` while it starts."""
+    """`vllm.LLM` for Qwen2-Audio: one clip per prompt, the policy's dtype (vLLM would pick bf16 on CPU), dummy weights
+    (the real ones come through `load_weights`). vLLM 0.32's CPU start-up calls `vars(value).get` on every module
+    attribute and dies on llvmlite's (loaded once librosa resampled): such modules are hidden while it starts."""
     from vllm import LLM
 
     with warnings.catch_warnings():  # reading some attributes warns (deprecated aliases)
@@ -116,7 +96,15 @@ def start_engine(model_path: str, dtype, device: str, **settings):
             if isinstance(namespace, dict) and not all(map(_scannable, list(namespace.values())))
         }
     try:
-        return LLM(model=model_path, **settings, **engine_kwargs(dtype, device))
+        mm_limit = {"audio": 1, "image": 0, "video": 0}
+        return LLM(
+            model=model_path,
+            **settings,
+            limit_mm_per_prompt=mm_limit,
+            load_format="dummy",
+            dtype=str(dtype).removeprefix("torch."),
+            enforce_eager=device == "cpu",
+        )
     finally:
         sys.modules.update(hidden)
 
@@ -139,8 +127,7 @@ def checkpoint_weights(files: list[str]):
 
 
 def load_llm(model_path: str, device: str, seed: int = 0, max_model_len: int | None = None):
-    """A vLLM engine for a saved Qwen2-Audio folder (weights and processor), bf16 on GPU and float32 on CPU as the HF
-    backend; its `model*.safetensors` go through `load_weights` (any of `hub_name`'s spellings)."""
+    """A vLLM engine for a saved Qwen2-Audio folder, bf16 on GPU and float32 on CPU as the HF backend."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: weights load from this process
     if not (files := sorted(glob.glob(os.path.join(model_path, "model*.safetensors")))):
         raise FileNotFoundError(f"{model_path}: no model*.safetensors weights (vLLM loads safetensors only here).")
@@ -151,8 +138,7 @@ def load_llm(model_path: str, device: str, seed: int = 0, max_model_len: int | N
 
 
 class AudioLLM:
-    """A `vllm.LLM` whose `generate` takes TRL's rows (each prompt's clips in TRL's image slot) and sends them as audio
-    prompts (`audio_prompt`). Everything else is the wrapped engine's (`_llm`)."""
+    """A `vllm.LLM` whose `generate` sends TRL's rows (clips in TRL's image slot) as audio prompts; the rest is `_llm`'s."""
 
     def __init__(self, llm, audio_token_id: int):
         self._llm, self.audio_token_id = llm, audio_token_id
@@ -170,31 +156,23 @@ class AudioLLM:
 
 
 class AudioVLLMGeneration(VLLMGeneration):
-    """TRL's vLLM backend for Qwen2-Audio, colocate mode only (TRL's server protocol carries images only); sampling,
-    tensor-parallel groups, sleep mode and importance-sampling log-probs stay TRL's. `_init_vllm` is TRL's colocate
-    start-up with `engine_kwargs` (TRL 1.16 has no hook for engine arguments), the engine wrapped in `AudioLLM` and
-    checked; `sync_weights` sends TRL's `_iter_named_params` (ZeRO-3 gathered, LoRA merged) through `load_weights`."""
+    """TRL's vLLM backend for Qwen2-Audio, colocate mode only (TRL's server carries images only). `_init_vllm` is TRL's
+    start-up with our engine (TRL 1.16 has no hook for engine arguments); `sync_weights` goes through `load_weights`."""
 
     @classmethod
     def for_trainer(cls, trainer) -> AudioVLLMGeneration:
-        """As `GRPOTrainer.__init__` builds TRL's, rollouts pinned to the trainer's end ids and never sampling a
-        multimodal placeholder (vLLM would follow the model folder's generation_config.json)."""
+        """As `GRPOTrainer.__init__` builds TRL's, stopping at the trainer's end ids and never sampling a placeholder."""
         args, kwargs = trainer.args, dict(trainer.args.generation_kwargs or {})
         kwargs["stop_token_ids"] = sorted({*(kwargs.get("stop_token_ids") or []), *map(int, trainer.eos_token_ids)})
         suppressed = dict.fromkeys(placeholder_token_ids(trainer.model.config), SUPPRESS_BIAS)
         kwargs["logit_bias"] = {**(kwargs.get("logit_bias") or {}), **suppressed}
         vllm = ("mode", "structured_outputs_regex", "tensor_parallel_size", "model_impl", "gpu_memory_utilization")
         sampling = ("repetition_penalty", "temperature", "top_p", "top_k", "min_p", "max_completion_length")
-        return cls(
-            trainer.model,
-            trainer.accelerator,
-            trainer.processing_class,
-            **{name: getattr(args, f"vllm_{name}") for name in (*vllm, "max_model_length", "enable_sleep_mode")},
-            **{name: getattr(trainer, name) for name in sampling},
-            max_num_seqs=args.per_device_train_batch_size * args.vllm_tensor_parallel_size * args.steps_per_generation,
-            trust_remote_code=args.trust_remote_code,
-            generation_kwargs=kwargs,
-        )
+        settings = {name: getattr(args, f"vllm_{name}") for name in (*vllm, "max_model_length", "enable_sleep_mode")}
+        settings |= {name: getattr(trainer, name) for name in sampling}
+        batch = args.per_device_train_batch_size * args.vllm_tensor_parallel_size * args.steps_per_generation
+        settings |= {"max_num_seqs": batch, "trust_remote_code": args.trust_remote_code, "generation_kwargs": kwargs}
+        return cls(trainer.model, trainer.accelerator, trainer.processing_class, **settings)
 
     def _init_vllm(self):
         if self.mode != "colocate":
@@ -207,18 +185,11 @@ class AudioVLLMGeneration(VLLMGeneration):
         os.environ.update(zip(("RANK", "LOCAL_RANK", "WORLD_SIZE"), map(str, ranks), strict=True))
         ensure_master_addr_port()
         same = ("gpu_memory_utilization", "max_num_seqs", "enable_sleep_mode", "model_impl", "trust_remote_code")
-        llm = start_engine(
-            self.model.name_or_path,
-            self.model.dtype,
-            accelerator.device.type,
-            **{name: getattr(self, name) for name in same},
-            tensor_parallel_size=tp,
-            max_model_len=self.max_model_length,
-            distributed_executor_backend="external_launcher",
-            seed=accelerator.process_index // tp,  # the same within a tensor-parallel group
-            max_num_batched_tokens=4096,
-            logprobs_mode="processed_logprobs",  # TRL's importance sampling needs the processed log-probs
-        )
+        settings = {name: getattr(self, name) for name in same} | {"distributed_executor_backend": "external_launcher"}
+        settings |= {"tensor_parallel_size": tp, "max_model_len": self.max_model_length, "max_num_batched_tokens": 4096}
+        settings["seed"] = accelerator.process_index // tp  # the same within a tensor-parallel group
+        settings["logprobs_mode"] = "processed_logprobs"  # TRL's importance sampling needs the processed log-probs
+        llm = start_engine(self.model.name_or_path, self.model.dtype, accelerator.device.type, **settings)
         check_audio_expansion(llm, self.processing_class)
         self.llm = AudioLLM(llm, self.processing_class.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
         if self.enable_sleep_mode:
