@@ -211,7 +211,7 @@ def test_smoke_run_ends_with_the_report_and_reruns_into_its_folder(toy, tmp_path
     assert "First run (smoke): 4 of 4 steps on 1 process(es), CPU" in screen
     assert "Batch: 2 questions x 4 completions per step" in screen
     assert " s/step (median of TRL's step_time, steps 2-4" in screen and "the recipe's 6 steps: ~" in screen
-    assert "Memory: peak per rank: rank 0: " in screen and " GB RSS" in screen
+    assert "Memory: peak of rank 0: " in screen and " GB RSS" in screen
     assert "checkpoint-2 " in screen and "(weights only)" in screen and "checkpoint-4 " in screen
     assert "(with optimizer state)" in screen and "the recipe's 2 checkpoints (save_steps 3)" in screen
     assert "If it did not fit" in screen

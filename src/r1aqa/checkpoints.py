@@ -13,8 +13,7 @@ import struct
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-# Resume state, removed in this order: what makes a checkpoint resumable first, so a cut-short removal never leaves
-# one that looks resumable. Weights, configs, trainer_state.json and training_args.bin stay for evaluation.
+# Resume state, removed in this order (what makes a checkpoint resumable first: a cut-short removal never looks resumable).
 STATE_FILES = ("latest", "optimizer.pt", "scheduler.pt", "scaler.pt")
 STATE_PATTERN = re.compile(r"^(rng_state(_\d+)?\.pth|global_step\d+)$")
 
@@ -69,10 +68,7 @@ def optimizer_problem(folder: str) -> str | None:
         if not tag or not os.path.isdir(tag_dir) or not os.listdir(tag_dir):
             return f"DeepSpeed's `latest` names {tag!r}, which is missing or empty"
     elif not os.path.isfile(os.path.join(folder, "optimizer.pt")):
-        return (
-            "no optimizer state (optimizer.pt): a weights-only checkpoint (save_only_model, or an older checkpoint "
-            "whose state was removed once a newer one had it) cannot be resumed"
-        )
+        return "no optimizer state (optimizer.pt): a weights-only checkpoint (save_only_model, or an older one)"
     return None if os.path.isfile(os.path.join(folder, "scheduler.pt")) else "no scheduler.pt"
 
 
@@ -94,8 +90,7 @@ def checkpoint_problem(folder: str, resumable: bool = False) -> str | None:
 
 
 def complete_checkpoints(run_dir: str, resumable: bool = False, warn=None) -> list[tuple[int, str]]:
-    """`(step, path)` of the complete checkpoints of `run_dir` in step order; each skipped one is reported with its
-    reason through `warn` (default: the logger)."""
+    """`(step, path)` of the complete checkpoints of `run_dir` in step order; skipped ones reported through `warn`."""
     problems = [(step, path, checkpoint_problem(path, resumable)) for step, path in checkpoint_dirs(run_dir)]
     for _step, path, problem in problems:
         if problem:
@@ -104,17 +99,13 @@ def complete_checkpoints(run_dir: str, resumable: bool = False, warn=None) -> li
 
 
 def last_resumable_checkpoint(run_dir: str, warn=None) -> str | None:
-    """The newest checkpoint `--resume true` continues from, or None; ValueError when the newest complete one holds
-    weights only (resuming would silently restart)."""
+    """The newest resumable checkpoint, or None; ValueError if the newest complete one holds weights only."""
     for _step, path in reversed(checkpoint_dirs(run_dir)):
         if (problem := checkpoint_problem(path, resumable=True)) is None:
             return path
         if (missing := optimizer_problem(path)) and checkpoint_problem(path) is None:
-            raise ValueError(
-                f"{path} holds weights only ({missing}). To continue that run, start a new run from those weights "
-                f"(--model_name_or_path {path}) or delete the weights-only checkpoints; resumable checkpoints need "
-                "save_only_model: false."
-            )
+            raise ValueError(f"{path} holds weights only ({missing}): start a new run from it (--model_name_or_path "
+                             f"{path}) or delete it; resumable checkpoints need save_only_model: false.")  # fmt: skip
         (warn or logger.warning)(f"Skipping {path} for resuming: {problem}.")
     return None
 
@@ -126,6 +117,6 @@ def state_paths(folder: str) -> list[str]:
 
 
 def remove_state(folder: str) -> None:
-    """Make `folder` a weights-only checkpoint: delete its resume state (`state_paths`)."""
+    """Make `folder` a weights-only checkpoint."""
     for path in state_paths(folder):
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
