@@ -61,7 +61,7 @@ def main(script_args, training_args, model_args, trainer_class=None) -> None:
     )
     run_info = {"prompt_style": "think" if script_args.think else "answer", "think": script_args.think}
     run_info |= {"system_prompt": script_args.system_prompt, "reward_funcs": reward_names}
-    runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, model_args, run_info)
+    runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, run_info)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -36,8 +36,7 @@ class RunArguments:
     def __post_init__(self):
         if not self.data_file or not os.path.isfile(self.data_file):
             raise ValueError(
-                f"data_file {self.data_file!r} does not exist. Make it with `python -m r1aqa.prepare_avqa` "
-                "(see data/README.md) or pass --data_file PATH."
+                f"data_file {self.data_file!r} does not exist: make it with r1aqa.prepare_avqa (data/README.md)."
             )
 
 
@@ -201,11 +200,9 @@ def load_model(model_args, training_args, freeze_audio_encoder: bool, system_pro
 
     path, revision, dtype = model_args.model_name_or_path, model_args.model_revision, model_args.dtype
     dtype = dtype if dtype in (None, "auto") else getattr(torch, dtype)
-    options = {
-        "attn_implementation": model_args.attn_implementation,
-        "trust_remote_code": training_args.trust_remote_code,
-    }
-    model = models.load_model(path, revision=revision, dtype=dtype, **options)
+    remote = training_args.trust_remote_code
+    options = {"revision": revision, "attn_implementation": model_args.attn_implementation, "trust_remote_code": remote}
+    model = models.load_model(path, dtype=dtype, **options)
     if freeze_audio_encoder:
         model.model.audio_tower.requires_grad_(False)
     return model, models.load_processor(path, revision=revision, system_prompt=system_prompt)
@@ -232,7 +229,7 @@ class KeepNewestState(TrainerCallback):
                 logger.info("Removed the resume state of %s (weights kept; %s has it)", path, newest)
 
 
-def train_and_save(trainer, processor, checkpoint, script_args, training_args, model_args, run_info: dict) -> None:
+def train_and_save(trainer, processor, checkpoint, script_args, training_args, run_info: dict) -> None:
     """`r1aqa_run.json`, the checkpoint's weights restored, `trainer.train`, the final save; with `smoke` the report."""
     import torch
 

@@ -99,7 +99,6 @@ def build_trainer(model, processor, train_dataset, args, peft_config=None):
     """TRL's `SFTTrainer` with the audio collator."""
     from trl import SFTTrainer
 
-    check_sft_config(args)
     collator = AudioSFTCollator(processor)
     return SFTTrainer(model, args, collator, train_dataset, processing_class=processor, peft_config=peft_config)
 
@@ -115,7 +114,7 @@ def main(script_args, training_args, model_args) -> None:
     trainer = build_trainer(model, processor, dataset, training_args, get_peft_config(model_args))
     style = "answer" if script_args.format_instruction else "plain"
     run_info = {"prompt_style": style, "think": False, "system_prompt": None, **options}
-    runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, model_args, run_info)
+    runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, run_info)
 
 
 def cli(argv: list[str] | None = None) -> None:
