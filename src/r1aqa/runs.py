@@ -35,9 +35,7 @@ class RunArguments:
 
     def __post_init__(self):
         if not self.data_file or not os.path.isfile(self.data_file):
-            raise ValueError(
-                f"data_file {self.data_file!r} does not exist: make it with r1aqa.prepare_avqa (data/README.md)."
-            )
+            raise ValueError(f"data_file {self.data_file!r} does not exist: make it as data/README.md says.")
 
 
 def refuse(message: str):
@@ -72,10 +70,7 @@ def check_model_args(model_args) -> None:
     if not os.path.isdir(path) and not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", path):
         raise SystemExit(f"Model {path!r} is neither a local folder nor a hub id like 'Qwen/Qwen2-Audio-7B-Instruct'.")
     if model_args.use_peft and not (model_args.lora_target_modules or model_args.lora_target_parameters):
-        raise SystemExit(
-            "use_peft is true but no lora_target_modules are set, e.g. --lora_target_modules "
-            "'.*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)'."
-        )
+        raise SystemExit("use_peft: true needs lora_target_modules (as in configs/sft_qwen2_audio_7b_lora.yaml).")
 
 
 def check_wandb(training_args) -> None:
@@ -95,11 +90,11 @@ def derive_accumulation(questions_per_step: int, num_generations: int, per_devic
     """gradient_accumulation_steps reaching `questions_per_step` x `num_generations` completions per step; else refused."""
     completions = questions_per_step * num_generations
     if completions % (world_size * per_device):
-        sizes = [w for w in range(1, completions // per_device + 1) if completions % (w * per_device) == 0]
+        sizes = [str(w) for w in range(1, completions // per_device + 1) if completions % (w * per_device) == 0]
         refuse(
             f"{completions} completions per step (questions_per_step x num_generations) cannot be split over world size "
-            f"{world_size} x per_device_train_batch_size {per_device}. World sizes that can: "
-            f"{', '.join(map(str, sizes)) or 'none'} (or give --gradient_accumulation_steps to train another batch)."
+            f"{world_size} x per_device_train_batch_size {per_device}. World sizes that can: {', '.join(sizes) or 'none'} "
+            "(or --gradient_accumulation_steps N trains another batch)."
         )
     return completions // (world_size * per_device)
 
@@ -142,9 +137,7 @@ def start_checkpoint(output_dir: str, resume: bool, resume_from: str | None, ove
         path = resume_from.rstrip("/")
         problem = checkpoints.checkpoint_problem(path, resumable=True) if os.path.isdir(path) else "no such folder"
         if problem:
-            refuse(
-                f"--resume_from_checkpoint {path} cannot be resumed from ({problem}); --resume true takes the newest."
-            )
+            refuse(f"--resume_from_checkpoint {path}: cannot resume ({problem}); --resume true takes the newest.")
     elif resume:
         path = checkpoints.last_resumable_checkpoint(output_dir)
     else:
