@@ -12,7 +12,7 @@ import shutil
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-# Resume state, removed in this order (what makes a checkpoint resumable first: a cut-short removal never looks resumable).
+# Resume state, removed in this order (what makes it resumable first: a cut-short removal never looks resumable).
 STATE_FILES = ("latest", "optimizer.pt", "scheduler.pt", "scaler.pt")
 STATE_PATTERN = re.compile(r"^(rng_state(_\d+)?\.pth|global_step\d+)$")
 

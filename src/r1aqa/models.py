@@ -142,7 +142,6 @@ def placeholder_token_ids(config) -> list[int]:
     return sorted({value for name in names if isinstance(value := getattr(config, name, None), int)})
 
 
-# ---- what a folder holds: a model, a LoRA adapter, a processor ----------------------------------------------------
 CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

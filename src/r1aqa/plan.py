@@ -32,8 +32,7 @@ class ModelSize(namedtuple("ModelSize", SIZE_FIELDS, defaults=(0, False, "Qwen2-
         return self.audio_encoder + self.projector + self.language_model + self.lm_head + self.vision
 
 
-# The hub models a recipe may name: their published config.json (docs/recipe.md §9, §11) counted on the meta device
-# (tests/test_plan.py counts the copies in configs/ again).
+# The hub models a recipe may name: their published config.json counted on the meta device (tests/test_plan.py).
 KNOWN_MODELS = {
     "Qwen/Qwen2-Audio-7B-Instruct": ModelSize(
         audio_encoder=636_968_960, projector=5_246_976, language_model=7_115_771_904, lm_head=639_107_072,
@@ -170,7 +169,8 @@ def format_report(size: ModelSize, work: Workload, rows: list[Row], args, recipe
         f"share_audio_encoding={work.share_audio_encoding}, step = {PAPER_COMPLETIONS_PER_STEP} completions, "
         f"{args.tflops:g} TFLOP/s per GPU",
         "",
-        f"GPUs offload ckpt | states    ref   activ  generate  total/GPU fits{args.gpu_memory_gb:>3.0f}GB | host RAM | s/step>=",
+        f"GPUs offload ckpt | states    ref   activ  generate  total/GPU fits{args.gpu_memory_gb:>3.0f}GB | host RAM | "
+        "s/step>=",
     ]
     for r in rows:
         lines.append(
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> str:
                          "--arch_config with its config.json.")  # fmt: skip
     completion_tokens = args.completion_tokens or int(recipe.get("max_completion_length", 256))
     share = not args.no_share_audio_encoding and recipe.get("share_audio_encoding", True)
-    work = Workload(int(recipe.get("per_device_train_batch_size", 8)), int(recipe.get("num_generations", 8)),
-                    args.audio_tokens, args.text_tokens, completion_tokens, share)  # fmt: skip
+    batch, generations = int(recipe.get("per_device_train_batch_size", 8)), int(recipe.get("num_generations", 8))
+    work = Workload(batch, generations, args.audio_tokens, args.text_tokens, completion_tokens, share)
     report = format_report(size, work, plan(size, work, args), args, recipe)
     print(report)
     return report

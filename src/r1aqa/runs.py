@@ -1,5 +1,5 @@
 """The start and end of a training run, shared by r1aqa.grpo and r1aqa.sft: arguments, checks before any model loads,
-the global batch, where the run continues from (never silently over an earlier run), checkpoints' state, r1aqa_run.json."""
+the global batch, where the run continues from (never silently over an earlier run), checkpoint state, run info."""
 
 from __future__ import annotations
 
@@ -87,14 +87,14 @@ def check_wandb(training_args) -> None:
 
 
 def derive_accumulation(questions_per_step: int, num_generations: int, per_device: int, world_size: int) -> int:
-    """gradient_accumulation_steps reaching `questions_per_step` x `num_generations` completions per step; else refused."""
+    """gradient_accumulation_steps reaching `questions_per_step` x `num_generations` completions; else refused."""
     completions = questions_per_step * num_generations
     if completions % (world_size * per_device):
         sizes = [str(w) for w in range(1, completions // per_device + 1) if completions % (w * per_device) == 0]
         refuse(
-            f"{completions} completions per step (questions_per_step x num_generations) cannot be split over world size "
-            f"{world_size} x per_device_train_batch_size {per_device}. World sizes that can: {', '.join(sizes) or 'none'} "
-            "(or --gradient_accumulation_steps N trains another batch)."
+            f"{completions} completions per step (questions_per_step x num_generations) cannot be split over world "
+            f"size {world_size} x per_device_train_batch_size {per_device}. World sizes that can: "
+            f"{', '.join(sizes) or 'none'} (or --gradient_accumulation_steps N trains another batch)."
         )
     return completions // (world_size * per_device)
 
@@ -144,8 +144,8 @@ def start_checkpoint(output_dir: str, resume: bool, resume_from: str | None, ove
         existing = checkpoints.checkpoint_dirs(output_dir)
         if existing and not overwrite:
             refuse(
-                f"{output_dir} already holds {len(existing)} checkpoint(s) (newest {existing[-1][1]}). To continue that "
-                "run: --resume true; to start a new one: a new OUTPUT_DIR (--output_dir), or --overwrite_output_dir true."
+                f"{output_dir} already holds {len(existing)} checkpoint(s) (newest {existing[-1][1]}). To continue "
+                "that run: --resume true; for a new one: a new OUTPUT_DIR (--output_dir) or --overwrite_output_dir true."
             )
         if existing and int(os.environ.get("RANK", "0")) == 0:
             for _step, old in existing:

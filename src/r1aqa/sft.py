@@ -30,7 +30,7 @@ def assistant_turn(text: str) -> list[dict]:
 
 
 def load_sft_dataset(path: str, format_instruction: bool = False, **options):
-    """AVQA training rows plus a `completion`: the option text, or with `format_instruction` `<answer>option</answer>`."""
+    """AVQA training rows plus a `completion`: the option text (`format_instruction`: `<answer>option</answer>`)."""
     from r1aqa.data import load_avqa_dataset
 
     dataset = load_avqa_dataset(path, format_instruction=format_instruction, **options)

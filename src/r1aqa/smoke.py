@@ -1,5 +1,5 @@
 """A first short run (`SMOKE=1 bash run_grpo.sh`, i.e. `--smoke true`): the recipe for `smoke_steps` steps, no W&B,
-then one screen: time per step and the recipe's hours, rank 0's peak memory, the disk, what to change if it did not fit."""
+then one screen: time per step and the recipe's hours, rank 0's peak memory, the disk, what to change if it failed."""
 
 from __future__ import annotations
 
