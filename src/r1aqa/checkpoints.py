@@ -67,9 +67,8 @@ def optimizer_problem(folder: str) -> str | None:
 def checkpoint_problem(folder: str, resumable: bool = False) -> str | None:
     """Why `folder` is not a complete checkpoint (evaluable, or with `resumable` also resumable), or None.
     Folders without `training_args.bin` (r1aqa.merge_lora's) only need weights to be evaluable."""
-    if (problem := weights_problem(folder)) or not (
-        resumable or os.path.isfile(os.path.join(folder, "training_args.bin"))
-    ):
+    trained = resumable or os.path.isfile(os.path.join(folder, "training_args.bin"))
+    if (problem := weights_problem(folder)) or not trained:
         return problem
     try:  # HF writes trainer_state.json after the weights
         with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:

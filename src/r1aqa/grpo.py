@@ -51,14 +51,8 @@ def main(script_args, training_args, model_args, trainer_class=None) -> None:
     args = (script_args.freeze_audio_encoder, script_args.system_prompt)
     model, processor = runs.load_model(model_args, training_args, *args)
     reward_names = script_args.reward_funcs or default_reward_names(script_args.think)
-    trainer = (trainer_class or AudioGRPOTrainer)(
-        model=model,
-        reward_funcs=get_reward_funcs(reward_names),
-        args=training_args,
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=get_peft_config(model_args),
-    )
+    options = {"train_dataset": dataset, "processing_class": processor, "peft_config": get_peft_config(model_args)}
+    trainer = (trainer_class or AudioGRPOTrainer)(model, get_reward_funcs(reward_names), training_args, **options)
     run_info = {"prompt_style": "think" if script_args.think else "answer", "think": script_args.think}
     run_info |= {"system_prompt": script_args.system_prompt, "reward_funcs": reward_names}
     runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, run_info)

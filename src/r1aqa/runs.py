@@ -145,7 +145,7 @@ def start_checkpoint(output_dir: str, resume: bool, resume_from: str | None, ove
         if existing and not overwrite:
             refuse(
                 f"{output_dir} already holds {len(existing)} checkpoint(s) (newest {existing[-1][1]}). To continue "
-                "that run: --resume true; for a new one: a new OUTPUT_DIR (--output_dir) or --overwrite_output_dir true."
+                "that run: --resume true; a new run: a new OUTPUT_DIR (--output_dir) or --overwrite_output_dir true."
             )
         if existing and int(os.environ.get("RANK", "0")) == 0:
             for _step, old in existing:

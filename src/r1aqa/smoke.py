@@ -55,8 +55,8 @@ def smoke_screen(trainer, script_args, out_of_memory: BaseException | None = Non
     if out_of_memory is not None:
         lines.append(f"DID NOT FIT: {str(out_of_memory).splitlines()[0]}")
     sizes = {path: folder_gb(path) for _, path in checkpoint_dirs(args.output_dir)}
-    kinds = {True: "with optimizer state", False: "weights only"}
-    measured = [f"{os.path.basename(p)} {gb:.3f} GB ({kinds[bool(state_paths(p))]})" for p, gb in sizes.items()]
+    kind = {p: "with optimizer state" if state_paths(p) else "weights only" for p in sizes}
+    measured = [f"{os.path.basename(p)} {gb:.3f} GB ({kind[p]})" for p, gb in sizes.items()]
     weights, with_state, n = min(sizes.values(), default=0), max(sizes.values(), default=0), max_steps // save_steps
     total = (n * with_state if script_args.keep_all_checkpoint_state else (n - 1) * weights + with_state) + weights
     lines += [
