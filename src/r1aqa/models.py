@@ -127,8 +127,7 @@ def set_system_prompt(processor, system_prompt: str) -> None:
     if system_prompt not in SYSTEM_PROMPTS:
         raise ValueError(f"system_prompt must be one of {', '.join(SYSTEM_PROMPTS)}; got {system_prompt!r}.")
     template = processor.chat_template if isinstance(processor.chat_template, str) else ""
-    blocks = [SYSTEM_BLOCK.format(turn=turn) for turn in SYSTEM_PROMPTS.values()]
-    blocks = [block for block in blocks if template.count(block) == 1]
+    blocks = [b for b in (SYSTEM_BLOCK.format(turn=t) for t in SYSTEM_PROMPTS.values()) if template.count(b) == 1]
     if len(blocks) == 1:
         processor.chat_template = template.replace(blocks[0], SYSTEM_BLOCK.format(turn=SYSTEM_PROMPTS[system_prompt]))
     elif system_prompt != "default":

@@ -18,11 +18,9 @@ PAPER_COMPLETIONS_PER_STEP = 128  # 16 prompts x 8 completions (docs/recipe.md Â
 ENCODER_BYTES_PER_POSITION_HIDDEN = 34  # Whisper-style layers: 4h GELU MLP, memory-efficient attention
 
 
-SIZE_FIELDS = ("audio_encoder projector language_model lm_head largest_layer hidden layers kv_hidden encoder_hidden "
-               "encoder_layers encoder_positions vision packed_encoder name")  # fmt: skip
-
-
-class ModelSize(namedtuple("ModelSize", SIZE_FIELDS, defaults=(0, False, "Qwen2-Audio"))):
+class ModelSize(namedtuple("ModelSize", "audio_encoder projector language_model lm_head largest_layer hidden layers "
+                           "kv_hidden encoder_hidden encoder_layers encoder_positions vision packed_encoder name",
+                           defaults=(0, False, "Qwen2-Audio"))):  # fmt: skip
     """Parameter counts (language_model incl. the input embeddings; largest_layer: DeepSpeed's largest module; vision:
     Qwen2.5-Omni's frozen tower) and widths (kv_hidden: key/value per layer). packed_encoder: the audio encoder runs on
     the clips' own frames (2 per audio token), not 30 s."""
@@ -78,10 +76,8 @@ def count_parameters(model) -> ModelSize:
     return size
 
 
-WORK_FIELDS = "micro_batch num_generations audio_tokens text_tokens completion_tokens share_audio_encoding grad_accum"
-
-
-class Workload(namedtuple("Workload", WORK_FIELDS, defaults=(1,))):
+class Workload(namedtuple("Workload", "micro_batch num_generations audio_tokens text_tokens completion_tokens "
+                          "share_audio_encoding grad_accum", defaults=(1,))):  # fmt: skip
     """One GPU's share of a step: `micro_batch` completions per forward pass, `grad_accum` micro-batches per generation
     batch (TRL: steps_per_generation)."""
 

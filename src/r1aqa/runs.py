@@ -176,9 +176,8 @@ def load_dataset(script_args, training_args, loader=None, **options):
     from r1aqa.data import load_avqa_dataset
 
     options |= {"check_audio_files": script_args.check_audio_files}
-    dataset = (loader or load_avqa_dataset)(
-        script_args.data_file, audio_cache=os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE), **options
-    )
+    cache = os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE)
+    dataset = (loader or load_avqa_dataset)(script_args.data_file, audio_cache=cache, **options)
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
     logger.info("Training on %d questions from %s (%s)", len(dataset), script_args.data_file, options)
@@ -212,8 +211,7 @@ class KeepNewestState(TrainerCallback):
         if not state.is_world_process_zero:
             return
         newest = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        problem = checkpoints.checkpoint_problem(newest, resumable=True)
-        if problem:
+        if problem := checkpoints.checkpoint_problem(newest, resumable=True):
             logger.warning("Kept the older checkpoints' state: %s is not resumable (%s).", newest, problem)
             return
         for _step, path in checkpoints.checkpoint_dirs(args.output_dir):
@@ -226,6 +224,8 @@ def train_and_save(trainer, processor, checkpoint, script_args, training_args, r
     """`r1aqa_run.json`, the checkpoint's weights restored, `trainer.train`, the final save; with `smoke` the report."""
     import torch
 
+    from r1aqa.models import load_model
+
     main = trainer.accelerator.is_main_process
     if not script_args.keep_all_checkpoint_state:
         trainer.add_callback(KeepNewestState())
@@ -234,8 +234,12 @@ def train_and_save(trainer, processor, checkpoint, script_args, training_args, r
         with open(os.path.join(training_args.output_dir, RUN_INFO), "w", encoding="utf-8") as f:
             json.dump({**run_info, "seed": training_args.seed}, f, indent=1)
     smoke = getattr(script_args, "smoke", False)
-    if checkpoint:
-        restore_weights(trainer, checkpoint)
+    full = checkpoint and {"model.safetensors", checkpoints.SAFETENSORS_INDEX} & set(os.listdir(checkpoint))
+    if full and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled:  # adapters: as the Trainer loads
+        # Strictly: the Trainer's own resume (`strict=False`) missed Qwen2-Audio's legacy names (`audio_tower.*`).
+        dtype = next(trainer.model.parameters()).dtype
+        trainer.model.load_state_dict(load_model(checkpoint, dtype=dtype).state_dict(), strict=True)
+        logger.info("Restored the weights of %s", checkpoint)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except (torch.OutOfMemoryError, MemoryError) as error:
@@ -248,15 +252,3 @@ def train_and_save(trainer, processor, checkpoint, script_args, training_args, r
         logger.info("Saved the final model to %s", training_args.output_dir)
         if smoke:
             print(smoke_screen(trainer, script_args), flush=True)
-
-
-def restore_weights(trainer, checkpoint: str) -> None:
-    """Load a full checkpoint's weights into `trainer.model`, strictly: the Trainer's own resume (`strict=False`) missed
-    Qwen2-Audio's legacy names (`audio_tower.*`) and went on from the initial weights."""
-    from r1aqa.models import load_model
-
-    full = {"model.safetensors", checkpoints.SAFETENSORS_INDEX} & set(os.listdir(checkpoint))
-    if full and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled:  # adapters: as the Trainer loads
-        dtype = next(trainer.model.parameters()).dtype
-        trainer.model.load_state_dict(load_model(checkpoint, dtype=dtype).state_dict(), strict=True)
-        logger.info("Restored the weights of %s", checkpoint)

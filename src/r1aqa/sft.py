@@ -96,10 +96,9 @@ def check_sft_config(args) -> None:
 
 
 def build_trainer(model, processor, train_dataset, args, peft_config=None):
-    """TRL's `SFTTrainer` with the audio collator."""
     from trl import SFTTrainer
 
-    collator = AudioSFTCollator(processor)
+    collator = AudioSFTCollator(processor)  # TRL's collators know images, not audio
     return SFTTrainer(model, args, collator, train_dataset, processing_class=processor, peft_config=peft_config)
 
 
