@@ -46,8 +46,7 @@ def refuse(message: str):
 
 
 def cli(parse_args, main, argv: list[str] | None = None) -> None:
-    """DeepSpeed on CPU, parse, check, `main`, then close the process group (at interpreter shutdown gloo threads
-    could abort a finished CPU run with exit -6)."""
+    """DeepSpeed on CPU, parse, check, `main`, close the process group (else gloo may abort a finished run: exit -6)."""
     import torch.distributed as dist
 
     from r1aqa.deepspeed_cpu import enable_cpu_deepspeed
