@@ -189,7 +189,7 @@ def test_overwrite_output_dir_deletes_the_old_checkpoints(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
 
 
-def test_resume_from_checkpoint_path_resumes_there_or_names_the_newest_with_state(tmp_path, capsys):
+def test_resume_from_checkpoint_path_resumes_there_or_says_why_not(tmp_path, capsys):
     run = tmp_path / "run"
     for step in (1, 2):
         make_checkpoint(run / f"checkpoint-{step}", optimizer=step == 2)
@@ -199,7 +199,7 @@ def test_resume_from_checkpoint_path_resumes_there_or_names_the_newest_with_stat
         start(run, resume_from=str(run / "checkpoint-1"))
     assert stopped.value.code == 2
     message = capsys.readouterr().err
-    assert "no optimizer state" in message and f"--resume_from_checkpoint {run / 'checkpoint-2'}" in message
+    assert "no optimizer state" in message and "--resume true" in message
     with pytest.raises(SystemExit) as stopped:
         start(run, resume_from=str(run / "checkpoint-9"))
     assert stopped.value.code == 2

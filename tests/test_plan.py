@@ -1,6 +1,5 @@
 """r1aqa.plan: the real Qwen2-Audio-7B-Instruct architecture on the meta device, and the memory/time table."""
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,7 +91,7 @@ def test_omni_7b_thinker_counts_and_table(capsys):
     args = plan.parse_args(["--recipe", OMNI_RECIPE])
     work = plan.Workload(8, 8, 750, 100, 256, share_audio_encoding=True)
     frozen = {(r.gpus, r.offload, r.checkpointing): r for r in plan.plan(size, work, args)}
-    trained = {(r.gpus, r.offload, r.checkpointing): r for r in plan.plan(replace(size, vision=0,
+    trained = {(r.gpus, r.offload, r.checkpointing): r for r in plan.plan(size._replace(vision=0,
                language_model=size.language_model + size.vision), work, args)}  # fmt: skip
     assert frozen[(8, False, False)].model_states < trained[(8, False, False)].model_states
 

@@ -8,13 +8,11 @@ import logging
 import os
 import re
 import shutil
-import struct
 
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-# Resume state, removed in this order: what makes a checkpoint resumable first, so a cut-short removal never leaves
-# one that looks resumable. Weights, configs, trainer_state.json and training_args.bin stay for evaluation.
+# Resume state, removed in this order (what makes it resumable first: a cut-short removal never looks resumable).
 STATE_FILES = ("latest", "optimizer.pt", "scheduler.pt", "scaler.pt")
 STATE_PATTERN = re.compile(r"^(rng_state(_\d+)?\.pth|global_step\d+)$")
 
@@ -27,23 +25,16 @@ def checkpoint_dirs(run_dir: str) -> list[tuple[int, str]]:
 
 
 def safetensors_problem(path: str) -> str | None:
-    """Why the safetensors file at `path` is not whole (missing, header unreadable, shorter than its header says)."""
-    name = os.path.basename(path)
+    """Why the safetensors file at `path` is not whole: missing, or its header unreadable or not matching its size."""
+    from safetensors import SafetensorError, safe_open
+
     if not os.path.isfile(path):
-        return f"{name} is missing"
-    size = os.path.getsize(path)
+        return f"{os.path.basename(path)} is missing"
     try:
-        with open(path, "rb") as f:
-            (header_length,) = struct.unpack("<Q", f.read(8))
-            if header_length > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(header_length))
-        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, IndexError) as error:
-        return f"{name} has no readable header ({error})"
-    if size < 8 + header_length + end:
-        return f"{name} is truncated ({size} bytes, its header needs {8 + header_length + end})"
-    return None
+        with safe_open(path, "np"):  # reads the header and checks that the data is as long as it says
+            return None
+    except SafetensorError as error:
+        return f"{os.path.basename(path)} is truncated or unreadable ({error})"
 
 
 def weights_problem(folder: str) -> str | None:
@@ -69,19 +60,15 @@ def optimizer_problem(folder: str) -> str | None:
         if not tag or not os.path.isdir(tag_dir) or not os.listdir(tag_dir):
             return f"DeepSpeed's `latest` names {tag!r}, which is missing or empty"
     elif not os.path.isfile(os.path.join(folder, "optimizer.pt")):
-        return (
-            "no optimizer state (optimizer.pt): a weights-only checkpoint (save_only_model, or an older checkpoint "
-            "whose state was removed once a newer one had it) cannot be resumed"
-        )
+        return "no optimizer state (optimizer.pt): a weights-only checkpoint (save_only_model, or an older one)"
     return None if os.path.isfile(os.path.join(folder, "scheduler.pt")) else "no scheduler.pt"
 
 
 def checkpoint_problem(folder: str, resumable: bool = False) -> str | None:
     """Why `folder` is not a complete checkpoint (evaluable, or with `resumable` also resumable), or None.
     Folders without `training_args.bin` (r1aqa.merge_lora's) only need weights to be evaluable."""
-    if (problem := weights_problem(folder)) or not (
-        resumable or os.path.isfile(os.path.join(folder, "training_args.bin"))
-    ):
+    trained = resumable or os.path.isfile(os.path.join(folder, "training_args.bin"))
+    if (problem := weights_problem(folder)) or not trained:
         return problem
     try:  # HF writes trainer_state.json after the weights
         with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
@@ -94,8 +81,7 @@ def checkpoint_problem(folder: str, resumable: bool = False) -> str | None:
 
 
 def complete_checkpoints(run_dir: str, resumable: bool = False, warn=None) -> list[tuple[int, str]]:
-    """`(step, path)` of the complete checkpoints of `run_dir` in step order; each skipped one is reported with its
-    reason through `warn` (default: the logger)."""
+    """`(step, path)` of the complete checkpoints of `run_dir` in step order; skipped ones reported through `warn`."""
     problems = [(step, path, checkpoint_problem(path, resumable)) for step, path in checkpoint_dirs(run_dir)]
     for _step, path, problem in problems:
         if problem:
@@ -104,17 +90,13 @@ def complete_checkpoints(run_dir: str, resumable: bool = False, warn=None) -> li
 
 
 def last_resumable_checkpoint(run_dir: str, warn=None) -> str | None:
-    """The newest checkpoint `--resume true` continues from, or None; ValueError when the newest complete one holds
-    weights only (resuming would silently restart)."""
+    """The newest resumable checkpoint, or None; ValueError if the newest complete one holds weights only."""
     for _step, path in reversed(checkpoint_dirs(run_dir)):
         if (problem := checkpoint_problem(path, resumable=True)) is None:
             return path
         if (missing := optimizer_problem(path)) and checkpoint_problem(path) is None:
-            raise ValueError(
-                f"{path} holds weights only ({missing}). To continue that run, start a new run from those weights "
-                f"(--model_name_or_path {path}) or delete the weights-only checkpoints; resumable checkpoints need "
-                "save_only_model: false."
-            )
+            raise ValueError(f"{path} holds weights only ({missing}): start a new run from it (--model_name_or_path "
+                             f"{path}) or delete it; resumable checkpoints need save_only_model: false.")  # fmt: skip
         (warn or logger.warning)(f"Skipping {path} for resuming: {problem}.")
     return None
 
@@ -126,6 +108,6 @@ def state_paths(folder: str) -> list[str]:
 
 
 def remove_state(folder: str) -> None:
-    """Make `folder` a weights-only checkpoint: delete its resume state (`state_paths`)."""
+    """Make `folder` a weights-only checkpoint."""
     for path in state_paths(folder):
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

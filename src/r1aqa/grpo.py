@@ -1,9 +1,5 @@
-"""GRPO post-training of Qwen2-Audio on AVQA questions, the paper's main experiment. Every hyperparameter is in the
-recipe; any field can be overridden on the command line (`--max_steps 10`).
-
-    bash run_grpo.sh    # torchrun --nproc_per_node 8 -m r1aqa.grpo --config configs/grpo_qwen2_audio_7b.yaml \
-                        #     --deepspeed configs/ds_zero3.json --data_file data/avqa/train.jsonl
-"""
+"""GRPO post-training of Qwen2-Audio on AVQA questions, the paper's main experiment (`bash run_grpo.sh`). Every
+hyperparameter is in the recipe; any field can be overridden on the command line (`--max_steps 10`)."""
 
 from __future__ import annotations
 
@@ -14,16 +10,12 @@ from r1aqa import runs
 
 @dataclass
 class ScriptArguments(runs.RunArguments):
-    """What the paper's script hard-coded: the data, the prompt mode and the rewards."""
-
     think: bool = field(default=False, metadata={"help": "Prompt <3> and the think format reward (paper: false)."})
     reward_funcs: list[str] = field(default=None, metadata={"help": "r1aqa.rewards names (default: the mode's)."})
     questions_per_step: int = field(default=None, metadata={"help": "Global batch in questions (r1aqa.runs)."})
     smoke: bool = field(default=False, metadata={"help": "A first short run, then a report (r1aqa.smoke)."})
     smoke_steps: int = field(default=20, metadata={"help": "Steps of a smoke run (a checkpoint at half)."})
-    system_prompt: str = field(
-        default="default", metadata={"help": "System turn: default (the template's), qwen, none."}
-    )
+    system_prompt: str = field(default="default", metadata={"help": "System turn: default, qwen, none."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -54,24 +46,16 @@ def main(script_args, training_args, model_args, trainer_class=None) -> None:
     from r1aqa.rewards import default_reward_names, get_reward_funcs
     from r1aqa.trainer import AudioGRPOTrainer
 
-    # Seed, logging, and the checkpoint to continue from: a run that would overwrite one stops here.
-    checkpoint = runs.start_run(script_args, training_args)
+    checkpoint = runs.start_run(script_args, training_args)  # a run that would overwrite checkpoints stops here
     dataset = runs.load_dataset(script_args, training_args, think=script_args.think)
-    model, processor = runs.load_model(
-        model_args, training_args, script_args.freeze_audio_encoder, script_args.system_prompt
-    )
+    args = (script_args.freeze_audio_encoder, script_args.system_prompt)
+    model, processor = runs.load_model(model_args, training_args, *args)
     reward_names = script_args.reward_funcs or default_reward_names(script_args.think)
-    trainer = (trainer_class or AudioGRPOTrainer)(
-        model=model,
-        reward_funcs=get_reward_funcs(reward_names),
-        args=training_args,
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=get_peft_config(model_args),
-    )
+    options = {"train_dataset": dataset, "processing_class": processor, "peft_config": get_peft_config(model_args)}
+    trainer = (trainer_class or AudioGRPOTrainer)(model, get_reward_funcs(reward_names), training_args, **options)
     run_info = {"prompt_style": "think" if script_args.think else "answer", "think": script_args.think}
     run_info |= {"system_prompt": script_args.system_prompt, "reward_funcs": reward_names}
-    runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, model_args, run_info)
+    runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, run_info)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -1,8 +1,5 @@
 """Merge a LoRA adapter (`r1aqa.sft` with `use_peft: true`) into its base model: a full model folder, evaluated like any
-checkpoint. The base is the adapter's own (adapter_config.json) unless --base says otherwise.
-
-    python -m r1aqa.merge_lora --adapter outputs/sft-qwen2-audio-7b-lora --out outputs/sft-qwen2-audio-7b-lora-merged
-"""
+checkpoint. `python -m r1aqa.merge_lora --adapter outputs/sft-qwen2-audio-7b-lora --out outputs/...-merged`"""
 
 from __future__ import annotations
 

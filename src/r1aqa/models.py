@@ -19,14 +19,12 @@ OMNI_SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory and "
     "visual inputs, as well as generating text and speech."
 )
-# `system_prompt` settings: `default` the turn both families' templates add to a conversation without one (ours never
-# have one), `qwen` the Omni model card's prompt, `none` no system turn.
+# `system_prompt`: `default` the turn both templates add to a conversation without one, `qwen` Omni's, `none` none.
 DEFAULT_SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 QWEN_SYSTEM_TURN = f"<|im_start|>system\n{OMNI_SYSTEM_PROMPT}<|im_end|>\n"
 SYSTEM_PROMPTS = {"default": DEFAULT_SYSTEM_TURN, "qwen": QWEN_SYSTEM_TURN, "none": ""}
 SYSTEM_BLOCK = "{{% if loop.first and message['role'] != 'system' %}}{turn}{{% endif %}}"
-# Qwen2.5-Omni's chat template as the hub checkpoint has it: set on every Omni processor (the audio-only processor and
-# the tiny model have none of their own).
+# Qwen2.5-Omni's chat template as the hub checkpoint has it: set on every Omni processor.
 OMNI_CHAT_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}{% set video_count = "
     "namespace(value=0) %}{% for message in messages %}" + SYSTEM_BLOCK.format(turn=DEFAULT_SYSTEM_TURN) +
@@ -55,9 +53,7 @@ class ModelFamily:
     model_types: tuple[str, ...]  # config.json `model_type` values of this family
     model_class: str  # the transformers class trained and evaluated (Omni: the thinker, text output)
     frozen_modules: tuple[str, ...] = ()  # never trained: audio-only use leaves them idle
-    # How a multi-channel file becomes mono (r1aqa.audio): "first" as the original read it for Qwen2-Audio, "mean" as
-    # Qwen's own loader for Qwen2.5-Omni (librosa's mono=True).
-    audio_channels: str = "first"
+    audio_channels: str = "first"  # to mono: "first" as the original for Qwen2-Audio, "mean" as Qwen's Omni loader
 
 
 FAMILY_TABLE = {
@@ -72,8 +68,7 @@ class ModelFolderError(ValueError):
 
 
 class Qwen2_5OmniAudioProcessor(Qwen2AudioProcessor):
-    """Qwen2.5-Omni's processor for audio-only conversations where `Qwen2_5OmniProcessor` cannot load (it needs
-    torchvision): the same feature extractor, tokenizer and placeholder expansion, with Omni's defaults."""
+    """Qwen2.5-Omni's processor for audio only, where `Qwen2_5OmniProcessor` cannot load (it needs torchvision)."""
 
     audio_kwargs = {"sampling_rate": 16_000, "return_attention_mask": True}
 
@@ -99,8 +94,7 @@ def detect_family(model_path: str, revision: str | None = None) -> ModelFamily:
 
 
 def load_model(model_path: str, family: ModelFamily | None = None, **kwargs):
-    """The family's model (kwargs go to `from_pretrained`; Omni: the thinker, also from a full Omni checkpoint), its
-    unused modules frozen: no optimizer state for them, no DDP error about parameters without gradients."""
+    """The family's model (Omni: the thinker) from `from_pretrained(**kwargs)`, its unused modules frozen."""
     import transformers
 
     family = family or detect_family(model_path, kwargs.get("revision"))
@@ -111,8 +105,7 @@ def load_model(model_path: str, family: ModelFamily | None = None, **kwargs):
 
 
 def load_processor(path: str, family: ModelFamily | None = None, revision: str | None = None, system_prompt="default"):
-    """The family's processor, left-padded, with the `system_prompt` setting. Omni: `Qwen2_5OmniProcessor` where it
-    loads, else `Qwen2_5OmniAudioProcessor` (logged), either way with Omni's chat template."""
+    """The family's processor, left-padded, with the `system_prompt` setting (Omni: the audio-only one if need be)."""
     from transformers import AutoProcessor, Qwen2_5OmniProcessor
 
     if (family or detect_family(path, revision)).name == QWEN2_AUDIO:
@@ -130,13 +123,11 @@ def load_processor(path: str, family: ModelFamily | None = None, revision: str |
 
 
 def set_system_prompt(processor, system_prompt: str) -> None:
-    """Make the chat template render `SYSTEM_PROMPTS[system_prompt]` for a conversation without a system turn, by
-    replacing its system block (whichever turn it holds). A template without one is kept for `default`, else refused."""
+    """Make the chat template's system block render `SYSTEM_PROMPTS[system_prompt]` (without one: only `default`)."""
     if system_prompt not in SYSTEM_PROMPTS:
         raise ValueError(f"system_prompt must be one of {', '.join(SYSTEM_PROMPTS)}; got {system_prompt!r}.")
     template = processor.chat_template if isinstance(processor.chat_template, str) else ""
-    blocks = [SYSTEM_BLOCK.format(turn=turn) for turn in SYSTEM_PROMPTS.values()]
-    blocks = [block for block in blocks if template.count(block) == 1]
+    blocks = [b for b in (SYSTEM_BLOCK.format(turn=t) for t in SYSTEM_PROMPTS.values()) if template.count(b) == 1]
     if len(blocks) == 1:
         processor.chat_template = template.replace(blocks[0], SYSTEM_BLOCK.format(turn=SYSTEM_PROMPTS[system_prompt]))
     elif system_prompt != "default":
@@ -150,7 +141,6 @@ def placeholder_token_ids(config) -> list[int]:
     return sorted({value for name in names if isinstance(value := getattr(config, name, None), int)})
 
 
-# ---- what a folder holds: a model, a LoRA adapter, a processor ----------------------------------------------------
 CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -182,8 +172,7 @@ def has_processor(folder: str) -> bool:
 
 
 def resolve_processor_path(model_path: str, processor_path: str | None = None, base_model: str | None = None) -> str:
-    """`processor_path` if given; a hub id itself; else the model folder, or its run folder if it is a `checkpoint-N`
-    (another folder's parent may hold an unrelated processor), that has one; else `base_model` or the adapter's base."""
+    """`processor_path`; a hub id itself; the model folder or, for a `checkpoint-N`, its run folder; else the base's."""
     if processor_path or not os.path.isdir(model_path):
         return local_or_hub(processor_path) if processor_path else model_path
     folder = os.path.abspath(model_path)

@@ -1,7 +1,6 @@
 """Memory and step-time plan of GRPO on 1-8 GPUs of 80 GB: which DeepSpeed config fits (estimates; how: docs/).
 
-python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml     # make plan; or grpo_qwen2_5_omni_7b.yaml
-python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml --audio_tokens 250 --tflops 300   # 10 s clips
+python -m r1aqa.plan --recipe configs/grpo_qwen2_audio_7b.yaml [--audio_tokens 250 for 10 s clips]   # make plan
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ import argparse
 import json
 import os
 from collections import namedtuple
-from dataclasses import dataclass, replace
 
 import yaml
 
@@ -20,30 +18,19 @@ PAPER_COMPLETIONS_PER_STEP = 128  # 16 prompts x 8 completions (docs/recipe.md �
 ENCODER_BYTES_PER_POSITION_HIDDEN = 34  # Whisper-style layers: 4h GELU MLP, memory-efficient attention
 
 
-@dataclass
-class ModelSize:
-    audio_encoder: int
-    projector: int
-    language_model: int  # backbone incl. the input embeddings
-    lm_head: int
-    largest_layer: int  # the largest module's own parameters (DeepSpeed's "largest layer")
-    hidden: int
-    layers: int
-    kv_hidden: int  # key/value width per layer (grouped-query attention)
-    encoder_hidden: int
-    encoder_layers: int
-    encoder_positions: int
-    vision: int = 0  # Qwen2.5-Omni's vision tower: frozen, never run in audio-only training
-    packed_encoder: bool = False  # the audio encoder runs on the clips' own frames (2 per audio token), not 30 s
-    name: str = "Qwen2-Audio"
+class ModelSize(namedtuple("ModelSize", "audio_encoder projector language_model lm_head largest_layer hidden layers "
+                           "kv_hidden encoder_hidden encoder_layers encoder_positions vision packed_encoder name",
+                           defaults=(0, False, "Qwen2-Audio"))):  # fmt: skip
+    """Parameter counts (language_model incl. the input embeddings; largest_layer: DeepSpeed's largest module; vision:
+    Qwen2.5-Omni's frozen tower) and widths (kv_hidden: key/value per layer). packed_encoder: the audio encoder runs on
+    the clips' own frames (2 per audio token), not 30 s."""
 
     @property
     def total(self) -> int:
         return self.audio_encoder + self.projector + self.language_model + self.lm_head + self.vision
 
 
-# The hub models a recipe may name: their published config.json (docs/recipe.md §9, §11) counted on the meta device
-# (tests/test_plan.py counts the copies in configs/ again).
+# The hub models a recipe may name: their published config.json counted on the meta device (tests/test_plan.py).
 KNOWN_MODELS = {
     "Qwen/Qwen2-Audio-7B-Instruct": ModelSize(
         audio_encoder=636_968_960, projector=5_246_976, language_model=7_115_771_904, lm_head=639_107_072,
@@ -57,8 +44,7 @@ KNOWN_MODELS = {
 
 
 def build_meta_model(config_path: str | os.PathLike):
-    """The model of a config.json (Qwen2-Audio; a Qwen2.5-Omni thinker, also from a full Omni config) on the meta
-    device: the real module tree, no memory."""
+    """The model of a config.json (Qwen2-Audio; a Qwen2.5-Omni thinker) on the meta device: real modules, no memory."""
     import torch
     import transformers
 
@@ -90,15 +76,10 @@ def count_parameters(model) -> ModelSize:
     return size
 
 
-@dataclass
-class Workload:  # one GPU's share of a step, from the recipe
-    micro_batch: int  # completions per forward pass
-    num_generations: int
-    audio_tokens: int
-    text_tokens: int
-    completion_tokens: int
-    share_audio_encoding: bool
-    grad_accum: int = 1  # micro-batches per generation batch (TRL: steps_per_generation)
+class Workload(namedtuple("Workload", "micro_batch num_generations audio_tokens text_tokens completion_tokens "
+                          "share_audio_encoding grad_accum", defaults=(1,))):  # fmt: skip
+    """One GPU's share of a step: `micro_batch` completions per forward pass, `grad_accum` micro-batches per generation
+    batch (TRL: steps_per_generation)."""
 
     @property
     def sequence(self) -> int:
@@ -106,8 +87,7 @@ class Workload:  # one GPU's share of a step, from the recipe
 
     @property
     def clips_per_micro_batch(self) -> int:
-        # Shared: one per distinct prompt. TRL shuffles the generation batch before splitting it into micro-batches,
-        # so a micro-batch holds about min(micro-batch, prompts per generation batch).
+        # Shared: one per distinct prompt; TRL shuffles the generation batch before splitting it into micro-batches.
         prompts = max(1, self.micro_batch * self.grad_accum // self.num_generations)
         return min(self.micro_batch, prompts) if self.share_audio_encoding else self.micro_batch
 
@@ -127,8 +107,7 @@ def activation_bytes(size: ModelSize, work: Workload, checkpointing: bool, bytes
 
 
 def step_flops(size: ModelSize, work: Workload, completions: int, checkpointing: bool) -> float:
-    """Policy forward + backward (6 x params x tokens, 8 with recompute), reference pass and generation (2 x each),
-    and the audio encoder for each clip it encodes."""
+    """Policy forward + backward (6 x params x tokens, 8 with recompute), reference and generation (2 x), encoder."""
     text = ((8 if checkpointing else 6) + 4) * (size.language_model + size.lm_head + size.projector) * work.sequence
     clips = completions // work.num_generations if work.share_audio_encoding else completions  # prefill, reference
     policy_clips = completions // work.micro_batch * work.clips_per_micro_batch  # a split group: once in each
@@ -136,11 +115,10 @@ def step_flops(size: ModelSize, work: Workload, completions: int, checkpointing:
     return text * completions + encoder_pass * ((4 if checkpointing else 3) * policy_clips + 2 * clips)
 
 
-# One setup's bytes per GPU (model states, reference model, activations, generation: the whole bf16 model gathered by
-# ZeRO-3 plus the KV cache; per_gpu = states + ref + max(activ, generate) + overhead), host bytes, step time, clips
-# the encoder holds activations for in one policy micro-batch.
-Row = namedtuple("Row", "gpus offload checkpointing model_states reference activations generation host step_seconds "
-                 "grad_accum clips per_gpu")  # fmt: skip
+# One setup's bytes per GPU (generation: the whole bf16 model gathered by ZeRO-3 plus the KV cache), host, step time.
+Row = namedtuple(
+    "Row", "gpus offload checkpointing model_states reference activations generation host step_seconds per_gpu"
+)
 
 
 def plan(size: ModelSize, work: Workload, args) -> list[Row]:
@@ -149,12 +127,10 @@ def plan(size: ModelSize, work: Workload, args) -> list[Row]:
 
     rows = []
     for gpus in GPU_COUNTS:
-        grad_accum = max(1, PAPER_COMPLETIONS_PER_STEP // (gpus * work.micro_batch))
-        gpu_work = replace(work, grad_accum=grad_accum)
+        gpu_work = work._replace(grad_accum=max(1, PAPER_COMPLETIONS_PER_STEP // (gpus * work.micro_batch)))
         generation = 2 * size.total + work.micro_batch * work.sequence * size.layers * 2 * size.kv_hidden * 2
         for offload in (False, True):
-            # Trained parameters: DeepSpeed's estimate (bf16, fp32 master, Adam, gradients; its 1.5x host buffer). The
-            # frozen vision tower and the reference model: bf16, sharded (on the host with offload).
+            # Trained parameters: DeepSpeed's estimate; the frozen vision tower and reference model: bf16, sharded.
             host, states, _ = estimate_zero3_model_states_mem_needs(
                 size.total - size.vision, size.largest_layer, gpus, 1, offload, offload, zero_init=True
             )
@@ -165,8 +141,9 @@ def plan(size: ModelSize, work: Workload, args) -> list[Row]:
                 activations = activation_bytes(size, gpu_work, ckpt, args.bytes_per_token_hidden)
                 seconds = step_flops(size, gpu_work, PAPER_COMPLETIONS_PER_STEP, ckpt) / (gpus * args.tflops * 1e12)
                 per_gpu = states + reference + max(activations, generation) + args.overhead_gb * GB
-                rows.append(Row(gpus, offload, ckpt, states, reference, activations, generation, host, seconds,
-                                grad_accum, gpu_work.clips_per_micro_batch, per_gpu))  # fmt: skip
+                rows.append(
+                    Row(gpus, offload, ckpt, states, reference, activations, generation, host, seconds, per_gpu)
+                )
     return rows
 
 
@@ -189,14 +166,13 @@ def format_report(size: ModelSize, work: Workload, rows: list[Row], args, recipe
         f"{args.tflops:g} TFLOP/s per GPU",
         "",
         f"GPUs offload ckpt | states    ref   activ  generate  total/GPU fits{args.gpu_memory_gb:>3.0f}GB | host RAM | "
-        "grad_acc clips  s/step>=",
+        "s/step>=",
     ]
     for r in rows:
         lines.append(
             f"{r.gpus:4d} {'cpu' if r.offload else 'no':>7} {'yes' if r.checkpointing else 'no':>4} | "
             f"{gb(r.model_states)} {gb(r.reference)} {gb(r.activations)} {gb(r.generation)}    {gb(r.per_gpu)}      "
-            f"{'yes' if r.per_gpu <= memory else 'NO':>3}  | {gb(r.host)}   | {r.grad_accum:8d} {r.clips:5d} "
-            f"{r.step_seconds:8.2f}"
+            f"{'yes' if r.per_gpu <= memory else 'NO':>3}  | {gb(r.host)}   | {r.step_seconds:8.2f}"
         )
     choices = []  # per GPU count, the first config that fits: ZeRO-3 without offload (faster), else with offload
     for gpus in GPU_COUNTS:
@@ -204,8 +180,7 @@ def format_report(size: ModelSize, work: Workload, rows: list[Row], args, recipe
         choices.append(f"{gpus} GPU: " + (f"configs/ds_zero3{'_offload' * fit[0]}.json" if fit else "none fits"))
     lines += [
         f"(GB = GiB. total/GPU = states + ref + max(activ, generate) + overhead {args.overhead_gb:g} GB; host RAM for "
-        f"the whole host; grad_acc reaches {PAPER_COMPLETIONS_PER_STEP} completions per step; clips = audio encodings "
-        "per policy micro-batch; s/step is a FLOP lower bound.)",
+        "the whole host; s/step is a FLOP lower bound.)",
         "",
         f"Recommendation (gradient_checkpointing={str(ckpt).lower()} as in the recipe, {args.gpu_memory_gb:g} GB "
         "GPUs): " + "; ".join(choices),
@@ -244,8 +219,8 @@ def main(argv: list[str] | None = None) -> str:
                          "--arch_config with its config.json.")  # fmt: skip
     completion_tokens = args.completion_tokens or int(recipe.get("max_completion_length", 256))
     share = not args.no_share_audio_encoding and recipe.get("share_audio_encoding", True)
-    work = Workload(int(recipe.get("per_device_train_batch_size", 8)), int(recipe.get("num_generations", 8)),
-                    args.audio_tokens, args.text_tokens, completion_tokens, share)  # fmt: skip
+    batch, generations = int(recipe.get("per_device_train_batch_size", 8)), int(recipe.get("num_generations", 8))
+    work = Workload(batch, generations, args.audio_tokens, args.text_tokens, completion_tokens, share)
     report = format_report(size, work, plan(size, work, args), args, recipe)
     print(report)
     return report

@@ -1,6 +1,5 @@
-"""The start and end of a training run, shared by r1aqa.grpo and r1aqa.sft: the arguments both take, checks before
-any model loads, the global batch, where the run continues from (never silently over an earlier run), model and data,
-only the newest checkpoint keeping its resume state, `r1aqa_run.json` for evaluation, the weights restored on resume."""
+"""The start and end of a training run, shared by r1aqa.grpo and r1aqa.sft: arguments, checks before any model loads,
+the global batch, where the run continues from (never silently over an earlier run), checkpoint state, run info."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from transformers import TrainerCallback
 
 from r1aqa import checkpoints
-from r1aqa.smoke import SmokeReport
+from r1aqa.smoke import smoke_screen
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +25,6 @@ RUN_INFO = "r1aqa_run.json"  # how evaluation prompts this run's checkpoints
 
 @dataclass
 class RunArguments:
-    """What GRPO and SFT take besides the trainer's config: the data, what is trained, and where the run starts."""
-
     data_file: str = field(default=None, metadata={"help": "AVQA training JSONL written by r1aqa.prepare_avqa."})
     check_audio_files: bool = field(default=True, metadata={"help": "Check every audio file; drop unusable rows."})
     max_train_samples: int = field(default=None, metadata={"help": "Use only the first N questions (debugging)."})
@@ -38,10 +35,7 @@ class RunArguments:
 
     def __post_init__(self):
         if not self.data_file or not os.path.isfile(self.data_file):
-            raise ValueError(
-                f"data_file {self.data_file!r} does not exist. Make it with `python -m r1aqa.prepare_avqa` "
-                "(see data/README.md) or pass --data_file PATH."
-            )
+            raise ValueError(f"data_file {self.data_file!r} does not exist: make it as data/README.md says.")
 
 
 def refuse(message: str):
@@ -52,8 +46,7 @@ def refuse(message: str):
 
 
 def cli(parse_args, main, argv: list[str] | None = None) -> None:
-    """An entry point: DeepSpeed on CPU (before accelerate initialises), parse, check, `main`, then close the process
-    group (left to interpreter shutdown, gloo/DeepSpeed threads could abort a finished CPU run with exit -6)."""
+    """DeepSpeed on CPU, parse, check, `main`, close the process group (else gloo may abort a finished run: exit -6)."""
     import torch.distributed as dist
 
     from r1aqa.deepspeed_cpu import enable_cpu_deepspeed
@@ -69,18 +62,14 @@ def cli(parse_args, main, argv: list[str] | None = None) -> None:
 
 
 def check_model_args(model_args) -> None:
-    """A model folder with a config.json or a hub id (`org/name`); LoRA with its target layers (PEFT would stop deep
-    in the trainer's start-up)."""
+    """A model folder with a config.json or a hub id; LoRA with its target layers (else PEFT fails deep in start-up)."""
     path = model_args.model_name_or_path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise SystemExit(f"Model folder {path!r} has no config.json: point --model_name_or_path at a saved model.")
     if not os.path.isdir(path) and not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", path):
         raise SystemExit(f"Model {path!r} is neither a local folder nor a hub id like 'Qwen/Qwen2-Audio-7B-Instruct'.")
     if model_args.use_peft and not (model_args.lora_target_modules or model_args.lora_target_parameters):
-        raise SystemExit(
-            "use_peft is true but no lora_target_modules are set: say which layers get LoRA adapters, e.g. "
-            "--lora_target_modules '.*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)'."
-        )
+        raise SystemExit("use_peft: true needs lora_target_modules (as in configs/sft_qwen2_audio_7b_lora.yaml).")
 
 
 def check_wandb(training_args) -> None:
@@ -97,16 +86,14 @@ def check_wandb(training_args) -> None:
 
 
 def derive_accumulation(questions_per_step: int, num_generations: int, per_device: int, world_size: int) -> int:
-    """gradient_accumulation_steps for `questions_per_step` x `num_generations` completions per optimizer step on
-    `world_size` processes of `per_device` completions; refused when no integer reaches it."""
+    """gradient_accumulation_steps reaching `questions_per_step` x `num_generations` completions; else refused."""
     completions = questions_per_step * num_generations
     if completions % (world_size * per_device):
-        sizes = [w for w in range(1, completions // per_device + 1) if completions % (w * per_device) == 0]
+        sizes = [str(w) for w in range(1, completions // per_device + 1) if completions % (w * per_device) == 0]
         refuse(
-            f"questions_per_step {questions_per_step} x num_generations {num_generations} = {completions} completions "
-            f"per step cannot be reached on world size {world_size} with per_device_train_batch_size {per_device}. "
-            f"World sizes that can: {', '.join(map(str, sizes)) or 'none'} (NPROC_PER_NODE x NNODES; or change "
-            "per_device_train_batch_size, or give --gradient_accumulation_steps to train another batch)."
+            f"{completions} completions per step (questions_per_step x num_generations) cannot be split over world "
+            f"size {world_size} x per_device_train_batch_size {per_device}. World sizes that can: "
+            f"{', '.join(sizes) or 'none'} (or --gradient_accumulation_steps N trains another batch)."
         )
     return completions // (world_size * per_device)
 
@@ -122,8 +109,7 @@ def batch_line(questions, generations: int, per_device: int, world: int, accumul
 
 
 def parse_recipe(parser, argv: list[str] | None = None):
-    """Recipe + command line (a TrlParser). With `questions_per_step`, gradient_accumulation_steps is derived from the
-    world size unless given, and `script_args.batch_line` says the batch."""
+    """Recipe + command line; with `questions_per_step` gradient_accumulation_steps is derived unless given."""
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     if not hasattr(training_args, "num_generations"):  # SFT: the batch is the recipe's
@@ -140,9 +126,8 @@ def parse_recipe(parser, argv: list[str] | None = None):
 
 
 def start_checkpoint(output_dir: str, resume: bool, resume_from: str | None, overwrite: bool, save_only_model: bool):
-    """The checkpoint the run continues from (None: step 0), decided before anything loads: `resume_from` PATH if it
-    holds the state to resume (`true` means `resume`); with `resume` the newest resumable one of `output_dir`; else
-    an `output_dir` holding checkpoints is refused unless `overwrite`, which deletes them first."""
+    """The checkpoint to continue from (None: step 0): `resume_from` if resumable, with `resume` the newest resumable
+    one; else an `output_dir` holding checkpoints is refused unless `overwrite`, which deletes them first."""
     if resume_from and resume_from.lower() in ("true", "1", "yes", "false", "0", "no"):
         resume, resume_from = resume or resume_from.lower() in ("true", "1", "yes"), None
     if (resume or resume_from) and save_only_model:
@@ -151,19 +136,15 @@ def start_checkpoint(output_dir: str, resume: bool, resume_from: str | None, ove
         path = resume_from.rstrip("/")
         problem = checkpoints.checkpoint_problem(path, resumable=True) if os.path.isdir(path) else "no such folder"
         if problem:
-            run_dir = os.path.dirname(path) or "."
-            newest = checkpoints.complete_checkpoints(run_dir, resumable=True, warn=lambda _: None)[-1:]
-            hint = f"--resume_from_checkpoint {newest[0][1]} has it" if newest else f"no checkpoint of {run_dir} has it"
-            refuse(f"--resume_from_checkpoint {path} cannot be resumed from ({problem}): {hint}.")
+            refuse(f"--resume_from_checkpoint {path}: cannot resume ({problem}); --resume true takes the newest.")
     elif resume:
         path = checkpoints.last_resumable_checkpoint(output_dir)
     else:
         existing = checkpoints.checkpoint_dirs(output_dir)
         if existing and not overwrite:
             refuse(
-                f"{output_dir} already holds {len(existing)} checkpoint(s) (newest {existing[-1][1]}); starting again "
-                "would overwrite them. To continue that run: --resume true. To start a new one: a new OUTPUT_DIR "
-                "(--output_dir), or --overwrite_output_dir true to delete those checkpoints first."
+                f"{output_dir} already holds {len(existing)} checkpoint(s) (newest {existing[-1][1]}). To continue "
+                "that run: --resume true; a new run: a new OUTPUT_DIR (--output_dir) or --overwrite_output_dir true."
             )
         if existing and int(os.environ.get("RANK", "0")) == 0:
             for _step, old in existing:
@@ -175,7 +156,6 @@ def start_checkpoint(output_dir: str, resume: bool, resume_from: str | None, ove
 
 
 def start_run(script_args, training_args) -> str | None:
-    """Seed and logging, then the checkpoint to continue from (`start_checkpoint`)."""
     import datasets
     import transformers
 
@@ -191,13 +171,12 @@ def start_run(script_args, training_args) -> str | None:
 
 
 def load_dataset(script_args, training_args, loader=None, **options):
-    """The training rows (`loader`, default r1aqa.data.load_avqa_dataset: audio checked, unusable rows dropped)."""
+    """The training rows (`loader`, default r1aqa.data.load_avqa_dataset: unusable rows dropped)."""
     from r1aqa.data import load_avqa_dataset
 
     options |= {"check_audio_files": script_args.check_audio_files}
-    dataset = (loader or load_avqa_dataset)(
-        script_args.data_file, audio_cache=os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE), **options
-    )
+    cache = os.path.join(training_args.output_dir, AUDIO_CHECK_CACHE)
+    dataset = (loader or load_avqa_dataset)(script_args.data_file, audio_cache=cache, **options)
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
     logger.info("Training on %d questions from %s (%s)", len(dataset), script_args.data_file, options)
@@ -205,26 +184,23 @@ def load_dataset(script_args, training_args, loader=None, **options):
 
 
 def load_model(model_args, training_args, freeze_audio_encoder: bool, system_prompt: str = "default"):
-    """The model of the checkpoint's family (r1aqa.models) and its processor (left padding, `system_prompt` set)."""
+    """The model of the checkpoint's family (r1aqa.models) and its processor."""
     import torch
 
     from r1aqa import models
 
     path, revision, dtype = model_args.model_name_or_path, model_args.model_revision, model_args.dtype
-    options = {
-        "attn_implementation": model_args.attn_implementation,
-        "trust_remote_code": training_args.trust_remote_code,
-    }
     dtype = dtype if dtype in (None, "auto") else getattr(torch, dtype)
-    model = models.load_model(path, revision=revision, dtype=dtype, **options)
+    remote = training_args.trust_remote_code
+    options = {"revision": revision, "attn_implementation": model_args.attn_implementation, "trust_remote_code": remote}
+    model = models.load_model(path, dtype=dtype, **options)
     if freeze_audio_encoder:
         model.model.audio_tower.requires_grad_(False)
     return model, models.load_processor(path, revision=revision, system_prompt=system_prompt)
 
 
 class KeepNewestState(TrainerCallback):
-    """After each save, once the new checkpoint is complete and resumable, remove the resume state of every other one
-    (weights stay for evaluation; a save killed midway leaves the previous state untouched)."""
+    """After each save, once the new checkpoint is resumable, remove the other ones' resume state (weights stay)."""
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -234,8 +210,7 @@ class KeepNewestState(TrainerCallback):
         if not state.is_world_process_zero:
             return
         newest = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        problem = checkpoints.checkpoint_problem(newest, resumable=True)
-        if problem:
+        if problem := checkpoints.checkpoint_problem(newest, resumable=True):
             logger.warning("Kept the older checkpoints' state: %s is not resumable (%s).", newest, problem)
             return
         for _step, path in checkpoints.checkpoint_dirs(args.output_dir):
@@ -244,10 +219,11 @@ class KeepNewestState(TrainerCallback):
                 logger.info("Removed the resume state of %s (weights kept; %s has it)", path, newest)
 
 
-def train_and_save(trainer, processor, checkpoint, script_args, training_args, model_args, run_info: dict) -> None:
-    """`r1aqa_run.json` (`run_info` + the seed), the checkpoint's weights restored, `trainer.train`, the final save;
-    with `smoke` the one-screen report (also when a step runs out of memory)."""
+def train_and_save(trainer, processor, checkpoint, script_args, training_args, run_info: dict) -> None:
+    """`r1aqa_run.json`, the checkpoint's weights restored, `trainer.train`, the final save; with `smoke` the report."""
     import torch
+
+    from r1aqa.models import load_model
 
     main = trainer.accelerator.is_main_process
     if not script_args.keep_all_checkpoint_state:
@@ -256,33 +232,22 @@ def train_and_save(trainer, processor, checkpoint, script_args, training_args, m
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, RUN_INFO), "w", encoding="utf-8") as f:
             json.dump({**run_info, "seed": training_args.seed}, f, indent=1)
-    report = SmokeReport(trainer, script_args) if getattr(script_args, "smoke", False) else None
-    if report is not None:
-        trainer.add_callback(report)
-    if checkpoint:
-        restore_weights(trainer, checkpoint)
+    smoke = getattr(script_args, "smoke", False)
+    full = checkpoint and {"model.safetensors", checkpoints.SAFETENSORS_INDEX} & set(os.listdir(checkpoint))
+    if full and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled:  # adapters: as the Trainer loads
+        # Strictly: the Trainer's own resume (`strict=False`) missed Qwen2-Audio's legacy names (`audio_tower.*`).
+        dtype = next(trainer.model.parameters()).dtype
+        trainer.model.load_state_dict(load_model(checkpoint, dtype=dtype).state_dict(), strict=True)
+        logger.info("Restored the weights of %s", checkpoint)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except (torch.OutOfMemoryError, MemoryError) as error:
-        if report is not None:
-            print(report.screen(out_of_memory=error), file=sys.stderr, flush=True)
+        if smoke and main:
+            print(smoke_screen(trainer, script_args, error), file=sys.stderr, flush=True)
         raise
     trainer.save_model(training_args.output_dir)  # with LoRA: the adapter only (r1aqa.merge_lora merges it)
     if main:
         processor.save_pretrained(training_args.output_dir)
         logger.info("Saved the final model to %s", training_args.output_dir)
-        if report is not None:
-            print(report.screen(), flush=True)
-
-
-def restore_weights(trainer, checkpoint: str) -> None:
-    """Load a full checkpoint's weights into `trainer.model`, every tensor required to match. The Trainer's own
-    resume (without DeepSpeed or FSDP) loads them with `strict=False` and missed Qwen2-Audio's, saved under legacy
-    names (`audio_tower.*`) only `from_pretrained` converts: a resumed run went on from its initial weights."""
-    from r1aqa.models import load_model
-
-    full = {"model.safetensors", checkpoints.SAFETENSORS_INDEX} & set(os.listdir(checkpoint))
-    if full and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled:  # adapters: as the Trainer loads
-        dtype = next(trainer.model.parameters()).dtype
-        trainer.model.load_state_dict(load_model(checkpoint, dtype=dtype).state_dict(), strict=True)
-        logger.info("Restored the weights of %s", checkpoint)
+        if smoke:
+            print(smoke_screen(trainer, script_args), flush=True)

@@ -1,9 +1,5 @@
-"""Supervised fine-tuning on AVQA, the paper's SFT baselines (our recipes): the model hears the clip, reads Prompt <1>
-and learns the option text. TRL's `SFTTrainer` with an audio collator (TRL's know images, not audio).
-
-    bash run_sft.sh                 # torchrun ... -m r1aqa.sft --config configs/sft_qwen2_audio_7b_full.yaml ...
-    SFT_TYPE=lora bash run_sft.sh   # configs/sft_qwen2_audio_7b_lora.yaml; then python -m r1aqa.merge_lora
-"""
+"""Supervised fine-tuning on AVQA, the paper's SFT baselines: the model hears the clip, reads Prompt <1> and learns
+the option text; TRL's `SFTTrainer` with an audio collator. `bash run_sft.sh` (SFT_TYPE=lora: then r1aqa.merge_lora)."""
 
 from __future__ import annotations
 
@@ -20,10 +16,7 @@ IGNORE_INDEX = -100  # label of a position the loss skips (PyTorch's cross-entro
 
 @dataclass
 class ScriptArguments(runs.RunArguments):
-    format_instruction: bool = field(
-        default=False,
-        metadata={"help": "True: Prompt <2> and `<answer>option</answer>` as target (paper: false, Prompt <1>)."},
-    )
+    format_instruction: bool = field(default=False, metadata={"help": "Prompt <2>, target <answer>option</answer>."})
 
 
 def parse_args(argv: list[str] | None = None):
@@ -37,8 +30,7 @@ def assistant_turn(text: str) -> list[dict]:
 
 
 def load_sft_dataset(path: str, format_instruction: bool = False, **options):
-    """AVQA training rows (r1aqa.data.load_avqa_dataset and its `options`) plus a `completion`: the option text, or
-    with `format_instruction` Prompt <2> and the gold `<answer>option</answer>`."""
+    """AVQA training rows plus a `completion`: the option text (`format_instruction`: `<answer>option</answer>`)."""
     from r1aqa.data import load_avqa_dataset
 
     dataset = load_avqa_dataset(path, format_instruction=format_instruction, **options)
@@ -48,10 +40,8 @@ def load_sft_dataset(path: str, format_instruction: bool = False, **options):
 
 
 class AudioSFTCollator:
-    """Rows with a conversational `prompt` (audio + text) and `completion` -> a training batch: the prompt as
-    generation sees it (tokenized alone, as at inference), then the target's tokens and `<|im_end|>`, right-padded;
-    `labels` -100 everywhere but the target and `<|im_end|>`. A chat template that renders the assistant turn other
-    than `prompt + target + <|im_end|>` is refused instead of trained on."""
+    """Rows (`prompt` with audio, `completion`) -> a batch: the prompt tokenized as at inference, then the target and
+    `<|im_end|>`, right-padded, the loss on those only. A template rendering the turn otherwise is refused."""
 
     def __init__(self, processor):
         self.processor, self.tokenizer = processor, processor.tokenizer
@@ -84,7 +74,6 @@ class AudioSFTCollator:
         }
 
     def render(self, conversation: list[dict], target: str) -> str:
-        """The prompt text with the generation prompt, once the template's assistant turn is checked."""
         prompt_text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         full_text = self.processor.apply_chat_template(conversation + assistant_turn(target), tokenize=False)
         if not full_text.startswith(expected := prompt_text + target + END_OF_TURN):
@@ -107,11 +96,9 @@ def check_sft_config(args) -> None:
 
 
 def build_trainer(model, processor, train_dataset, args, peft_config=None):
-    """TRL's `SFTTrainer` with the audio collator; the loss, optimiser, logging and checkpoints are TRL's."""
     from trl import SFTTrainer
 
-    check_sft_config(args)
-    collator = AudioSFTCollator(processor)
+    collator = AudioSFTCollator(processor)  # TRL's collators know images, not audio
     return SFTTrainer(model, args, collator, train_dataset, processing_class=processor, peft_config=peft_config)
 
 
@@ -124,9 +111,9 @@ def main(script_args, training_args, model_args) -> None:
     dataset = runs.load_dataset(script_args, training_args, load_sft_dataset, **options)
     model, processor = runs.load_model(model_args, training_args, script_args.freeze_audio_encoder)
     trainer = build_trainer(model, processor, dataset, training_args, get_peft_config(model_args))
-    run_info = {"prompt_style": "answer" if script_args.format_instruction else "plain", "think": False}
-    run_info |= {"system_prompt": None, "format_instruction": script_args.format_instruction}
-    runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, model_args, run_info)
+    style = "answer" if script_args.format_instruction else "plain"
+    run_info = {"prompt_style": style, "think": False, "system_prompt": None, **options}
+    runs.train_and_save(trainer, processor, checkpoint, script_args, training_args, run_info)
 
 
 def cli(argv: list[str] | None = None) -> None:
