@@ -1,13 +1,12 @@
-"""Audio-contribution and difficulty filter: which training questions need the audio, and which carry an advantage.
+"""Audio-contribution and difficulty filter: which training questions need the audio, and which carry an advantage
+(docs/filter.md).
 
     python -m r1aqa.filter_data --model_path Qwen/Qwen2-Audio-7B-Instruct --data_file data/avqa/train_qa.jsonl \\
         --out_dir outputs/filter --num_samples 8
     DATA_FILE=outputs/filter/strong.jsonl ./run_grpo.sh     # train on the questions that need the audio
 
-Each `--model_path` samples K answers per question with the clip and K with silence (r1aqa.evaluate's generation),
-scored by training's accuracy reward: `strong.jsonl` (silence pass rate at most `--silence_threshold` for `--min_models`
-models), `weak.jsonl` (the others), `learnable.jsonl` (first model's with-audio pass rate in (0, 1)), the input's rows
-byte for byte. Work is saved per shard (`shards/`): a rerun redoes only unfinished or changed shards.
+Each model samples K answers per question with the clip and K with silence, scored by the accuracy reward: the
+input's rows go to `strong.jsonl` (fails without audio), `weak.jsonl`, `learnable.jsonl` (pass rate in (0, 1)).
 """
 
 from __future__ import annotations
@@ -51,8 +50,7 @@ def run_shard(generator, config, examples, indices, problems, args, shard: int) 
 
 
 def sample_all(args, examples, problems, settings: dict) -> list[list[dict]]:
-    """Per model, per question: `{"index", "id", "audio_error", "audio": passes, "silence": passes, answers}`, from
-    finished shards with the same settings and clip states, else generated and saved shard by shard."""
+    """Per model, per question: `run_shard`'s rows, from saved shards with the same settings, else generated."""
     n_shards = -(-len(examples) // args.shard_size)
     shared = {key: value for key, value in settings.items() if key != "model_paths"}  # adding a model reuses shards
     results = []
