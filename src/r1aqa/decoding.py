@@ -94,10 +94,8 @@ def sampling_settings(config, seed: int) -> dict:
     return settings
 
 
-def sampling_params(config, seed: int, item_ids: list[str] | None = None):
-    """vLLM `SamplingParams` of `config` seeded with `seed`; with `item_ids`, one per request, seeded by `item_seed`."""
+def sampling_params(config, seed: int, item_ids: list[str]) -> list:
+    """vLLM `SamplingParams` of `config`, one per request, seeded by `item_seed(seed, item id)`."""
     from vllm import SamplingParams
 
-    if item_ids is None:
-        return SamplingParams(**sampling_settings(config, seed))
     return [SamplingParams(**sampling_settings(config, item_seed(seed, item_id))) for item_id in item_ids]

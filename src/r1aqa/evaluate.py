@@ -84,7 +84,7 @@ def generate_batch(model, processor, conversations: list[list[dict]], config) ->
 
 
 def generate_ids_vllm(llm, processor, conversations: list[list[dict]], params) -> list[list[int]]:
-    """vLLM's generated token ids, prompted with the processor's ids (as HF's); `params`: one, or one per request."""
+    """vLLM's generated token ids, prompted with the processor's ids (as HF's); `params`: one per conversation."""
     from r1aqa.vllm_audio import AUDIO_TOKEN, audio_prompt
 
     audio_token_id = processor.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
@@ -102,7 +102,7 @@ def load_generator(model_path: str, processor_path: str, device: str | None = No
     """The model, loaded once: `generate(conversations, config, seed, (run seed, item ids))` -> decoded completions
     (hf: torch seeded with `seed`; vllm: each request by `item_seed`); `checkpoint_config`, `processor`, ..."""
     import torch
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import GenerationConfig
 
     from r1aqa.models import QWEN2_AUDIO, detect_family, load_processor
 
@@ -126,10 +126,7 @@ def load_generator(model_path: str, processor_path: str, device: str | None = No
                             "`python -m r1aqa.merge_lora`) holding its processor files (copy those of "
                             f"{processor_path}), or use --backend hf.")  # fmt: skip
         processor = load_processor(processor_path, family, system_prompt=system_prompt)
-        try:
-            checkpoint = GenerationConfig.from_pretrained(model_path)
-        except OSError:  # no generation_config.json: what transformers derives from the model config
-            checkpoint = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
+        checkpoint = GenerationConfig.from_pretrained(model_path)
         llm = load_llm(model_path, device)
         check_audio_expansion(llm, processor)  # raises unless vLLM expands the audio as the HF processor does
         dtype = llm.llm_engine.model_config.dtype

@@ -101,7 +101,7 @@ def assign_splits(items, results, args) -> tuple[list[dict], dict[str, list[int]
 
 
 def summarize(records: list[dict], splits: dict[str, list[int]]) -> tuple[dict, str]:
-    """The summary (counts per split and per `question_type`, the audio errors) and its markdown table."""
+    """The summary (counts per split and per `question_type`, the audio errors) and its markdown table (printed)."""
     by_type = defaultdict(Counter)
     for record in records:
         for name in record["splits"] or ["audio_error"]:
@@ -171,7 +171,6 @@ def run(args: argparse.Namespace) -> dict:
     summary, table = summarize(records, splits)
     summary["thresholds"] = thresholds
     write_json_atomic(os.path.join(args.out_dir, "summary.json"), summary)
-    Path(args.out_dir, "summary.md").write_text(table + "\n", encoding="utf-8")
     plot(records, os.path.join(args.out_dir, "pass_rates.png"), args.silence_threshold)
     print(f"{table}\nWrote the splits, pass rates, summary and plot to {args.out_dir}", flush=True)
     return summary
@@ -188,8 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--num_samples", type=int, default=8, help="K answers per question and condition (8: G).")
     add("--silence_threshold", type=float, default=0.0, help="Fails without audio: silence pass rate at most this.")
     add("--min_models", type=int, help="Strong: fails without audio for this many models (default: all).")
-    # the paper's rollout sampling (configs/grpo_qwen2_audio_7b.yaml): the pass rates GRPO's groups see
-    add("--temperature", type=float, default=1.0, help="Rollout temperature (paper: 1.0).")
+    add("--temperature", type=float, default=1.0, help="Rollout temperature (paper: 1.0, the rate GRPO's groups see).")
     add("--top_k", type=int, default=50, help="Rollout top-k (paper: 50; 0: off).")
     add("--top_p", type=float, default=1.0, help="Rollout top-p (paper: 1.0).")
     add("--max_new_tokens", type=int, default=256, help="Paper's max_completion_length: 256.")
