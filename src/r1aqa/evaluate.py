@@ -293,8 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.do_sample = None if args.do_sample is None else args.do_sample == "true"
     fixed = PROTOCOLS[args.protocol]
     given = {name: getattr(args, name) for name in (*fixed, *OVERRIDES) if getattr(args, name) is not None}
-    if args.protocol == "paper" and any(fixed.get(name) != value for name, value in given.items()):
-        parser.error(f"--protocol paper fixes {fixed}, and no override: drop {given}, or drop --protocol.")
+    if args.protocol == "paper" and (clash := [f"--{k} {v}" for k, v in given.items() if fixed.get(k) != v]):
+        parser.error(f"--protocol paper fixes {fixed}: {', '.join(clash)} contradicts it. Drop it, or --protocol.")
     for name in ("batch_size", "max_new_tokens", "limit", "num_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
