@@ -85,7 +85,7 @@ def vllm_greedy_ids(llm, processor, model_dir, convs) -> list[list[int]]:
 
     greedy = {"mode": "greedy", "max_new_tokens": NEW_TOKENS, "overrides": {}}
     config = generation_config(GenerationConfig.from_pretrained(model_dir), processor.tokenizer, greedy)
-    return generate_ids_vllm(llm, processor, convs, sampling_params(config, seed=0))
+    return generate_ids_vllm(llm, processor, convs, sampling_params(config, 0, range(len(convs))))
 
 
 def load_hf(model_dir):

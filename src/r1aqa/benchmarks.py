@@ -1,18 +1,13 @@
 """The benchmark registry (MMAU, MMAR, AVQA validation: item keys, clip, prompt, gold, groups, release), the official
-rule's score (MMAU's `is_match`, which MMAR copies; docs/recipe.md §7, §8) and the official scripts' printout.
-
-    python -m r1aqa.benchmarks --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
-"""
+rule's score (MMAU's `is_match`, which MMAR copies; docs/recipe.md §7, §8) and the official scripts' printout."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
 import statistics
-import sys
 from pathlib import Path
 
 from r1aqa.data import avqa_example, read_jsonl, record_problem
@@ -26,9 +21,8 @@ CATEGORIES = ("Signal Layer", "Perception Layer", "Semantic Layer", "Cultural La
 SUB_CATEGORY = ("sub-category", "Sub-category", ())  # optional per item: items without one join none
 # (think, format_instruction) of r1aqa.prompts.format_question: Prompt <2> (the paper's), <3>, <1> (SFT baselines)
 PROMPT_STYLES = {"answer": (False, True), "think": (True, True), "plain": (False, False)}
-# keys: what a prompt needs; clip: the key whose file name is the clip; choices: the options' key; groups: (key,
-# printed title, values printed first); predictions: the keys read, in order (MMAU's and MMAR's evaluation.py read the
-# first). AVQA: the validation split r1aqa.prepare_avqa writes (training's format), `answer` an index into its options.
+# keys: what a prompt needs; clip: the key naming the clip; groups: (key, printed title, values printed first);
+# predictions: the keys read, in order (as the official scripts). AVQA: r1aqa.prepare_avqa's split, `answer` an index.
 BENCHMARKS = {
     "mmau": {"keys": ("id", "audio_id", "question", "choices"), "clip": "audio_id", "choices": "choices",
              "groups": (("task", "Task", TASKS), ("difficulty", "Difficulty", DIFFICULTIES), SUB_CATEGORY),
@@ -63,8 +57,7 @@ def detect_benchmark(items: list) -> str:
 
 
 def load_items(path: str | Path) -> list[dict]:
-    """The items of a JSON list, or of JSON lines when the name ends in `.jsonl` (MMAR's metadata); a ValueError
-    names the file (and line) when it cannot be read as such."""
+    """The items of a JSON list, or of JSON lines when the name ends in `.jsonl`; a ValueError names the file."""
     if str(path).endswith(".jsonl"):
         return read_jsonl(str(path))
     try:
@@ -98,10 +91,8 @@ def read_items(path: str, benchmark: str = "auto", limit: int | None = None) -> 
 
 
 def example(benchmark: str, item: dict, audio_dir: str | None = None, prompt_style: str = "answer") -> dict:
-    """The item as training builds a row: its keys plus `prompt` (the user turn), `solution` (none when the answer is
-    withheld, as in MMAU's test split) and `audio_path`: the file name of the item's clip key (MMAU `audio_id`
-    `./test-mini-audios/<id>.wav`, MMAR `audio_path` `./audio/<name>.wav`) in `audio_dir`, or an AVQA row's own
-    `audio_path`. AVQA rows go through training's own builder (`video` -> `audio`)."""
+    """The item as training builds a row: `prompt`, `solution` (none without an answer), its keys and `audio_path`, the
+    clip key's file name in `audio_dir` (MMAU `audio_id`, MMAR `audio_path`; AVQA rows: their own path)."""
     path = item[BENCHMARKS[benchmark]["clip"]]
     path = os.path.join(audio_dir, os.path.basename(path)) if audio_dir and isinstance(path, str) else path
     think, format_instruction = PROMPT_STYLES[prompt_style]
@@ -109,16 +100,12 @@ def example(benchmark: str, item: dict, audio_dir: str | None = None, prompt_sty
         return avqa_example({**item, "audio_path": path}, think, format_instruction)
     text = format_question(item["question"], item["choices"], think, format_instruction)
     solution = {} if item.get("answer") is None else {"solution": solution_text(item["answer"])}
-    return {**item, "prompt": user_turn(path, text), **solution, "audio_path": path}
+    return {"prompt": user_turn(path, text), **solution, **item, "audio_path": path}
 
 
 def is_match(prediction: str, answer: str, choices: list[str]) -> bool:
     """The official MMAU rule (MMAR's too): on the sets of `\\b\\w+\\b` words of the lower-cased texts, the prediction
-    holds every answer word and no word only a wrong option has.
-
-    >>> is_match("a man speaking", "Man", ["Man", "Woman"]), is_match("man or woman", "Man", ["Man", "Woman"])
-    (True, False)
-    """
+    holds every answer word and no word only a wrong option has ("a man speaking" matches "Man", "man or woman" not)."""
     predicted, expected = set(_WORD.findall(prediction.lower())), set(_WORD.findall(answer.lower()))
     wrong = {word for choice in choices for word in _WORD.findall(choice.lower())} - expected
     return bool(predicted) and expected <= predicted and predicted.isdisjoint(wrong)
@@ -171,8 +158,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(passes: list[dict]) -> dict:
-    """Mean ± std (n - 1) over K passes of the same items (K sampled passes): each row `{"accuracy": mean, "std",
-    "total": n items, "per_sample": [accuracy of each pass]}`; `no_prediction` summed over the passes."""
+    """Mean ± std (n - 1) over K passes of the same items: rows `{"accuracy", "std", "total", "per_sample"}`."""
     first = passes[0]
 
     def row(rows: list[dict]) -> dict:
@@ -215,22 +201,3 @@ def data_release(path: str | Path) -> dict:
     """`{"release", "sha256"}` of a benchmark file, identified by its content (`RELEASES`), not by its name."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return {"release": release_name(digest), "sha256": digest}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help="JSON list (or .jsonl) of items with predictions")
-    parser.add_argument("--benchmark", choices=("auto", *BENCHMARKS), default="auto", help="default: from the items")
-    parser.add_argument("--json", help="also write the summary (accuracies, counts) to this JSON file")
-    args = parser.parse_args(argv)
-    try:
-        summary = score(load_items(args.input), None if args.benchmark == "auto" else args.benchmark)
-    except (OSError, ValueError) as error:
-        parser.exit(2, f"error: {error}\n")
-    print(format_report(summary))
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

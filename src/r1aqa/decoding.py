@@ -36,29 +36,19 @@ UNSUPPORTED_BY_VLLM = ("num_beams", "no_repeat_ngram_size", "encoder_repetition_
                        "exponential_decay_length_penalty")  # fmt: skip
 
 
-def stop_token_ids(checkpoint, tokenizer) -> list[int]:
-    """Every id of the checkpoint's `generation_config.eos_token_id` (Qwen2-Audio-7B-Instruct: `<|endoftext|>` and
-    `<|im_end|>`), then the tokenizer's eos if it is not among them: generation ends at any of them."""
-    ids = checkpoint.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id not in (None, *ids) else [])
-
-
 def generation_config(checkpoint, tokenizer, decoding: dict):
-    """The GenerationConfig of `decoding` (`mode`, `max_new_tokens`, `overrides`), every field resolved. `original`:
-    the checkpoint's config with `max_new_tokens` set (what the original's `model.generate(**inputs,
-    max_new_tokens=256)` resolved to); `greedy`: `GREEDY`, only the special token ids from the checkpoint. Then the stop
-    ids, the overrides and transformers' defaults for fields still unset (not `max_length`/`min_length`)."""
+    """The GenerationConfig of `decoding` (`mode`, `max_new_tokens`, `overrides`), every field resolved: `original`
+    the checkpoint's (as the original's `generate(max_new_tokens=256)`), `greedy` GREEDY with its special token ids."""
     from transformers import GenerationConfig
 
-    if decoding["mode"] not in DECODING_MODES:
-        raise EvalError(f"unknown decoding mode {decoding['mode']!r}: one of {DECODING_MODES}.")
     pad = checkpoint.pad_token_id if checkpoint.pad_token_id is not None else tokenizer.pad_token_id
     config = (
         copy.deepcopy(checkpoint) if decoding["mode"] == "original" else GenerationConfig(**GREEDY, pad_token_id=pad)
     )
     config.max_new_tokens, config.bos_token_id = decoding["max_new_tokens"], checkpoint.bos_token_id
-    config.eos_token_id = stop_token_ids(checkpoint, tokenizer)
+    # generation ends at every eos id of the checkpoint (Qwen2-Audio: <|endoftext|>, <|im_end|>) and the tokenizer's
+    ids = [] if checkpoint.eos_token_id is None else np.atleast_1d(checkpoint.eos_token_id).tolist()
+    config.eos_token_id = ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id not in (None, *ids) else [])
     config.update(**decoding["overrides"])
     defaults = GenerationConfig._get_default_generation_params()
     config.update(defaults_only=True, **{k: v for k, v in defaults.items() if k not in ("max_length", "min_length")})
@@ -67,8 +57,7 @@ def generation_config(checkpoint, tokenizer, decoding: dict):
 
 @contextmanager
 def checkpoint_defaults_off(model):
-    """While active, `model.generate` uses only the config it is given: transformers fills its None fields from
-    `model.generation_config` (the checkpoint's file), so an empty one stands in."""
+    """While active, `model.generate` uses only the config it is given (not filled from the checkpoint's)."""
     from transformers import GenerationConfig
 
     saved, model.generation_config = model.generation_config, GenerationConfig()
@@ -84,34 +73,29 @@ def batch_seed(seed: int, batch_index: int) -> int:
 
 
 def item_seed(seed: int, item_id: str) -> int:
-    """The seed of one vLLM request: a hash of (run seed, item id), so an item's prediction depends neither on its
-    batch nor on its position."""
+    """The seed of one vLLM request: a hash of (run seed, item id), independent of the item's batch and position."""
     key = np.frombuffer(hashlib.sha256(str(item_id).encode()).digest()[:16], dtype=np.uint32)
     return int(np.random.SeedSequence([seed, *key.tolist()]).generate_state(1)[0])
 
 
 def sampling_settings(config, seed: int) -> dict:
-    """The keyword arguments of vLLM's `SamplingParams` that decode as the resolved `config` does (greedy or sampling,
-    penalties, token limits, stop ids) with the request's `seed`. A field vLLM cannot express stops with a message."""
+    """vLLM `SamplingParams` keyword arguments decoding as the resolved `config` does, with the request's `seed`."""
     unsupported = {name: value for name in UNSUPPORTED_BY_VLLM if (value := getattr(config, name, None)) not in
                    (GREEDY[name], None, [], {})}  # fmt: skip
     if unsupported:
         raise EvalError(f"the vLLM backend cannot decode with {unsupported} (set by the decoding mode or the "
                         "checkpoint's generation_config.json): use --backend hf.")  # fmt: skip
-    eos = config.eos_token_id
     settings = {"max_tokens": config.max_new_tokens, "min_tokens": config.min_new_tokens or 0, "seed": seed,
                 "repetition_penalty": config.repetition_penalty or 1.0, "temperature": 0.0,  # 0: greedy
-                "stop_token_ids": [] if eos is None else [eos] if isinstance(eos, int) else list(eos)}  # fmt: skip
+                "stop_token_ids": list(config.eos_token_id)}  # fmt: skip
     if config.do_sample:  # transformers: top_k None/0 is off; vLLM: 0 is off
         settings.update(temperature=1.0 if config.temperature is None else config.temperature, top_k=config.top_k or 0,
                         top_p=1.0 if config.top_p is None else config.top_p, min_p=config.min_p or 0.0)  # fmt: skip
     return settings
 
 
-def sampling_params(config, seed: int, item_ids: list[str] | None = None):
-    """vLLM `SamplingParams` of `config` seeded with `seed`; with `item_ids`, one per request, seeded by `item_seed`."""
+def sampling_params(config, seed: int, item_ids: list[str]) -> list:
+    """vLLM `SamplingParams` of `config`, one per request, seeded by `item_seed(seed, item id)`."""
     from vllm import SamplingParams
 
-    if item_ids is None:
-        return SamplingParams(**sampling_settings(config, seed))
     return [SamplingParams(**sampling_settings(config, item_seed(seed, item_id))) for item_id in item_ids]

@@ -1,15 +1,13 @@
 """One model x one benchmark file (r1aqa.benchmarks): generation with the audio (r1aqa.decoding), the answer extracted
-as the accuracy reward does, the official rule's score.
+as the accuracy reward does, the official rule's score (docs/evaluation.md).
 
     python -m r1aqa.evaluate --model_path outputs/grpo-qwen2-audio-7b/checkpoint-100 \\
         --data_file data/mmau/mmau-test-mini.json --audio_dir data/mmau/test-mini-audios \\
         --out_file outputs/grpo-qwen2-audio-7b/mmau/checkpoint-100.json
 
-OUT (`--out_file` without `.json`) gets OUT.json (the items plus `model_raw_output` and the extracted answer under
-`model_prediction`, `model_output`, `answer_prediction`), OUT.score.json (if the items carry answers), then
-OUT.meta.json (settings, resolved generation config, audio errors, timing). `--num_samples K`: OUT.sample-k.* per
-pass, OUT.score.json their mean ± std. An output whose meta file records the same settings is skipped (`--force`
-redoes it); one made with other settings is refused.
+Writes OUT.json (the items with the predictions), OUT.score.json (if the items carry answers), then OUT.meta.json
+(settings, generation config, audio errors); `--num_samples K`: OUT.sample-k.* per pass, OUT.score.json their mean ±
+std. An output done with the same settings is skipped (`--force` redoes it); one with other settings is refused.
 """
 
 from __future__ import annotations
@@ -49,17 +47,13 @@ def output_paths(out_file: str, sample: int | None = None) -> dict[str, str]:
 def write_json_atomic(path: str, data) -> None:
     """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = Path(f"{path}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    Path(tmp).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def load_model_and_processor(model_path: str, processor_path: str, device: str, system_prompt: str = "default"):
-    """The checkpoint's model (Qwen2-Audio or a Qwen2.5-Omni thinker) in bf16 on GPU, fp32 on CPU, in eval mode, and
-    its processor (left padding). A LoRA checkpoint is loaded on its base model, the adapters merged."""
+    """The checkpoint's model (bf16 on GPU, fp32 on CPU; LoRA adapters merged into their base) and its processor."""
     import torch
 
     from r1aqa.models import detect_family, load_model, load_processor
@@ -76,8 +70,7 @@ def load_model_and_processor(model_path: str, processor_path: str, device: str, 
 
 
 def generate_batch(model, processor, conversations: list[list[dict]], config) -> list[str]:
-    """A left-padded batch of conversations whose audio parts hold loaded samples, generated with `config` and nothing
-    else; decoded, special tokens skipped."""
+    """Decoded completions of conversations whose audio parts hold loaded samples, generated with `config` only."""
     import torch
 
     texts = [processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
@@ -91,8 +84,7 @@ def generate_batch(model, processor, conversations: list[list[dict]], config) ->
 
 
 def generate_ids_vllm(llm, processor, conversations: list[list[dict]], params) -> list[list[int]]:
-    """vLLM's generated token ids, prompted with the token ids the HF backend feeds its model (the processor's),
-    collapsed for vLLM. `params`: one `SamplingParams` for all, or one per conversation."""
+    """vLLM's generated token ids, prompted with the processor's ids (as HF's); `params`: one per conversation."""
     from r1aqa.vllm_audio import AUDIO_TOKEN, audio_prompt
 
     audio_token_id = processor.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
@@ -110,13 +102,13 @@ def load_generator(model_path: str, processor_path: str, device: str | None = No
     """The model, loaded once: `generate(conversations, config, seed, (run seed, item ids))` -> decoded completions
     (hf: torch seeded with `seed`; vllm: each request by `item_seed`); `checkpoint_config`, `processor`, ..."""
     import torch
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import GenerationConfig
 
     from r1aqa.models import QWEN2_AUDIO, detect_family, load_processor
 
-    started = time.time()
+    started, lora_base = time.time(), adapter_base_model(model_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    family = detect_family(adapter_base_model(model_path) or model_path)
+    family = detect_family(lora_base or model_path)
     if backend == "hf":
         model, processor = load_model_and_processor(model_path, processor_path, device, system_prompt)
         checkpoint, dtype = model.generation_config, model.dtype
@@ -129,14 +121,12 @@ def load_generator(model_path: str, processor_path: str, device: str | None = No
         from r1aqa.decoding import sampling_params
         from r1aqa.vllm_audio import check_audio_expansion, load_llm
 
-        if family.name != QWEN2_AUDIO or (os.path.isdir(model_path) and not has_processor(model_path)):
-            raise EvalError(f"{model_path}: the vLLM backend needs a Qwen2-Audio checkpoint holding its processor "
-                            f"files (copy those of {processor_path}), or use --backend hf.")  # fmt: skip
+        if lora_base or family.name != QWEN2_AUDIO or (os.path.isdir(model_path) and not has_processor(model_path)):
+            raise EvalError(f"{model_path}: the vLLM backend needs a full Qwen2-Audio model (LoRA: merge it with "
+                            "`python -m r1aqa.merge_lora`) holding its processor files (copy those of "
+                            f"{processor_path}), or use --backend hf.")  # fmt: skip
         processor = load_processor(processor_path, family, system_prompt=system_prompt)
-        try:
-            checkpoint = GenerationConfig.from_pretrained(model_path)
-        except OSError:  # no generation_config.json: what transformers derives from the model config
-            checkpoint = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
+        checkpoint = GenerationConfig.from_pretrained(model_path)
         llm = load_llm(model_path, device)
         check_audio_expansion(llm, processor)  # raises unless vLLM expands the audio as the HF processor does
         dtype = llm.llm_engine.model_config.dtype
@@ -151,9 +141,8 @@ def load_generator(model_path: str, processor_path: str, device: str | None = No
 
 
 def generate_all(generator, prompts: list, ids: list, config, seed: int, batch_size: int, silent=False) -> list[str]:
-    """Decoded completions of `prompts` (conversations naming or holding their clips; None: unusable, "" for it) in
-    fixed slices of `batch_size`; batch b draws from `batch_seed(seed, b)` (hf), each request from (seed, its id)
-    (vllm). `silent`: each clip replaced by silence of the same length."""
+    """Completions of `prompts` (conversations; None: unusable, "" for it) in slices of `batch_size`, each seeded by
+    `batch_seed(seed, b)` (hf) or each request by (seed, its id) (vllm). `silent`: the clips replaced by silence."""
     raws = dict.fromkeys(range(len(prompts)), "")
     for batch, start in enumerate(tqdm(range(0, len(prompts), batch_size), unit="batch", leave=False)):
         ready = [i for i in range(start, min(start + batch_size, len(prompts))) if prompts[i] is not None]
@@ -178,8 +167,7 @@ def finished(paths: dict[str, str], settings: dict, scored: bool) -> bool:
 
 
 def run_pass(generator, items, examples, problems, settings: dict, paths: dict[str, str]) -> dict | None:
-    """Generate (an empty prediction where `problems[i]`, the clip's `check_audio` finding); write OUT.json,
-    OUT.score.json (if the items carry answers), then OUT.meta.json."""
+    """Generate (an empty prediction where the clip has a problem); write OUT.json, OUT.score.json, OUT.meta.json."""
     import torch
     import transformers
 
@@ -214,8 +202,7 @@ def run_pass(generator, items, examples, problems, settings: dict, paths: dict[s
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
     })  # fmt: skip
-    print(f"Wrote {paths['out']} ({len(items)} items, {len(errors)} audio errors, {seconds:.1f} s generating on "
-          f"{generator.device}).", flush=True)  # fmt: skip
+    print(f"Wrote {paths['out']} ({len(items)} items, {len(errors)} audio errors, {seconds:.1f} s).", flush=True)
     return summary
 
 
@@ -229,10 +216,6 @@ def evaluate(args: argparse.Namespace) -> int:
         raise EvalError(str(error)) from error
     release = benchmarks.data_release(args.data_file)
     print(f"Data: {args.data_file}: {release['release']} (sha256 {release['sha256']}).", flush=True)
-    lora_base = adapter_base_model(args.model_path) if os.path.isdir(args.model_path) else None
-    if lora_base and args.backend == "vllm":
-        raise EvalError(f"{args.model_path} holds LoRA adapters: --backend vllm needs a full model. Use --backend hf "
-                        "(merges them on load), or merge with `python -m r1aqa.merge_lora`.")  # fmt: skip
     base = {"model_path": local_or_hub(args.model_path),
             "processor_path": resolve_processor_path(args.model_path, args.processor_path),
             "data_file": os.path.abspath(args.data_file), "data_sha256": release["sha256"], "benchmark": benchmark,
@@ -240,7 +223,8 @@ def evaluate(args: argparse.Namespace) -> int:
             "prompt_style": args.prompt_style}  # fmt: skip
     # recorded only when not the default, so outputs made before these settings existed stay reusable
     optional = {"backend": (args.backend, "hf"), "system_prompt": (args.system_prompt, "default"),
-                "protocol": (args.protocol, "default"), "base_model_path": (lora_base, None)}  # fmt: skip
+                "protocol": (args.protocol, "default"),
+                "base_model_path": (adapter_base_model(args.model_path), None)}  # fmt: skip
     base |= {key: value for key, (value, default) in optional.items() if value != default}
     overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     scored, several, passes = all("answer" in item for item in items), args.num_samples > 1, []
@@ -309,8 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.do_sample = None if args.do_sample is None else args.do_sample == "true"
     fixed = PROTOCOLS[args.protocol]
     given = {name: getattr(args, name) for name in (*fixed, *OVERRIDES) if getattr(args, name) is not None}
-    if args.protocol == "paper" and any(fixed.get(name) != value for name, value in given.items()):
-        parser.error(f"--protocol paper fixes {fixed}, and no override: drop {given}, or drop --protocol.")
+    if args.protocol == "paper" and (clash := [f"--{k} {v}" for k, v in given.items() if fixed.get(k) != v]):
+        parser.error(f"--protocol paper fixes {fixed}: {', '.join(clash)} contradicts it. Drop it, or --protocol.")
     for name in ("batch_size", "max_new_tokens", "limit", "num_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")

@@ -1,13 +1,12 @@
-"""Audio-contribution and difficulty filter: which training questions need the audio, and which carry an advantage.
+"""Audio-contribution and difficulty filter: which training questions need the audio, and which carry an advantage
+(docs/filter.md).
 
     python -m r1aqa.filter_data --model_path Qwen/Qwen2-Audio-7B-Instruct --data_file data/avqa/train_qa.jsonl \\
         --out_dir outputs/filter --num_samples 8
     DATA_FILE=outputs/filter/strong.jsonl ./run_grpo.sh     # train on the questions that need the audio
 
-Each `--model_path` samples K answers per question with the clip and K with silence (r1aqa.evaluate's generation),
-scored by training's accuracy reward: `strong.jsonl` (silence pass rate at most `--silence_threshold` for `--min_models`
-models), `weak.jsonl` (the others), `learnable.jsonl` (first model's with-audio pass rate in (0, 1)), the input's rows
-byte for byte. Work is saved per shard (`shards/`): a rerun redoes only unfinished or changed shards.
+Each model samples K answers per question with the clip and K with silence, scored by the accuracy reward: the
+input's rows go to `strong.jsonl` (fails without audio), `weak.jsonl`, `learnable.jsonl` (pass rate in (0, 1)).
 """
 
 from __future__ import annotations
@@ -51,8 +50,7 @@ def run_shard(generator, config, examples, indices, problems, args, shard: int) 
 
 
 def sample_all(args, examples, problems, settings: dict) -> list[list[dict]]:
-    """Per model, per question: `{"index", "id", "audio_error", "audio": passes, "silence": passes, answers}`, from
-    finished shards with the same settings and clip states, else generated and saved shard by shard."""
+    """Per model, per question: `run_shard`'s rows, from saved shards with the same settings, else generated."""
     n_shards = -(-len(examples) // args.shard_size)
     shared = {key: value for key, value in settings.items() if key != "model_paths"}  # adding a model reuses shards
     results = []
@@ -103,7 +101,7 @@ def assign_splits(items, results, args) -> tuple[list[dict], dict[str, list[int]
 
 
 def summarize(records: list[dict], splits: dict[str, list[int]]) -> tuple[dict, str]:
-    """The summary (counts per split and per `question_type`, the audio errors) and its markdown table."""
+    """The summary (counts per split and per `question_type`, the audio errors) and its markdown table (printed)."""
     by_type = defaultdict(Counter)
     for record in records:
         for name in record["splits"] or ["audio_error"]:
@@ -173,7 +171,6 @@ def run(args: argparse.Namespace) -> dict:
     summary, table = summarize(records, splits)
     summary["thresholds"] = thresholds
     write_json_atomic(os.path.join(args.out_dir, "summary.json"), summary)
-    Path(args.out_dir, "summary.md").write_text(table + "\n", encoding="utf-8")
     plot(records, os.path.join(args.out_dir, "pass_rates.png"), args.silence_threshold)
     print(f"{table}\nWrote the splits, pass rates, summary and plot to {args.out_dir}", flush=True)
     return summary
@@ -190,8 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--num_samples", type=int, default=8, help="K answers per question and condition (8: G).")
     add("--silence_threshold", type=float, default=0.0, help="Fails without audio: silence pass rate at most this.")
     add("--min_models", type=int, help="Strong: fails without audio for this many models (default: all).")
-    # the paper's rollout sampling (configs/grpo_qwen2_audio_7b.yaml): the pass rates GRPO's groups see
-    add("--temperature", type=float, default=1.0, help="Rollout temperature (paper: 1.0).")
+    add("--temperature", type=float, default=1.0, help="Rollout temperature (paper: 1.0, the rate GRPO's groups see).")
     add("--top_k", type=int, default=50, help="Rollout top-k (paper: 50; 0: off).")
     add("--top_p", type=float, default=1.0, help="Rollout top-p (paper: 1.0).")
     add("--max_new_tokens", type=int, default=256, help="Paper's max_completion_length: 256.")
