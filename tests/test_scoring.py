@@ -1,9 +1,12 @@
 """MMAU and MMAR scoring (docs/recipe.md §7, §8): the official rule, the real test-mini files and MMAR sample,
-robustness, mean ± std over passes."""
+robustness, mean ± std over passes and the CLI."""
 
 import copy
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from data_paths import MMAR_SAMPLE, MMAU_2025_01, MMAU_2025_03, MMAU_2025_05
@@ -16,11 +19,13 @@ from r1aqa.benchmarks import (
     format_report,
     is_match,
     load_items,
+    main,
     score,
 )
 from r1aqa.prompts import extract_answer
 
 MMAU_FILES = {"2025-01-28": MMAU_2025_01, "2025-03-25": MMAU_2025_03, "v05.15.25": MMAU_2025_05}
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def real_items(version):
@@ -228,7 +233,7 @@ def test_unknown_groups_follow_the_official_ones():
     assert summary["sub-category"] == {}
 
 
-# ---- files ----
+# ---- files and the CLI ----
 def test_load_items_names_the_file_on_bad_input(tmp_path):
     not_json = tmp_path / "broken.json"
     not_json.write_text("[{", encoding="utf-8")
@@ -239,6 +244,39 @@ def test_load_items_names_the_file_on_bad_input(tmp_path):
     with pytest.raises(ValueError, match=r"object\.json: expected a JSON list"):
         load_items(str(not_list))
     assert load_items(MMAU_2025_03) == real_items("2025-03-25")
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    items = with_predictions(real_items("v05.15.25"), lambda item: item["answer"])
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps(items), encoding="utf-8")
+    summary_path = tmp_path / "summary.json"
+    main(["--input", str(predictions), "--json", str(summary_path)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:5] == [
+        "*" * 30,
+        "Task-wise Accuracy:",
+        "sound : 100.00% over 333 samples",
+        "music : 100.00% over 334 samples",
+        "speech : 100.00% over 333 samples",
+    ]
+    assert "Total Accuracy: 100.00% over 1000 samples" in printed
+    assert json.loads(summary_path.read_text(encoding="utf-8")) == score(items)
+
+
+def test_cli_module_entry_point_reports_bad_files(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("not json", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "r1aqa.benchmarks", "--input", str(broken)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC)},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{broken}: not valid JSON" in result.stderr
+    assert result.stdout == ""
 
 
 # ---- properties ----
@@ -344,6 +382,16 @@ def test_mmar_jsonl_with_a_bad_line_names_file_and_line(tmp_path):
     broken.write_text(lines[0] + "\n[1, 2]\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"MMAR-meta\.jsonl:2: expected a JSON object per line"):
         load_items(broken)
+
+
+def test_cli_scores_an_mmar_file(tmp_path, capsys):
+    items = with_predictions(mmar_items(), lambda item: item["answer"], key="answer_prediction")
+    items[0]["answer_prediction"] = items[0]["choices"][1]  # the answer is choices[2]: one wrong
+    path = tmp_path / "mmar-predictions.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+    main(["--input", str(path)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == "Modality-wise Accuracy:" and "Total Accuracy: 96.15% over 26 samples" in printed
 
 
 def test_aggregate_is_mean_and_sample_std_over_passes():

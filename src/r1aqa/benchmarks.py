@@ -1,13 +1,18 @@
 """The benchmark registry (MMAU, MMAR, AVQA validation: item keys, clip, prompt, gold, groups, release), the official
-rule's score (MMAU's `is_match`, which MMAR copies; docs/recipe.md §7, §8) and the official scripts' printout."""
+rule's score (MMAU's `is_match`, which MMAR copies; docs/recipe.md §7, §8) and the official scripts' printout.
+
+    python -m r1aqa.benchmarks --input outputs/mmau_predictions.json --json outputs/mmau_summary.json
+"""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import re
 import statistics
+import sys
 from pathlib import Path
 
 from r1aqa.data import avqa_example, read_jsonl, record_problem
@@ -201,3 +206,22 @@ def data_release(path: str | Path) -> dict:
     """`{"release", "sha256"}` of a benchmark file, identified by its content (`RELEASES`), not by its name."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return {"release": release_name(digest), "sha256": digest}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help="JSON list (or .jsonl) of items with predictions")
+    parser.add_argument("--benchmark", choices=("auto", *BENCHMARKS), default="auto", help="default: from the items")
+    parser.add_argument("--json", help="also write the summary (accuracies, counts) to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        summary = score(load_items(args.input), None if args.benchmark == "auto" else args.benchmark)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(format_report(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
