@@ -10,7 +10,7 @@ not fail), and, on request, the trainer's own pass with `share_audio_encoding` f
 encoding). Rows misaligned with their audio anywhere (tokenisation, the batch dict, TRL's shuffle and split, the
 per-chunk slicing, the shared-encoding hooks) give a large `own` difference.
 
-Used in-process by tests/test_training_path.py and under torchrun by tests/two_process_logps.py.
+Used in-process by tests/test_training_step_row_alignment.py and under torchrun by tests/helpers/two_process_logps.py.
 """
 
 from __future__ import annotations

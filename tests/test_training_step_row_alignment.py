@@ -1,12 +1,12 @@
 """The paper's training path inside a real `trainer.train()`: several questions per device, gradient accumulation 2
 (TRL generates for the whole optimizer step, shuffles the rows and splits them into micro-batches), and the old-policy
 pass (active when generation and optimisation steps differ: `num_iterations: 2`). Every log-prob pass of the run is
-recomputed with a plain forward using each row's own clip (tests/logp_checks.py)."""
+recomputed with a plain forward using each row's own clip (tests/helpers/logp_checks.py)."""
 
 import pytest
 import torch
-from logp_checks import LogpChecker, question_dataset, summary
-from tiny_grpo import CLIPS, G, make_trainer
+from helpers.logp_checks import LogpChecker, question_dataset, summary
+from helpers.tiny_grpo import CLIPS, G, make_trainer
 
 TOLERANCE = 1e-4  # trainer vs plain forward with the row's own clip (measured: < 1e-6)
 DISCRIMINATES = 1e-3  # another clip, or no audio, must move every row's log-probs by more (measured: > 9e-3)

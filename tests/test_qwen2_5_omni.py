@@ -1,6 +1,6 @@
 """The second model family, a Qwen2.5-Omni thinker (r1aqa.models), on the tiny random thinker (r1aqa.tryout.tiny).
 
-The audio-path checks of test_trainer.py, test_perf.py and test_evaluate.py, for an audio encoder that packs the
+The audio-path checks of test_audio_reaches_logprobs.py, test_shared_audio_encoding.py and test_evaluation.py, for an audio encoder that packs the
 batch along time: log-probs equal a plain forward pass with the audio and differ without it; each completion is
 scored with its own clip; training moves the audio encoder (and never the vision tower); shared audio encoding gives
 the same log-probs and gradients as per-completion encoding; evaluation with batch 4 equals batch 1. Also: loading
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_perf import assert_same, loss_logps_and_grads
-from test_trainer import (
+from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
+from test_audio_reaches_logprobs import (
     check_each_completion_is_scored_with_its_own_clip,
     check_logps_match_a_plain_forward_with_audio,
 )
-from tiny_grpo import CLIPS, G, make_trainer, rows
+from test_shared_audio_encoding import assert_same, loss_logps_and_grads
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
 from r1aqa import evaluate as evaluator

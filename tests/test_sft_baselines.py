@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_paths import AVQA_AUDIO_DIR
 from datasets import Dataset
+from helpers.paths import AVQA_AUDIO_DIR
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 from trl import ModelConfig, SFTConfig, get_peft_config
 

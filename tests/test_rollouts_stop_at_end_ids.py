@@ -6,8 +6,8 @@ past the end of the turn and fail the format reward. TRL 1.16's GRPOTrainer alre
 (plus the tokenizer's): this pins that for AudioGRPOTrainer, with a tiny model steered to say `yes<|im_end|>no...`.
 """
 
-from tiny_grpo import make_trainer
-from tiny_stop_model import END_OF_TEXT, IM_END, steer, stop_test_model
+from helpers.stop_model import END_OF_TEXT, IM_END, steer, stop_test_model
+from helpers.tiny_grpo import make_trainer
 
 
 def test_rollout_ends_at_im_end_when_the_tokenizer_eos_is_endoftext(tmp_path):

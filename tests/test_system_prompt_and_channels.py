@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from data_paths import MMAU_2025_03, MMAU_AUDIO_DIR
+from helpers.paths import MMAU_2025_03, MMAU_AUDIO_DIR
 
 from r1aqa.audio import load_audio, prompts_with_audio
 from r1aqa.models import OMNI_SYSTEM_PROMPT, load_processor, set_system_prompt
@@ -150,7 +150,7 @@ def test_mean_rule_is_qwens_loader_and_first_rule_is_the_originals(stereo, rate)
 
 @pytest.mark.parametrize("family", ["qwen2_audio", "qwen2_5_omni"])
 def test_trainer_feeds_each_family_its_channel_rule(family, stereo, tiny_model_dir, tiny_omni_dir, tmp_path):
-    from tiny_grpo import make_trainer
+    from helpers.tiny_grpo import make_trainer
 
     folder = tiny_model_dir if family == "qwen2_audio" else tiny_omni_dir
     trainer = make_trainer(folder, str(tmp_path))

@@ -3,7 +3,7 @@ AudioGRPOTrainer's `frac_tokens_reward_zero_std` (the share of the batch's compl
 
 import pytest
 import torch
-from tiny_grpo import CLIPS, G, make_trainer, rows
+from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 
 
 def two_of_three_groups_equal(completions, **kwargs):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from data_paths import AVQA_AUDIO_DIR
-from launch_helpers import free_port
+from helpers.launch import free_port
+from helpers.paths import AVQA_AUDIO_DIR
 from safetensors.torch import load_file
 
 from r1aqa.audio import load_audio
@@ -31,7 +31,7 @@ def grpo_command(toy, output_dir, *args, processes=1):
         launcher += ["--master_port", str(free_port())]
     return [
         *launcher,
-        str(REPO / "tests/grpo_with_varied_reward.py"),
+        str(REPO / "tests/helpers/grpo_with_varied_reward.py"),
         "--reward_funcs",
         "varied",
         "--config",
@@ -80,7 +80,7 @@ def run(toy, output_dir, *args, processes=1, **env):
 
 
 def logs(tmp_path: Path, name: str) -> dict:
-    """The environment of a run that logs its data order (tests/grpo_with_varied_reward.py: R1AQA_ORDER_LOG) and
+    """The environment of a run that logs its data order (tests/helpers/grpo_with_varied_reward.py: R1AQA_ORDER_LOG) and
     probes the model at every step start (R1AQA_STEP_LOG)."""
     return {"R1AQA_ORDER_LOG": str(tmp_path / f"{name}.log"), "R1AQA_STEP_LOG": str(tmp_path / f"{name}.steps")}
 

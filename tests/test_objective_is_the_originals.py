@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_grpo import CLIPS, G, make_trainer, rows
+from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 
 from r1aqa import grpo
 from r1aqa.audio import load_audio

@@ -1,7 +1,7 @@
-"""One rank of a two-process training run whose log-prob passes are checked with tests/logp_checks.py; launched by
-tests/test_two_processes.py with torchrun (plain DDP on gloo, or DeepSpeed ZeRO-3 on CPU).
+"""One rank of a two-process training run whose log-prob passes are checked with tests/helpers/logp_checks.py; launched by
+tests/test_two_process_training.py with torchrun (plain DDP on gloo, or DeepSpeed ZeRO-3 on CPU).
 
-    torchrun --nproc_per_node 2 tests/two_process_logps.py MODEL_DIR OUT_DIR [--deepspeed DS.json] [--unshared]
+    torchrun --nproc_per_node 2 tests/helpers/two_process_logps.py MODEL_DIR OUT_DIR [--deepspeed DS.json] [--unshared]
 
 Each rank trains the paper's batch shape (2 questions x G per device, accumulation 2, two iterations so that the
 old-policy pass runs too) with plain SGD, and writes `OUT_DIR/rank<R>.json`: per log-prob pass, the questions of
@@ -9,7 +9,7 @@ its rows and how far the trainer's log-probs are from a plain forward with each 
 audio and per-completion encoding; and the change of a few weights (gathered from ZeRO-3's shards), which with SGD
 is the learning rate times the summed gradients of both steps (no gradient clipping). `--unshared` trains with
 per-completion encoding (and recomputes every pass with shared encoding). Each rank also records the completions it
-sampled and the logged loss per step: tests/test_two_processes.py replays those completions in a one-process run of
+sampled and the logged loss per step: tests/test_two_process_training.py replays those completions in a one-process run of
 the same global batch (`train_one_process`), whose loss and weight change must be the same.
 """
 
@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers package
 
 from r1aqa.deepspeed_cpu import enable_cpu_deepspeed  # noqa: E402
 
@@ -96,8 +96,8 @@ def replay_generations(trainer, calls: list[dict]) -> list[int]:
 def train_one_process(model_dir: str, out_dir: str, calls: list[dict]) -> dict:
     """The same global batch on one process (accumulation 4 instead of 2 processes x 2), replaying `calls` (every
     rank's sampled completions): {"loss": per step, "deltas": weight changes, "unused": completions not replayed}."""
-    from logp_checks import question_dataset
-    from tiny_grpo import CLIPS, make_trainer
+    from helpers.logp_checks import question_dataset
+    from helpers.tiny_grpo import CLIPS, make_trainer
 
     trainer = make_trainer(model_dir, out_dir, dataset=question_dataset(CLIPS), **training_settings(4))
     left = replay_generations(trainer, calls)
@@ -123,8 +123,9 @@ def main() -> None:
     enable_cpu_deepspeed()  # before accelerate initialises (a no-op without DeepSpeed's use_cpu=False)
 
     import torch
-    from logp_checks import LogpChecker, question_dataset
-    from tiny_grpo import CLIPS, make_trainer
+
+    from helpers.logp_checks import LogpChecker, question_dataset
+    from helpers.tiny_grpo import CLIPS, make_trainer
 
     trainer = make_trainer(
         args.model_dir,

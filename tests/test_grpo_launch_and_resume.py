@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import free_port, run_grpo_sh
+from helpers.launch import free_port, run_grpo_sh
 
 from r1aqa import grpo
 from r1aqa.checkpoints import checkpoint_dirs, checkpoint_problem
@@ -276,7 +276,7 @@ def test_seeds_with_a_seed_argument_stops(tmp_path):
 @pytest.mark.slow
 def test_two_processes_under_zero3_train_save_reload_and_resume(toy, tmp_path):
     """The paper's launcher shape on CPU: two processes, DeepSpeed ZeRO-3, accumulation 2 and two iterations (the
-    old-policy pass). Plain DDP on two processes trains, is SIGKILLed and resumes in test_reliability.py."""
+    old-policy pass). Plain DDP on two processes trains, is SIGKILLed and resumes in test_runs_survive_faults.py."""
     env = {"CPU_PROCS": "2", "MASTER_PORT": str(free_port()), "DS_CONFIG": "configs/ds_zero3.json"}
     out = tmp_path / "deepspeed_zero3"
     run_grpo_sh(toy, out, "--max_steps", "2", "--save_steps", "2", "--gradient_accumulation_steps", "2",

@@ -5,7 +5,7 @@ import filecmp
 import numpy as np
 import pytest
 import torch
-from data_paths import MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+from helpers.paths import MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 from r1aqa.audio import load_audio

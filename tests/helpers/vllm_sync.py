@@ -1,7 +1,7 @@
 """How far a colocated vLLM engine is from the HF policy: greedy completions by the trainer's engine, their log-probs
 by vLLM and by the HF model, scored with each prompt's own clip. Small (< 1e-4) when the engine holds the policy's
-weights, large (> 1e-3) when it holds weights from before the last update. Used by tests/test_vllm.py in-process and,
-under torchrun (R1AQA_VLLM_STALE_LOG), by tests/grpo_with_varied_reward.py."""
+weights, large (> 1e-3) when it holds weights from before the last update. Used by tests/test_vllm_backend.py in-process and,
+under torchrun (R1AQA_VLLM_STALE_LOG), by tests/helpers/grpo_with_varied_reward.py."""
 
 import torch
 

@@ -1,10 +1,10 @@
 """What the trainer tests share: real AVQA clips, training rows, a reward that varies within a group, and a factory
 for an AudioGRPOTrainer on the tiny model with the paper's objective (beta 0.04, loss "grpo") at test sizes."""
 
-from data_paths import AVQA_AUDIO_DIR
 from datasets import Dataset
-from grpo_with_varied_reward import varied_reward
 
+from helpers.grpo_with_varied_reward import varied_reward
+from helpers.paths import AVQA_AUDIO_DIR
 from r1aqa.models import load_model, load_processor
 from r1aqa.prompts import format_question, solution_text, user_turn
 from r1aqa.trainer import AudioGRPOConfig, AudioGRPOTrainer

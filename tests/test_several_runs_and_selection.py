@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from data_paths import MMAR_SAMPLE
+from helpers.paths import MMAR_SAMPLE
 
 from r1aqa import report as tables
 from r1aqa.benchmarks import aggregate, score
@@ -256,7 +256,7 @@ def test_runs_scored_on_other_items_or_benchmarks_are_refused(tmp_path, capsys):
 @pytest.mark.skipif(not (os.path.exists("/usr/bin/ffmpeg") or os.path.exists("/usr/local/bin/ffmpeg")),
                     reason="needs ffmpeg (prepare_avqa)")  # fmt: skip
 def test_two_seeds_trained_evaluated_aggregated_and_selected_on_avqa_validation(toy, tmp_path):
-    from test_evaluate import write_avqa_val
+    from test_evaluation import write_avqa_val
 
     out = tmp_path / "X"
     env = {**os.environ, "DEVICE": "cpu", "MODEL": toy["model"], "DATA_FILE": toy["data"], "SEEDS": "1 2"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from data_paths import AVQA_AUDIO_DIR, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+from helpers.paths import AVQA_AUDIO_DIR, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
 
 from r1aqa.audio import check_audio, load_audio
 from r1aqa.benchmarks import example

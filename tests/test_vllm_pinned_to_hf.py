@@ -6,7 +6,7 @@
   real feature-extractor configuration), and refuses to start when it would not;
 - evaluation seeds each request from its item: a rerun repeats, and an item's prediction does not depend on its batch.
 
-Marked `vllm`: run with `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_pinned.py`. The models are the tiny
+Marked `vllm`: run with `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_pinned_to_hf.py`. The models are the tiny
 Qwen2-Audio with a head size of 32 (vLLM's CPU attention needs at least 32).
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_paths import AVQA_AUDIO_DIR, MMAU_2025_03
 from datasets import Dataset
+from helpers.paths import AVQA_AUDIO_DIR, MMAU_2025_03
 
 from r1aqa.audio import prompts_with_audio
 from r1aqa.prompts import format_question, user_turn
@@ -128,7 +128,7 @@ def planted_model(folder: Path, first_choice: str):
 
 def vllm_rollouts(folder: Path, model, tmp_path: Path) -> tuple[object, list[list[int]]]:
     """One generation batch (2 clips x 4 completions, at most 8 tokens) with vLLM; the raw completions vLLM returned."""
-    from tiny_grpo import make_trainer
+    from helpers.tiny_grpo import make_trainer
 
     rows = [{"prompt": user_turn(clip, QUESTION), "solution": "<answer>a dog</answer>"} for clip in CLIPS[:2]]
     trainer = make_trainer(

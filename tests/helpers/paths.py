@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-TEST_DATA = Path(__file__).resolve().parent / "data"
+TEST_DATA = Path(__file__).resolve().parents[1] / "data"
 MMAU_DIR = TEST_DATA / "mmau"
 MMAU_2025_01 = MMAU_DIR / "mmau-test-mini.2025-01-28.json"  # MMAU a5cd89a: the paper's numbers
 MMAU_2025_03 = MMAU_DIR / "mmau-test-mini.2025-03-25.json"

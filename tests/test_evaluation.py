@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from data_paths import MMAR_SAMPLE, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
-from tiny_stop_model import END_OF_TEXT, IM_END, steer, stop_test_model
+from helpers.paths import MMAR_SAMPLE, MMAU_2025_03, MMAU_AUDIO_DIR, MMAU_REAL_ITEM_ID
+from helpers.stop_model import END_OF_TEXT, IM_END, steer, stop_test_model
 
 from r1aqa import decoding
 from r1aqa import evaluate as evaluator
@@ -739,7 +739,7 @@ def test_mmar_is_detected_evaluated_and_scored_by_modality(run_dir, mmar_slice, 
     """The tiny model generates (batch 3), then each item's text is replaced at the generation seam by a tagged answer,
     right for items 0, 2 and 4 and wrong for 1 and 3 (the tiny model's own babble carries no tags: scoring it would
     count 0 right whatever went into `answer_prediction`)."""
-    from test_scoring import official_mmar_report
+    from test_benchmark_scoring import official_mmar_report
 
     data_file, audio_dir, items = mmar_slice
     right = [True, False, True, False, True]
@@ -805,7 +805,7 @@ def write_avqa_val(root: Path) -> tuple[Path, Path, list[dict]]:
     """val.jsonl made by r1aqa.prepare_avqa from a val_qa.json over the real AVQA clips in tests/data/avqa, with one
     question whose video is gone and one with an out-of-range answer (both skipped and reported). Returns the JSONL,
     the WAV folder and the usable questions."""
-    from data_paths import AVQA_AUDIO_DIR
+    from helpers.paths import AVQA_AUDIO_DIR
 
     from r1aqa.prepare_avqa import convert
 
@@ -1030,7 +1030,9 @@ def test_paper_protocol_from_another_folder_scores_checkpoints_100_to_500_with_b
         assert (settings["decoding"]["mode"], settings["decoding"]["batch_size"]) == ("original", 16)
         assert settings["decoding"]["max_new_tokens"] == 256
     refused = _script({**env, "BATCH_SIZE": "32"}, elsewhere)
-    assert refused.returncode == 2 and "--protocol paper fixes" in refused.stderr and "batch_size" in refused.stderr  # r1aqa.evaluate refuses
+    assert (
+        refused.returncode == 2 and "--protocol paper fixes" in refused.stderr and "batch_size" in refused.stderr
+    )  # r1aqa.evaluate refuses
 
 
 @pytest.mark.slow  # nine subprocesses of one item each

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from data_paths import AVQA_AUDIO_DIR, AVQA_VIDEO_DIR
+from helpers.paths import AVQA_AUDIO_DIR, AVQA_VIDEO_DIR
 
 from r1aqa import prepare_avqa
 from r1aqa.audio import load_audio

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from tiny_grpo import CLIPS, G, make_trainer, rows
+from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 
 from r1aqa.audio import load_audio
 from r1aqa.models import family_of_config
@@ -51,7 +51,7 @@ def completion_rows(batch):
 
 def check_logps_match_a_plain_forward_with_audio(trainer, inputs, batch, policy_logps, which: str) -> None:
     """The reference or policy log-probs of every completion equal a plain forward pass with its prompt's audio, and
-    (somewhere) differ from one without audio. Shared with test_omni.py (the other model family)."""
+    (somewhere) differ from one without audio. Shared with test_qwen2_5_omni.py (the other model family)."""
     model = trainer.ref_model if which == "reference" else trainer.model
     logps = batch["ref_per_token_logps"] if which == "reference" else policy_logps
     largest_audio_effect = 0.0
@@ -66,7 +66,7 @@ def check_logps_match_a_plain_forward_with_audio(trainer, inputs, batch, policy_
 def check_each_completion_is_scored_with_its_own_clip(trainer, inputs, batch, other_clip_effect: float) -> None:
     """Rows 0..G-1 belong to clip 0, G..2G-1 to clip 1: their features are their own clip's, not a repeat, and scoring
     row 0's completion with the other clip's audio moves its log-probs by more than `other_clip_effect`. Shared with
-    test_omni.py."""
+    test_qwen2_5_omni.py."""
     features = batch["input_features"]
     assert features.size(0) == 2 * G
     assert all(torch.equal(features[i], features[0]) for i in range(G))

@@ -2,7 +2,7 @@
 a plain forward with its own rows' audio, shared vs per-completion encoding under ZeRO-3's parameter hooks, and the
 weight updates of the two runs against each other.
 
-Two torchrun launches of tests/two_process_logps.py (the paper's batch shape with two iterations, plain SGD, a tiny
+Two torchrun launches of tests/helpers/two_process_logps.py (the paper's batch shape with two iterations, plain SGD, a tiny
 model with a 2 s audio window to keep each launch to seconds); each rank writes its numbers to JSON.
 """
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch_helpers import free_port
-from logp_checks import summary
-from tiny_grpo import G
+from helpers.launch import free_port
+from helpers.logp_checks import summary
+from helpers.tiny_grpo import G
 
 REPO = Path(__file__).resolve().parents[1]
 # DDP trains with per-completion audio encoding, ZeRO-3 with shared encoding (the default); each recomputes every
 # log-prob pass with the other encoding, and their weight updates must agree.
 RUNS = {"ddp_per_completion": ["--unshared"], "zero3_shared": ["--deepspeed", str(REPO / "configs/ds_zero3.json")]}
-TOLERANCE, DISCRIMINATES = 1e-4, 1e-3  # as in tests/test_training_path.py
+TOLERANCE, DISCRIMINATES = 1e-4, 1e-3  # as in tests/test_training_step_row_alignment.py
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,13 @@ def ranks(tmp_path_factory, two_second_model) -> dict:
     for name, extra in RUNS.items():
         out = root / name
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-        command += ["--master_port", str(free_port()), str(REPO / "tests/two_process_logps.py"), model, str(out)]
+        command += [
+            "--master_port",
+            str(free_port()),
+            str(REPO / "tests/helpers/two_process_logps.py"),
+            model,
+            str(out),
+        ]
         done = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         results[name] = []
@@ -93,7 +99,7 @@ def test_weight_updates_agree_across_ranks_launchers_and_encodings(ranks):
 def one_process(ranks, two_second_model, tmp_path_factory) -> dict:
     """{run: the one-process run of the same global batch that replays the completions the run's two ranks sampled}
     (runs that sampled the same completions share one)."""
-    from two_process_logps import train_one_process
+    from helpers.two_process_logps import train_one_process
 
     replays, out = [], {}
     for run, records in ranks.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from data_paths import MMAU_2025_03
+from helpers.paths import MMAU_2025_03
 
 from r1aqa.tryout.tiny import write_tiny_model
 

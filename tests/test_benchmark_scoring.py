@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from data_paths import MMAR_SAMPLE, MMAU_2025_01, MMAU_2025_03, MMAU_2025_05
+from helpers.paths import MMAR_SAMPLE, MMAU_2025_01, MMAU_2025_03, MMAU_2025_05
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

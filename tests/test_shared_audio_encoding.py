@@ -3,7 +3,7 @@ encoder rows."""
 
 import pytest
 import torch
-from tiny_grpo import CLIPS, G, make_trainer, rows
+from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 from transformers import Qwen2AudioForConditionalGeneration
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 

@@ -12,7 +12,7 @@ an uninterrupted run at the same step.
 
 With R1AQA_VLLM_STALE_LOG set (and `use_vllm`), after the first optimizer step, before the next generation syncs the
 weights, each process writes to that file (`.rank<R>`) how far its vLLM engine's log-probs are from the updated
-policy's (tests/vllm_sync.py): a stale engine's distance, which the sync of the next step must remove.
+policy's (tests/helpers/vllm_sync.py): a stale engine's distance, which the sync of the next step must remove.
 """
 
 import json
@@ -88,7 +88,7 @@ class StaleEngineProbe(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step != 1:
             return
-        from vllm_sync import largest_logprob_difference
+        from vllm_sync import largest_logprob_difference  # run as a script: this folder is on sys.path
 
         from r1aqa.audio import prompts_with_audio
 
