@@ -241,7 +241,7 @@ def plot(rows: list[dict], best: int, path: str, title: str, selected=None, sele
     data = f"{release if release.startswith(name) else f'{name}, {release}'}, {first['n_items']} items"
     passes = f", {first['num_samples']} sampled passes" if first["num_samples"] else ""
     subtitle = f"{data}; decoding {first['decoding'] or 'not recorded'}{passes}"
-    ax.set_title("\n".join(text for text in (title, subtitle, missing_clips(rows)) if text), fontsize=9)
+    ax.set_title("\n".join(text for text in (title, subtitle, missing_clips(rows)) if text), fontsize=9, pad=14)
     over = f", mean of {first['n_runs']} runs" if first["n_runs"] > 1 else ""
     ax.set_ylabel(f"{name} accuracy (%){over}" + (" (dashed: silent audio)" if "silent" in first else ""), fontsize=9)
     ax.set(xlabel="training step", xticks=steps, ylim=(max(0.0, min(values) - 5), min(100.0, max(values) + 5)))
