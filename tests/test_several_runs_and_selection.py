@@ -256,7 +256,7 @@ def test_runs_scored_on_other_items_or_benchmarks_are_refused(tmp_path, capsys):
 @pytest.mark.skipif(not (os.path.exists("/usr/bin/ffmpeg") or os.path.exists("/usr/local/bin/ffmpeg")),
                     reason="needs ffmpeg (prepare_avqa)")  # fmt: skip
 def test_two_seeds_trained_evaluated_aggregated_and_selected_on_avqa_validation(toy, tmp_path):
-    from test_evaluation import write_avqa_val
+    from helpers.avqa_val import write_avqa_val
 
     out = tmp_path / "X"
     env = {**os.environ, "DEVICE": "cpu", "MODEL": toy["model"], "DATA_FILE": toy["data"], "SEEDS": "1 2"}
