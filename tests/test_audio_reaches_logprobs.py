@@ -3,24 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers.audio_checks import (
+    check_each_completion_is_scored_with_its_own_clip,
+    check_logps_match_a_plain_forward_with_audio,
+)
 from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
-
-from r1aqa.audio import load_audio
-from r1aqa.models import family_of_config
-
-
-def plain_logps(model, processor, prompt, completion_ids: list[int], with_audio: bool) -> torch.Tensor:
-    """Log-probs of the completion tokens from one ordinary forward pass, computed independently of the trainer."""
-    path = prompt[0]["content"][0]["path"]
-    text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    channels = family_of_config(model.config).audio_channels  # Qwen2-Audio: first channel; Qwen2.5-Omni: the mean
-    inputs = processor(text=[text], audio=[load_audio(path, channels=channels)], return_tensors="pt")
-    ids = torch.cat([inputs["input_ids"], torch.tensor([completion_ids])], dim=1)
-    kwargs = {"input_features": inputs["input_features"], "feature_attention_mask": inputs["feature_attention_mask"]}
-    with torch.no_grad():
-        logits = model(input_ids=ids, **(kwargs if with_audio else {})).logits
-    logps = torch.log_softmax(logits[0, -len(completion_ids) - 1 : -1].float(), dim=-1)
-    return logps.gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
 
 
 @pytest.fixture(scope="module")
@@ -41,46 +28,6 @@ def scored_batch(tiny_model_dir, tmp_path_factory):
     trainer._get_per_token_logps_and_entropies = capture
     trainer._compute_loss(trainer.model, batch)
     return trainer, inputs, batch, captured["policy"]
-
-
-def completion_rows(batch):
-    for i in range(batch["completion_ids"].size(0)):
-        mask = batch["completion_mask"][i].bool()
-        yield i, batch["completion_ids"][i][mask].tolist(), mask
-
-
-def check_logps_match_a_plain_forward_with_audio(trainer, inputs, batch, policy_logps, which: str) -> None:
-    """The reference or policy log-probs of every completion equal a plain forward pass with its prompt's audio, and
-    (somewhere) differ from one without audio. Shared with test_qwen2_5_omni.py (the other model family)."""
-    model = trainer.ref_model if which == "reference" else trainer.model
-    logps = batch["ref_per_token_logps"] if which == "reference" else policy_logps
-    largest_audio_effect = 0.0
-    for i, completion, mask in completion_rows(batch):
-        with_audio = plain_logps(model, trainer.processing_class, inputs[i]["prompt"], completion, with_audio=True)
-        without = plain_logps(model, trainer.processing_class, inputs[i]["prompt"], completion, with_audio=False)
-        torch.testing.assert_close(logps[i][mask], with_audio, atol=1e-4, rtol=0)
-        largest_audio_effect = max(largest_audio_effect, (logps[i][mask] - without).abs().max().item())
-    assert largest_audio_effect > 1e-2, "log-probs should depend on the audio"
-
-
-def check_each_completion_is_scored_with_its_own_clip(trainer, inputs, batch, other_clip_effect: float) -> None:
-    """Rows 0..G-1 belong to clip 0, G..2G-1 to clip 1: their features are their own clip's, not a repeat, and scoring
-    row 0's completion with the other clip's audio moves its log-probs by more than `other_clip_effect`. Shared with
-    test_qwen2_5_omni.py."""
-    features = batch["input_features"]
-    assert features.size(0) == 2 * G
-    assert all(torch.equal(features[i], features[0]) for i in range(G))
-    assert all(torch.equal(features[i], features[G]) for i in range(G, 2 * G))
-    assert not torch.equal(features[0], features[G])
-    _, completion, mask = next(completion_rows(batch))
-    swapped = [
-        {
-            **inputs[G]["prompt"][0],
-            "content": [inputs[G]["prompt"][0]["content"][0], inputs[0]["prompt"][0]["content"][1]],
-        }
-    ]
-    other = plain_logps(trainer.ref_model, trainer.processing_class, swapped, completion, with_audio=True)
-    assert (batch["ref_per_token_logps"][0][mask] - other).abs().max() > other_clip_effect
 
 
 @pytest.mark.parametrize("which", ["reference", "policy"])

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
-from test_audio_reaches_logprobs import (
+from helpers.audio_checks import (
+    assert_same,
     check_each_completion_is_scored_with_its_own_clip,
     check_logps_match_a_plain_forward_with_audio,
+    loss_logps_and_grads,
 )
-from test_shared_audio_encoding import assert_same, loss_logps_and_grads
+from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
 from r1aqa import evaluate as evaluator

@@ -3,22 +3,12 @@ encoder rows."""
 
 import pytest
 import torch
+from helpers.audio_checks import EncoderRows, assert_same, loss_logps_and_grads
 from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 from transformers import Qwen2AudioForConditionalGeneration
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
 from r1aqa.audio_sharing import audio_groups, find_audio_tower
-
-
-class EncoderRows:
-    """Counts the audio rows the encoder actually encodes (a forward hook sees the inputs after any pre-hook)."""
-
-    def __init__(self, model):
-        self.rows = 0
-        self.handle = find_audio_tower(model).register_forward_hook(self.count)
-
-    def count(self, module, args, output):
-        self.rows += args[0].size(0)
 
 
 @pytest.fixture(scope="module")
@@ -34,54 +24,6 @@ def batch_and_trainer(tiny_model_dir, tmp_path_factory):
     # Fixed non-zero advantages: random rewards can tie within a group, and a zero advantage means a zero gradient.
     batch["advantages"] = torch.linspace(-1.0, 1.0, batch["advantages"].numel()).reshape(batch["advantages"].shape)
     return trainer, inputs, batch, encoded
-
-
-PARAMETERS = [
-    "model.audio_tower.conv1.weight",
-    "model.audio_tower.layers.0.self_attn.q_proj.weight",
-    "model.multi_modal_projector.linear.weight",
-    "model.language_model.layers.0.mlp.up_proj.weight",
-    "lm_head.weight",
-]
-
-
-def loss_logps_and_grads(trainer, micro_batches, share: bool, parameters=PARAMETERS):
-    """The policy loss over `micro_batches` (gradients accumulated like gradient accumulation), its per-token
-    log-probs per micro-batch, a few parameters' gradients and the number of encoded audio rows."""
-    trainer.share_audio_encoding = share
-    trainer.model.zero_grad(set_to_none=True)
-    captured = []
-    original = trainer._get_per_token_logps_and_entropies
-
-    def capture(*args, **kwargs):
-        result = original(*args, **kwargs)
-        captured.append(result[0].detach())
-        return result
-
-    trainer._get_per_token_logps_and_entropies = capture
-    counter = EncoderRows(trainer.model)
-    try:
-        for micro_batch in micro_batches:
-            trainer._compute_loss(trainer.model, micro_batch).backward()
-    finally:
-        del trainer._get_per_token_logps_and_entropies
-        counter.handle.remove()
-        trainer.share_audio_encoding = True
-    params = dict(trainer.model.named_parameters())
-    grads = {name: params[name].grad.detach().clone() for name in parameters}
-    trainer.model.zero_grad(set_to_none=True)
-    return captured, grads, counter.rows
-
-
-def assert_same(shared, separate, parameters=PARAMETERS):
-    (logps_a, grads_a, _), (logps_b, grads_b, _) = shared, separate
-    for a, b in zip(logps_a, logps_b, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    for name in parameters:
-        assert grads_b[name].abs().max() > 0, f"{name} gets no gradient: the comparison would be vacuous"
-        torch.testing.assert_close(
-            grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
-        )
 
 
 def test_audio_groups_follow_the_audio_path():
