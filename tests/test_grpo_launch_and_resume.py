@@ -169,6 +169,12 @@ def test_run_grpo_sh_keeps_state_in_the_newest_checkpoint_refuses_a_rerun_and_re
     reloads_and_generates(out / "checkpoint-7")
 
 
+def test_keep_all_checkpoint_state_keeps_every_checkpoints_state(toy, tmp_path):
+    out = tmp_path / "run"
+    run_grpo_sh(toy, out, "--max_steps", "2", "--save_steps", "1", "--keep_all_checkpoint_state", "true")
+    assert optimizer_steps(out) == [1, 2]
+
+
 def test_overwrite_output_dir_starts_again_from_step_0(toy, tmp_path):
     out = tmp_path / "run"
     (out / "checkpoint-9").mkdir(parents=True)
