@@ -219,9 +219,12 @@ def plot(rows: list[dict], best: int, path: str, title: str, selected=None, sele
         ys = line(lambda row, name=name: row[name], marker="o", label=name, zorder=2 if total else 3, **style)
         spread = [row["std"][name] or 0.0 for row in rows]
         if total and any(spread):
-            ax.fill_between(steps, [y - s for y, s in zip(ys, spread, strict=True)], [y + s for y, s in zip(ys, spread,
-                            strict=True)], color=style["color"], alpha=0.15, linewidth=0, label="total ± 1 std over "
-                            + ("runs" if first["n_runs"] > 1 else "sampled passes"))  # fmt: skip
+            low = [y - s for y, s in zip(ys, spread, strict=True)]
+            high = [y + s for y, s in zip(ys, spread, strict=True)]
+            over = "runs" if first["n_runs"] > 1 else "sampled passes"
+            ax.fill_between(
+                steps, low, high, color=style["color"], alpha=0.15, linewidth=0, label=f"total ± 1 std over {over}"
+            )
         if "silent" in first:
             line(lambda row, name=name: row["silent"][name], marker=".", linestyle="--",
                  label=f"{name} (silent)" if total else None, **style)  # fmt: skip
