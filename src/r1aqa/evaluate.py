@@ -56,16 +56,16 @@ def load_model_and_processor(model_path: str, processor_path: str, device: str, 
     """The checkpoint's model (bf16 on GPU, fp32 on CPU; LoRA adapters merged into their base) and its processor."""
     import torch
 
-    from r1aqa.models import detect_family, load_model, load_processor
+    from r1aqa.models import detect_family, load_merged_adapter, load_model, load_processor
 
     base = adapter_base_model(model_path)
     family = detect_family(base or model_path)
     processor = load_processor(processor_path, family, system_prompt=system_prompt)
-    model = load_model(base or model_path, family, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    if base is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if base is None:
+        model = load_model(model_path, family, dtype=dtype)
+    else:
+        model = load_merged_adapter(model_path, base, family, dtype=dtype)
     return model.to(device).eval(), processor
 
 

@@ -12,7 +12,6 @@ from r1aqa import models
 def merge_lora(adapter_dir: str, out_dir: str, base: str | None = None, dtype: str = "auto") -> str:
     """Base + adapter with the LoRA weights folded in, saved with the run's processor (else the base's) to `out_dir`."""
     import torch
-    from peft import PeftModel
 
     if not os.path.isfile(os.path.join(adapter_dir, models.ADAPTER_CONFIG)):
         raise SystemExit(f"{adapter_dir}: no {models.ADAPTER_CONFIG}; --adapter takes a LoRA run or checkpoint.")
@@ -20,8 +19,9 @@ def merge_lora(adapter_dir: str, out_dir: str, base: str | None = None, dtype: s
         raise SystemExit("--out must differ from --adapter (the adapter files would be mixed with the merged model).")
     base = base or models.adapter_base_model(adapter_dir)  # ModelFolderError if it names none: it says --base
     family = models.detect_family(base)
-    model = models.load_model(base, family, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model = models.load_merged_adapter(
+        adapter_dir, base, family, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+    )
     processor = models.load_processor(models.resolve_processor_path(adapter_dir, base_model=base), family)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

@@ -104,6 +104,13 @@ def load_model(model_path: str, family: ModelFamily | None = None, **kwargs):
     return model
 
 
+def load_merged_adapter(adapter_dir: str, base: str, family: ModelFamily | None = None, **kwargs):
+    """A LoRA adapter's base model (`load_model(base, family, **kwargs)`) with the adapter's weights folded in."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(base, family, **kwargs), adapter_dir).merge_and_unload()
+
+
 def load_processor(path: str, family: ModelFamily | None = None, revision: str | None = None, system_prompt="default"):
     """The family's processor, left-padded, with the `system_prompt` setting (Omni: the audio-only one if need be)."""
     from transformers import AutoProcessor, Qwen2_5OmniProcessor
