@@ -6,6 +6,7 @@ import torch
 from helpers.audio_checks import (
     check_each_completion_is_scored_with_its_own_clip,
     check_logps_match_a_plain_forward_with_audio,
+    loss_pass_policy_logps,
 )
 from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 
@@ -17,17 +18,7 @@ def scored_batch(tiny_model_dir, tmp_path_factory):
     trainer = make_trainer(tiny_model_dir, str(tmp_path_factory.mktemp("grpo")))
     inputs = [row for row in rows(CLIPS[:2]) for _ in range(G)]
     batch = trainer._generate_and_score_completions(inputs)
-    captured = {}
-    original = trainer._get_per_token_logps_and_entropies
-
-    def capture(*args, **kwargs):
-        result = original(*args, **kwargs)
-        captured["policy"] = result[0].detach()
-        return result
-
-    trainer._get_per_token_logps_and_entropies = capture
-    trainer._compute_loss(trainer.model, batch)
-    return trainer, inputs, batch, captured["policy"]
+    return trainer, inputs, batch, loss_pass_policy_logps(trainer, batch)
 
 
 @pytest.mark.parametrize("which", ["reference", "policy"])

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.launch import free_port, run_grpo_sh
+from helpers.launch import free_port, parse_recipe_on_cpu, run_grpo_sh
 
 from r1aqa import grpo
 from r1aqa.checkpoints import checkpoint_dirs, checkpoint_problem
@@ -69,19 +69,8 @@ def test_bad_arguments_stop_before_any_model_loads(toy, monkeypatch, tmp_path, c
 
 
 def test_paper_recipe_parses_to_the_paper_hyperparameters(toy, tmp_path):
-    script_args, training_args, model_args = grpo.parse_args(
-        [
-            "--config",
-            str(REPO / "configs/grpo_qwen2_audio_7b.yaml"),
-            "--data_file",
-            toy["data"],
-            "--output_dir",
-            str(tmp_path),
-            "--bf16",
-            "false",
-            "--use_cpu",
-            "true",
-        ]
+    script_args, training_args, model_args = parse_recipe_on_cpu(
+        REPO / "configs/grpo_qwen2_audio_7b.yaml", toy["data"], tmp_path
     )
     assert model_args.model_name_or_path == "Qwen/Qwen2-Audio-7B-Instruct"
     assert (training_args.num_generations, training_args.per_device_train_batch_size) == (8, 8)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.launch import parse_recipe_on_cpu
 from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 
-from r1aqa import grpo
 from r1aqa.audio import load_audio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,19 +165,6 @@ def test_trl_default_bias_correction_changes_the_gradient(tiny_model_dir, tmp_pa
 @pytest.mark.parametrize("recipe", GRPO_RECIPES, ids=lambda p: p.name)
 def test_every_grpo_recipe_resolves_the_originals_kl(recipe, toy, tmp_path):
     """Through the entry point's parser (TrlParser: YAML, then defaults): TRL's default would be True."""
-    _, training_args, _ = grpo.parse_args(
-        [
-            "--config",
-            str(recipe),
-            "--data_file",
-            toy["data"],
-            "--output_dir",
-            str(tmp_path),
-            "--bf16",
-            "false",
-            "--use_cpu",
-            "true",
-        ]
-    )
+    _, training_args, _ = parse_recipe_on_cpu(recipe, toy["data"], tmp_path)
     assert training_args.use_bias_correction_kl is False
     assert training_args.beta == 0.04 and training_args.loss_type == "grpo"

@@ -20,6 +20,7 @@ from helpers.audio_checks import (
     check_each_completion_is_scored_with_its_own_clip,
     check_logps_match_a_plain_forward_with_audio,
     loss_logps_and_grads,
+    loss_pass_policy_logps,
 )
 from helpers.tiny_grpo import CLIPS, G, make_trainer, rows
 from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
@@ -187,20 +188,10 @@ def scored_batch(tiny_omni_dir, tmp_path_factory):
     batch = trainer._generate_and_score_completions(inputs)
     encoded = {"generation": policy.clips, "reference": reference.clips}
     policy.handle.remove(), reference.handle.remove()
-    captured = {}
-    original = trainer._get_per_token_logps_and_entropies
-
-    def capture(*args, **kwargs):
-        result = original(*args, **kwargs)
-        captured["policy"] = result[0].detach()
-        return result
-
-    trainer._get_per_token_logps_and_entropies = capture
-    trainer._compute_loss(trainer.model, batch)
-    del trainer._get_per_token_logps_and_entropies
+    policy_logps = loss_pass_policy_logps(trainer, batch)
     # Fixed non-zero advantages for the gradient comparisons (a zero advantage means a zero gradient).
     batch["advantages"] = torch.linspace(-1.0, 1.0, batch["advantages"].numel()).reshape(batch["advantages"].shape)
-    return trainer, inputs, batch, captured["policy"], encoded
+    return trainer, inputs, batch, policy_logps, encoded
 
 
 @pytest.mark.parametrize("which", ["reference", "policy"])

@@ -120,3 +120,21 @@ def assert_same(shared, separate, parameters=PARAMETERS):
         torch.testing.assert_close(
             grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
         )
+
+
+def loss_pass_policy_logps(trainer, batch) -> torch.Tensor:
+    """The policy log-probs the trainer's own loss pass computes from `batch` (captured, then the method restored)."""
+    captured = {}
+    original = trainer._get_per_token_logps_and_entropies
+
+    def capture(*args, **kwargs):
+        result = original(*args, **kwargs)
+        captured["policy"] = result[0].detach()
+        return result
+
+    trainer._get_per_token_logps_and_entropies = capture
+    try:
+        trainer._compute_loss(trainer.model, batch)
+    finally:
+        del trainer._get_per_token_logps_and_entropies
+    return captured["policy"]

@@ -36,3 +36,11 @@ def run_grpo_sh(toy, output_dir, *args, expect: int = 0, script: str = "run_grpo
     )
     assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
+
+
+def parse_recipe_on_cpu(recipe, data_file: str, output_dir) -> tuple:
+    """`r1aqa.grpo.parse_args` of a recipe as the GPU run parses it, with only bf16 off and the CPU forced."""
+    from r1aqa import grpo
+
+    argv = ["--config", str(recipe), "--data_file", data_file, "--output_dir", str(output_dir)]
+    return grpo.parse_args([*argv, "--bf16", "false", "--use_cpu", "true"])
